@@ -1,0 +1,243 @@
+"""The ``hylex`` command line: ``index``, ``search``, ``eval`` and ``demo``.
+
+Every user mistake ends in one line ``hylex: error: <what was wrong and how to fix it>`` and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from hylex.errors import HylexError
+
+logger = logging.getLogger("hylex")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) -> None:
+    g = p.add_argument_group("encoder")
+    if with_settings:
+        g.add_argument("--model", default="smollm2-135m",
+                       help="packaged model name (smollm2-135m, qwen2.5-0.5b), .gguf file, model folder or hub id")
+        g.add_argument("--max-length", type=_positive_int, default=512, help="tokens per text incl. the prompt")
+        g.add_argument("--sparse-topk", type=int, default=128, help="vocabulary entries kept per text")
+        g.add_argument("--pooling", default="last", choices=["last", "mean"])
+        g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    g.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    g.add_argument("--batch-tokens", type=_positive_int, default=16384, help="padded tokens per forward pass")
+    g.add_argument("--cache-dir", default=None,
+                   help="where converted models and cached encodings live (default $HYLEX_CACHE_DIR or "
+                        "~/.cache/hylex)")
+    g.add_argument("--no-encoding-cache", action="store_true", help="do not read or write cached encodings")
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "hybrid"])
+    p.add_argument("--fusion", default="convex", choices=["convex", "rrf"])
+    p.add_argument("--alpha", type=float, default=0.5, help="dense weight of the convex fusion")
+    p.add_argument("--rrf-k", type=float, default=60.0)
+    p.add_argument("--depth", type=_positive_int, default=100, help="candidates per arm for hybrid fusion")
+
+
+def _encoder_kwargs(args) -> dict:
+    return {"device": args.device, "threads": args.threads, "batch_tokens": args.batch_tokens,
+            "cache": args.cache_dir, "encoding_cache": not args.no_encoding_cache,
+            "progress": not args.no_progress}
+
+
+def _make_encoder(args):
+    from hylex.engine.encoder import Encoder
+
+    return Encoder(args.model, max_length=args.max_length, sparse_topk=args.sparse_topk, pooling=args.pooling,
+                   dtype=args.dtype, **_encoder_kwargs(args))
+
+
+def _print_hits(res, queries: list[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([{"query": q, "hits": hits} for q, hits in zip(queries, res.to_list())],
+                         ensure_ascii=False))
+        return
+    for q, hits in zip(queries, res.to_list()):
+        print(f"\nquery: {q}")
+        if not hits:
+            print("  (no hits)")
+        for h in hits:
+            label = h.get("title") or ""
+            label = "" if label == h["id"] else label
+            snippet = " ".join((h.get("text") or "").split())[:90]
+            print(f"  {h['rank']:>3}  {h['score']:8.4f}  {h['id']:<30}  {label[:40] + ': ' if label else ''}"
+                  f"{snippet}")
+
+
+# -- commands --------------------------------------------------------------------------------------------------
+def cmd_index(args) -> int:
+    from hylex.indexing.builder import build_index, load_documents
+
+    docs = load_documents(args.corpus)  # validate before the model loads: a bad line fails in a second
+    encoder = _make_encoder(args)
+    rep = build_index(docs, args.index, encoder, dense_factory=args.dense_factory, chunk_size=args.chunk_size,
+                      segment_size=args.segment_size, progress=not args.no_progress)
+    tps = rep.tokens / rep.encode_seconds if rep.encode_seconds and rep.tokens else 0.0
+    print(f"indexed {rep.documents} documents into {rep.index_dir} in {rep.seconds:.1f}s "
+          f"(encode {rep.encode_seconds:.1f}s, {tps:.0f} tokens/s; encoding cache hits {rep.cache_hits}/"
+          f"{rep.documents})")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from hylex.retrieval.searcher import Searcher
+
+    s = Searcher(args.index, **_encoder_kwargs(args))
+    res = s.search(args.queries, k=args.k, mode=args.mode, fusion=args.fusion, alpha=args.alpha,
+                   rrf_k=args.rrf_k, depth=args.depth, with_documents=True)
+    _print_hits(res, args.queries, args.json)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from hylex.corpus import load_beir
+    from hylex.retrieval.evaluation import evaluate_run, run_from_results, write_trec_run
+    from hylex.retrieval.searcher import Searcher
+
+    _, queries, qrels = load_beir(args.beir_dir, args.split)
+    s = Searcher(args.index, **_encoder_kwargs(args))
+    qids = sorted(queries)
+    t = time.perf_counter()
+    enc = s.encoder.encode_queries([queries[q] for q in qids])
+    encode_s = time.perf_counter() - t
+    runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.index) / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(args.beir_dir).name
+    out: dict = {}
+    for mode in ("dense", "sparse", "hybrid"):
+        t = time.perf_counter()
+        res = s.search(None, k=args.k, mode=mode, fusion=args.fusion, alpha=args.alpha, rrf_k=args.rrf_k,
+                       depth=args.depth, dense=enc.dense, sparse=enc.sparse)
+        search_s = time.perf_counter() - t
+        write_trec_run(runs_dir / f"{name}.{args.split}.{mode}.trec", qids, res.ids, res.scores, tag=f"hylex-{mode}")
+        metrics = evaluate_run(run_from_results(qids, res.ids, res.scores), qrels)
+        out[mode] = {**{m: round(v, 4) for m, v in metrics.items()}, "search_seconds": round(search_s, 3)}
+    out["queries"] = len(qids)
+    out["query_encode_seconds"] = round(encode_s, 2)
+    out["runs_dir"] = str(runs_dir)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{name} ({args.split}, {len(qids)} queries; runs in {runs_dir})")
+        for mode in ("dense", "sparse", "hybrid"):
+            print(f"  {mode:<7} nDCG@10 {out[mode]['ndcg@10']:.4f}  Recall@100 {out[mode]['recall@100']:.4f}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from hylex.engine.models import cache_dir
+    from hylex.indexing.builder import build_index
+    from hylex.indexing.index import MANIFEST
+    from hylex.retrieval.searcher import Searcher
+    from hylex.sample import EXAMPLE_QUERIES, stdlib_corpus
+
+    work = Path(args.workdir) if args.workdir else cache_dir(args.cache_dir) / "demo"
+    index_dir = work / f"stdlib-{args.limit}"
+    docs = stdlib_corpus(limit=args.limit)
+    args.model, args.max_length, args.sparse_topk, args.pooling, args.dtype = "smollm2-135m", 512, 128, "last", "auto"
+    encoder = _make_encoder(args)
+    if (index_dir / MANIFEST).exists():
+        print(f"using the sample index at {index_dir} ({len(docs)} Python standard library docstrings)")
+    else:
+        print(f"indexing {len(docs)} docstrings of Python's standard library with {encoder.config.model} "
+              f"into {index_dir} ...")
+        rep = build_index(docs, index_dir, encoder, progress=not args.no_progress)
+        print(f"indexed {rep.documents} documents in {rep.seconds:.1f}s")
+    s = Searcher(index_dir, encoder=encoder)
+    queries = args.queries or list(EXAMPLE_QUERIES)
+    res = s.search(queries, k=args.k, mode=args.mode, with_documents=True)
+    _print_hits(res, queries, False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hylex import __version__
+
+    p = argparse.ArgumentParser(prog="hylex", description="Hybrid dense + sparse retrieval from one LLM pass.")
+    p.add_argument("--version", action="version", version=f"hylex {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pi = sub.add_parser("index", help="encode a JSONL corpus and build (or add to) an index")
+    pi.add_argument("corpus", help="JSONL: BEIR {_id,title,text} or {id,text[,title][,metadata]} per line")
+    pi.add_argument("--index", required=True, help="index directory (created, or added to)")
+    pi.add_argument("--dense-factory", default="Flat", help="FAISS index-factory string (default Flat: exact)")
+    pi.add_argument("--chunk-size", type=_positive_int, default=256, help="documents per encoding call")
+    pi.add_argument("--segment-size", type=_positive_int, default=100_000, help="documents per segment")
+    _add_encoder_args(pi)
+    pi.set_defaults(func=cmd_index)
+
+    ps = sub.add_parser("search", help="search an index with one or more query texts")
+    ps.add_argument("index", help="index directory")
+    ps.add_argument("queries", nargs="+", help="query text(s)")
+    ps.add_argument("-k", type=int, default=10, help="hits per query")
+    ps.add_argument("--json", action="store_true", help="print JSON")
+    _add_search_args(ps)
+    _add_encoder_args(ps, with_settings=False)
+    ps.set_defaults(func=cmd_search)
+
+    pe = sub.add_parser("eval", help="evaluate dense, sparse and hybrid search on a BEIR dataset")
+    pe.add_argument("beir_dir", help="folder with queries.jsonl and qrels/<split>.tsv")
+    pe.add_argument("--index", required=True, help="index built from the dataset's corpus.jsonl")
+    pe.add_argument("--split", default="test")
+    pe.add_argument("-k", type=int, default=100, help="hits per query in the run files")
+    pe.add_argument("--runs-dir", default=None, help="where TREC run files go (default INDEX/runs)")
+    pe.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_search_args(pe)
+    _add_encoder_args(pe, with_settings=False)
+    pe.set_defaults(func=cmd_eval)
+
+    pd = sub.add_parser("demo", help="index a sample of Python's own docstrings with the default model and search")
+    pd.add_argument("queries", nargs="*", help="queries (default: a few examples)")
+    pd.add_argument("--limit", type=_positive_int, default=300, help="sample documents")
+    pd.add_argument("--workdir", default=None, help="where the sample index goes (default CACHE/demo)")
+    pd.add_argument("-k", type=int, default=3)
+    pd.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "hybrid"])
+    _add_encoder_args(pd, with_settings=False)
+    pd.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        if args.no_progress:
+            transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return args.func(args)
+    except HylexError as e:
+        print(f"hylex: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hylex: interrupted; committed segments are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

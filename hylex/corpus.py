@@ -1,0 +1,380 @@
+"""Reading corpora, queries and relevance judgments (BEIR and plain JSONL).
+
+A corpus is a JSONL file with one document per line, in either of two shapes:
+
+* BEIR: ``{"_id": "d1", "title": "...", "text": "...", "metadata": {...}}``
+* plain: ``{"id": "d1", "text": "...", "title": "...", "metadata": {...}}`` (title and metadata optional)
+
+Ids may be strings or integers in the file; they are always returned as strings. Keys other than
+``_id``/``id``/``title``/``text``/``metadata`` are kept in the document's metadata. Blank lines are skipped.
+
+Every malformed input raises :class:`~hylex.errors.CorpusError` whose one-line message names the file, the
+1-based line number, the problem and the fix.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+from hylex.errors import CorpusError
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_RESERVED_KEYS = frozenset({"_id", "id", "title", "text", "metadata"})
+_SENTENCE_END = (".", "!", "?", ":", ";")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a corpus.
+
+    Attributes:
+        id: the document id, unique within its corpus.
+        text: the body text (may be empty when ``title`` is not).
+        title: the title, ``""`` when there is none.
+        metadata: free-form JSON object kept with the document (compared, but not hashed).
+    """
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def full_text(self) -> str:
+        """The text to encode: title and text joined by ``". "``, or whichever of the two is non-empty."""
+        title = self.title.strip()
+        text = self.text.strip()
+        if not title:
+            return text
+        if not text:
+            return title
+        sep = " " if title.endswith(_SENTENCE_END) else ". "
+        return f"{title}{sep}{text}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# low-level line reading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_file(path: PathLike, what: str, fix: str) -> Path:
+    """Return ``path`` as a :class:`Path`, raising CorpusError if it is not a readable file."""
+    p = Path(path)
+    if not p.exists():
+        raise CorpusError(f"{what} file {p} does not exist. {fix}")
+    if not p.is_file():
+        raise CorpusError(f"{what} path {p} is not a file. {fix}")
+    return p
+
+
+def _iter_json_objects(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of the JSONL file ``p``.
+
+    The file is read in binary and decoded line by line so that an invalid UTF-8 byte is reported with its
+    line number. A UTF-8 byte order mark on the first line is tolerated.
+    """
+    name = p.name
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise CorpusError(
+                    f"{name} line {lineno}: not valid UTF-8 (byte {exc.start}: {exc.reason}). "
+                    f"Re-encode the file as UTF-8 or remove the line."
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CorpusError(
+                    f"{name} line {lineno}: not valid JSON ({exc.msg}). Fix the line or remove it."
+                ) from None
+            if not isinstance(obj, dict):
+                raise CorpusError(
+                    f"{name} line {lineno}: expected a JSON object, got {_json_type(obj)}. "
+                    f"Write one object per line, e.g. {{\"_id\": \"d1\", \"text\": \"...\"}}."
+                )
+            yield lineno, obj
+
+
+def _json_type(value: Any) -> str:
+    """Name the JSON type of ``value`` for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _get_id(obj: dict[str, Any], name: str, lineno: int, what: str) -> tuple[str, str]:
+    """Return ``(id, key_used)`` of a corpus or query line, preferring ``_id`` over ``id``."""
+    key = "_id" if "_id" in obj else "id" if "id" in obj else None
+    if key is None:
+        raise CorpusError(
+            f"{name} line {lineno}: {what} has no id. Add an \"_id\" (BEIR) or \"id\" field."
+        )
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise CorpusError(
+            f"{name} line {lineno}: {what} id must be a string or an integer, got {_json_type(value)}. "
+            f"Fix the \"{key}\" field."
+        )
+    text = str(value)
+    if not text.strip():
+        raise CorpusError(f"{name} line {lineno}: {what} id is empty. Give the {what} a non-empty \"{key}\".")
+    return text, key
+
+
+# --------------------------------------------------------------------------------------------------------------
+# corpus
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _parse_document(obj: dict[str, Any], name: str, lineno: int) -> Document:
+    """Build a :class:`Document` from one parsed corpus line, validating every field."""
+    doc_id, id_key = _get_id(obj, name, lineno, "document")
+
+    if "text" not in obj:
+        raise CorpusError(
+            f"{name} line {lineno}: document {doc_id!r} has no \"text\" field. Add a \"text\" string "
+            f"(it may be empty when the title is not)."
+        )
+    text = obj["text"]
+    if not isinstance(text, str):
+        raise CorpusError(
+            f"{name} line {lineno}: document {doc_id!r} \"text\" must be a string, got {_json_type(text)}. "
+            f"Fix the \"text\" field."
+        )
+
+    title = obj.get("title", "")
+    if title is None:
+        title = ""
+    if not isinstance(title, str):
+        raise CorpusError(
+            f"{name} line {lineno}: document {doc_id!r} \"title\" must be a string, got {_json_type(title)}. "
+            f"Fix the \"title\" field or remove it."
+        )
+
+    if not text.strip() and not title.strip():
+        raise CorpusError(
+            f"{name} line {lineno}: document {doc_id!r} has an empty text and no title. "
+            f"Give it some text or remove the line."
+        )
+
+    metadata: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key not in _RESERVED_KEYS or (key in ("_id", "id") and key != id_key):
+            metadata[key] = value
+    if "metadata" in obj:
+        meta = obj["metadata"]
+        if not isinstance(meta, dict):
+            raise CorpusError(
+                f"{name} line {lineno}: document {doc_id!r} \"metadata\" must be a JSON object, got "
+                f"{_json_type(meta)}. Fix the \"metadata\" field or remove it."
+            )
+        metadata.update(meta)  # the explicit metadata object wins over stray top-level keys
+
+    return Document(id=doc_id, text=text, title=title, metadata=metadata)
+
+
+def read_corpus(path: PathLike) -> Iterator[Document]:
+    """Stream the documents of a JSONL corpus (BEIR or plain lines, see the module docstring).
+
+    Args:
+        path: the corpus ``.jsonl`` file.
+
+    Returns:
+        an iterator of one :class:`Document` per non-blank line, in file order; a missing file is reported
+        at call time, malformed lines while iterating.
+
+    Raises:
+        CorpusError: the file is missing, a line is malformed (the message names the line), or the file holds
+            no document at all (raised once the whole file was read).
+    """
+    p = _check_file(path, "corpus", "Pass the path of a JSONL corpus file.")  # raised at call time
+    return _stream_corpus(p)
+
+
+def _stream_corpus(p: Path) -> Iterator[Document]:
+    """Generator behind :func:`read_corpus`."""
+    count = 0
+    for lineno, obj in _iter_json_objects(p):
+        yield _parse_document(obj, p.name, lineno)
+        count += 1
+    if count == 0:
+        raise CorpusError(
+            f"{p.name} has no documents (the file is empty or only blank lines). "
+            f"Add one JSON document per line, e.g. {{\"_id\": \"d1\", \"text\": \"...\"}}."
+        )
+    logger.debug("read %d documents from %s", count, p)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# queries and qrels
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_queries(path: PathLike) -> dict[str, str]:
+    """Read a BEIR ``queries.jsonl`` file (``{"_id": ..., "text": ...}`` per line; ``id`` is accepted too).
+
+    Returns:
+        query id -> query text, in file order.
+
+    Raises:
+        CorpusError: missing file, malformed line, empty query text, duplicate query id, or no queries.
+    """
+    p = _check_file(path, "queries", "Pass the path of a queries JSONL file.")
+    name = p.name
+    queries: dict[str, str] = {}
+    for lineno, obj in _iter_json_objects(p):
+        qid, _ = _get_id(obj, name, lineno, "query")
+        text = obj.get("text")
+        if not isinstance(text, str):
+            what = "has no \"text\" field" if "text" not in obj else f"\"text\" is {_json_type(text)}"
+            raise CorpusError(
+                f"{name} line {lineno}: query {qid!r} {what}. Give the query a \"text\" string."
+            )
+        if not text.strip():
+            raise CorpusError(
+                f"{name} line {lineno}: query {qid!r} has an empty text. Fix the query or remove it."
+            )
+        if qid in queries:
+            raise CorpusError(
+                f"{name} line {lineno}: query id {qid!r} appears twice. Give each query a unique id."
+            )
+        queries[qid] = text
+    if not queries:
+        raise CorpusError(
+            f"{name} has no queries. Add one JSON query per line, e.g. {{\"_id\": \"q1\", \"text\": \"...\"}}."
+        )
+    return queries
+
+
+def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
+    """Read relevance judgments.
+
+    Accepts the BEIR TSV format (``query-id<TAB>corpus-id<TAB>score`` with that header line, which is
+    skipped) and, as a convenience, 4-column TREC qrels (``qid iter docid score``, whitespace separated).
+
+    Returns:
+        query id -> {document id -> integer relevance grade}.
+
+    Raises:
+        CorpusError: missing file, malformed line (wrong number of fields, non-integer score), or no judgments.
+    """
+    p = _check_file(path, "qrels", "Pass the path of a qrels TSV file.")
+    name = p.name
+    qrels: dict[str, dict[str, int]] = {}
+    seen_content = False
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise CorpusError(
+                    f"{name} line {lineno}: not valid UTF-8 (byte {exc.start}: {exc.reason}). "
+                    f"Re-encode the file as UTF-8 or remove the line."
+                ) from None
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) == 1:
+                fields = line.split()
+            fields = [f.strip() for f in fields]
+            if not seen_content:
+                seen_content = True
+                if fields and fields[0].lower() in ("query-id", "query_id", "qid", "query"):
+                    continue  # header line
+            if len(fields) == 4:  # TREC qrels: qid iter docid rel
+                qid, _, did, score_text = fields
+            elif len(fields) == 3:
+                qid, did, score_text = fields
+            else:
+                raise CorpusError(
+                    f"{name} line {lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), "
+                    f"got {len(fields)}. Fix the line or remove it."
+                )
+            if not qid or not did:
+                raise CorpusError(
+                    f"{name} line {lineno}: empty query id or corpus id. Fix the line or remove it."
+                )
+            try:
+                score_f = float(score_text)
+                if not score_f.is_integer():
+                    raise ValueError
+                score = int(score_f)
+            except ValueError:
+                raise CorpusError(
+                    f"{name} line {lineno}: score {score_text!r} is not an integer. "
+                    f"Use integer relevance grades (0, 1, 2, ...)."
+                ) from None
+            qrels.setdefault(qid, {})[did] = score
+    if not qrels:
+        raise CorpusError(
+            f"{name} has no relevance judgments. Add lines \"query-id<TAB>corpus-id<TAB>score\" after the header."
+        )
+    return qrels
+
+
+def load_beir(beir_dir: PathLike, split: str = "test") -> tuple[Path, dict[str, str], dict[str, dict[str, int]]]:
+    """Locate and load a BEIR dataset directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
+
+    The corpus is not read (it may be large); its path is returned for :func:`read_corpus`. Queries are
+    restricted to those judged in the split's qrels.
+
+    Returns:
+        ``(corpus_path, queries, qrels)``.
+
+    Raises:
+        CorpusError: the directory or one of its files is missing, or the qrels judge a query that
+            ``queries.jsonl`` lacks.
+    """
+    root = Path(beir_dir)
+    if not root.is_dir():
+        raise CorpusError(
+            f"BEIR directory {root} does not exist. Pass the unzipped dataset folder "
+            f"(holding corpus.jsonl, queries.jsonl and qrels/)."
+        )
+    corpus_path = root / "corpus.jsonl"
+    queries_path = root / "queries.jsonl"
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    for p, what in ((corpus_path, "corpus.jsonl"), (queries_path, "queries.jsonl")):
+        if not p.is_file():
+            raise CorpusError(
+                f"BEIR directory {root} has no {what}. Pass the unzipped dataset folder (holding corpus.jsonl, "
+                f"queries.jsonl and qrels/)."
+            )
+    if not qrels_path.is_file():
+        splits = sorted(q.stem for q in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
+        have = f"available splits: {', '.join(splits)}" if splits else "no qrels/*.tsv found"
+        raise CorpusError(
+            f"BEIR directory {root} has no qrels/{split}.tsv ({have}). Pass one of the available splits."
+        )
+    qrels = read_qrels(qrels_path)
+    all_queries = read_queries(queries_path)
+    missing = [qid for qid in qrels if qid not in all_queries]
+    if missing:
+        raise CorpusError(
+            f"{qrels_path.name} judges {len(missing)} queries missing from queries.jsonl (e.g. {missing[0]!r}). "
+            f"Use the queries.jsonl that belongs to this dataset."
+        )
+    queries = {qid: all_queries[qid] for qid in qrels}
+    logger.info("BEIR %s split %s: %d queries judged", root.name, split, len(queries))
+    return corpus_path, queries, qrels

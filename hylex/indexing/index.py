@@ -1,0 +1,335 @@
+"""The on-disk index: a versioned, self-describing directory of immutable segments plus an LMDB document store.
+
+Layout::
+
+    DIR/manifest.json            format, versions, encoder (model id, fingerprint, settings), dims, counts,
+                                 segments with their files' sizes and sha256
+    DIR/docs.lmdb/               documents, metadata, external id <-> global row
+    DIR/segments/seg-000000/     dense.faiss, sparse_indptr.npy, sparse_docs.npy, sparse_weights.npy
+    DIR/.lock                    held by the one writer
+
+Global rows are ``segment.row_offset + local row``. A commit writes the new segment's files (fsynced, under a
+temporary name, then renamed), then the documents (one LMDB transaction), then replaces the manifest
+atomically: a crash at any point leaves the previous manifest, which names only complete segments, and rows it
+does not count are ignored and cleaned on the next commit. Deletions (tombstones) and merges add fields
+without changing what is here.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+import hylex
+from hylex.corpus import Document
+from hylex.errors import HylexError, IndexFormatError
+from hylex.indexing.dense import DEFAULT_FACTORY, DenseIndex
+from hylex.indexing.inverted import InvertedIndex
+from hylex.indexing.store import DocStore
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "hylex-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _library_versions() -> dict:
+    import faiss
+    import numba
+
+    out = {"hylex": hylex.__version__, "numpy": np.__version__, "faiss": faiss.__version__,
+           "numba": numba.__version__}
+    try:
+        import torch
+        import transformers
+
+        out.update(torch=torch.__version__, transformers=transformers.__version__)
+    except ImportError:  # pragma: no cover - indexing works from pre-computed vectors without torch
+        pass
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class Segment:
+    name: str
+    row_offset: int
+    n_docs: int
+    dense: DenseIndex
+    sparse: InvertedIndex
+
+
+class Index:
+    """A hylex index directory opened for search (and, with ``writable=True``, for adding documents).
+
+    Use :meth:`create` for a new directory and :meth:`open` for an existing one.
+    """
+
+    def __init__(self, path: Path, manifest: dict, writable: bool, mmap: bool = True):
+        self.path = path
+        self.manifest = manifest
+        self.writable = writable
+        self._lock_fd = None
+        if writable:
+            self._acquire_lock()
+        self.store = DocStore(path / "docs.lmdb")
+        self.segments: list[Segment] = [self._load_segment(s, mmap) for s in manifest["segments"]]
+
+    # -- creation / opening ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, encoder: dict, dense_factory: str = DEFAULT_FACTORY) -> "Index":
+        """Create an empty index at ``path`` for vectors from ``encoder`` (an ``Encoder.describe()`` dict)."""
+        p = Path(path)
+        if (p / MANIFEST).exists():
+            raise HylexError(f"{p} already holds a hylex index: open it to add documents, or choose a new "
+                             f"directory")
+        if p.exists() and any(p.iterdir()):
+            raise HylexError(f"{p} exists and is not empty, and is not a hylex index: choose an empty or new "
+                             f"directory")
+        for key in ("model_id", "dim", "vocab_size", "settings"):
+            if key not in encoder:
+                raise HylexError(f"encoder description lacks {key!r}: pass Encoder.describe()")
+        # Validate the factory string now, before anything is written.
+        _check_factory(int(encoder["dim"]), dense_factory)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "segments").mkdir(exist_ok=True)
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "created": now, "updated": now,
+            "libraries": _library_versions(), "encoder": encoder,
+            "dense": {"factory": dense_factory, "metric": "inner_product", "dim": int(encoder["dim"])},
+            "sparse": {"vocab_size": int(encoder["vocab_size"]), "dtype": "float32"},
+            "n_docs": 0, "next_segment": 0, "segments": [],
+        }
+        _write_json_atomic(p / MANIFEST, manifest)
+        return cls(p, manifest, writable=True)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, writable: bool = False, mmap: bool = True) -> "Index":
+        """Open an existing index; checks its format, version and files, with errors naming what is wrong."""
+        p = Path(path)
+        if not p.is_dir():
+            raise IndexFormatError(f"index directory {p} does not exist: build one with `hylex index CORPUS "
+                                   f"--index {p}`")
+        mf = p / MANIFEST
+        if not mf.exists():
+            raise IndexFormatError(f"{p} is not a hylex index (no {MANIFEST}): pass the directory given to "
+                                   f"`hylex index --index`")
+        try:
+            manifest = json.loads(mf.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise IndexFormatError(f"{mf} is damaged ({e}): rebuild the index") from e
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise IndexFormatError(f"{p} is not a hylex index (manifest format is "
+                                   f"{manifest.get('format') if isinstance(manifest, dict) else None!r}): "
+                                   f"pass a directory made by `hylex index`")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')}, this hylex "
+                                   f"({hylex.__version__}) reads version {FORMAT_VERSION}: rebuild the index or "
+                                   f"use the hylex version that wrote it ({manifest.get('libraries', {}).get('hylex')})")
+        for seg in manifest["segments"]:
+            for fname, meta in seg["files"].items():
+                f = p / "segments" / seg["name"] / fname
+                if not f.exists():
+                    raise IndexFormatError(f"index file {f} is missing: the index is damaged, rebuild it")
+                if f.stat().st_size != meta["bytes"]:
+                    raise IndexFormatError(f"index file {f} has {f.stat().st_size} bytes, the manifest says "
+                                           f"{meta['bytes']}: the file is damaged, rebuild the index")
+        return cls(p, manifest, writable=writable, mmap=mmap)
+
+    def _acquire_lock(self) -> None:
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise HylexError(f"another process is writing to index {self.path}: wait for it to finish") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _load_segment(self, seg: dict, mmap: bool) -> Segment:
+        d = self.path / "segments" / seg["name"]
+        return Segment(seg["name"], int(seg["row_offset"]), int(seg["n_docs"]),
+                       DenseIndex.load(d / "dense.faiss", self.manifest["dense"]["factory"], mmap=mmap),
+                       InvertedIndex.load(d, int(seg["n_docs"]), mmap=mmap))
+
+    # -- properties ------------------------------------------------------------------------------------------
+    @property
+    def n_docs(self) -> int:
+        return int(self.manifest["n_docs"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dense"]["dim"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["sparse"]["vocab_size"])
+
+    @property
+    def encoder_info(self) -> dict:
+        return self.manifest["encoder"]
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def add(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix) -> int:
+        """Commit ``docs`` with their encodings as one new segment; returns the segment's first global row.
+
+        ``dense`` float32 (n, dim); ``sparse`` float32 csr (n, vocab_size). Everything is validated before
+        anything is written; on return the batch is durable.
+        """
+        if not self.writable:
+            raise HylexError(f"index {self.path} is open read-only: open it with writable=True to add documents")
+        n = len(docs)
+        if n == 0:
+            raise HylexError("no documents to add: pass at least one document")
+        dense = np.asarray(dense, dtype=np.float32)
+        if dense.shape != (n, self.dim):
+            raise HylexError(f"dense vectors have shape {dense.shape}, expected ({n}, {self.dim}) for this "
+                             f"index: encode with the index's model")
+        if not np.isfinite(dense).all():
+            raise HylexError("dense vectors contain NaN or infinity: check the encoder output")
+        if not sp.issparse(sparse) or sparse.shape != (n, self.vocab_size):
+            raise HylexError(f"sparse weights have shape {getattr(sparse, 'shape', None)}, expected "
+                             f"({n}, {self.vocab_size}) for this index: encode with the index's model")
+        sparse = sp.csr_matrix(sparse, dtype=np.float32)
+        if sparse.nnz and (not np.isfinite(sparse.data).all() or (sparse.data < 0).any()):
+            raise HylexError("sparse weights must be finite and non-negative: check the encoder output")
+        ids = [d.id for d in docs]
+        if len(set(ids)) != n:
+            seen, dup = set(), None
+            for i in ids:
+                if i in seen:
+                    dup = i
+                    break
+                seen.add(i)
+            raise HylexError(f"document id {dup!r} appears twice in the batch: ids must be unique")
+        existing = [i for i, r in zip(ids, self.store.rows_of(ids, self.n_docs)) if r is not None]
+        if existing:
+            raise HylexError(f"{len(existing)} document id(s) are already in the index (first: {existing[0]!r}): "
+                             f"ids must be unique; index into a new directory to rebuild")
+
+        # Rows beyond the manifest were left by an interrupted commit: clear them before reusing the rows.
+        dropped = self.store.truncate(self.n_docs)
+        if dropped:
+            logger.warning("dropped %d uncommitted documents left by an interrupted commit", dropped)
+        seq = int(self.manifest["next_segment"])
+        name = f"seg-{seq:06d}"
+        final = self.path / "segments" / name
+        tmp = self.path / "segments" / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():  # an interrupted commit renamed it but never reached the manifest
+            shutil.rmtree(final)
+        tmp.mkdir(parents=True)
+        DenseIndex.build(dense, self.manifest["dense"]["factory"]).save(tmp / "dense.faiss")
+        inv = InvertedIndex.from_csr(sparse)
+        inv.save(tmp)
+        files = {}
+        for f in sorted(tmp.iterdir()):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+        first = self.n_docs
+        self.store.put(first, docs)
+        self.store.sync()
+        manifest = dict(self.manifest)
+        manifest["segments"] = list(self.manifest["segments"]) + [
+            {"name": name, "row_offset": first, "n_docs": n, "nnz": inv.nnz, "files": files}]
+        manifest["n_docs"] = first + n
+        manifest["next_segment"] = seq + 1
+        manifest["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        _write_json_atomic(self.path / MANIFEST, manifest)
+        self.manifest = manifest
+        self.segments.append(self._load_segment(manifest["segments"][-1], mmap=True))
+        logger.info("committed segment %s: %d documents, %d postings", name, n, inv.nnz)
+        return first
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def documents(self, rows: Sequence[int]) -> list[dict | None]:
+        """Stored documents ``{id, title, text, metadata}`` of global rows (None for -1 / missing)."""
+        return [None if r is None or r < 0 or r >= self.n_docs else d
+                for r, d in zip(rows, self.store.get([int(r) if r is not None else -1 for r in rows]))]
+
+    def rows_of(self, ids: Sequence[str]) -> list[int | None]:
+        return self.store.rows_of(ids, self.n_docs)
+
+    def validate(self) -> list[str]:
+        """Full check (file checksums, counts); returns a list of problems (empty when sound)."""
+        problems = []
+        total = 0
+        for seg in self.manifest["segments"]:
+            for fname, meta in seg["files"].items():
+                f = self.path / "segments" / seg["name"] / fname
+                if not f.exists():
+                    problems.append(f"{f}: missing")
+                elif _sha256(f) != meta["sha256"]:
+                    problems.append(f"{f}: checksum mismatch (damaged)")
+            total += int(seg["n_docs"])
+        if total != self.n_docs:
+            problems.append(f"manifest counts {self.n_docs} documents but its segments hold {total}")
+        for s in self.segments:
+            if s.dense.ntotal != s.n_docs or s.sparse.n_docs != s.n_docs:
+                problems.append(f"segment {s.name}: {s.dense.ntotal} dense vectors for {s.n_docs} documents")
+        if self.store.count() < self.n_docs:
+            problems.append(f"document store holds {self.store.count()} documents, manifest {self.n_docs}")
+        return problems
+
+
+def _check_factory(dim: int, factory: str) -> None:
+    import faiss
+
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise HylexError(f"FAISS cannot build index {factory!r}: {str(e).splitlines()[0]}. Use a valid "
+                         f"index-factory string such as Flat, HNSW32, IVF256,Flat or IVF256,PQ16") from e

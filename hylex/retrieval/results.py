@@ -1,0 +1,51 @@
+"""The one result type every search returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Results:
+    """Top-k hits of ``n_queries`` queries.
+
+    Attributes:
+        ids: object array (n_queries, k) of external document ids, ``None`` where there is no hit.
+        scores: float32 (n_queries, k), descending per row, ``-inf`` where there is no hit.
+        rows: int64 (n_queries, k) global index rows, ``-1`` where there is no hit.
+        mode: ``dense``, ``sparse`` or ``hybrid``.
+        documents: optional per-hit stored documents (filled by ``Searcher.search(..., with_documents=True)``).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    rows: np.ndarray
+    mode: str = "hybrid"
+    documents: list | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.scores.shape
+
+    def __len__(self) -> int:
+        return self.scores.shape[0]
+
+    def hits(self, q: int) -> list[tuple[str, float]]:
+        """``[(id, score), ...]`` of query ``q``, missing hits left out."""
+        return [(i, float(s)) for i, s in zip(self.ids[q], self.scores[q]) if i is not None]
+
+    def to_list(self) -> list[list[dict]]:
+        """JSON-ready ``[[{"id", "score", "rank"}, ...] per query]``."""
+        out = []
+        for q in range(len(self)):
+            row = []
+            for rank, (i, s) in enumerate(self.hits(q), 1):
+                hit = {"rank": rank, "id": i, "score": s}
+                if self.documents is not None and self.documents[q][rank - 1] is not None:
+                    doc = self.documents[q][rank - 1]
+                    hit.update(title=doc.get("title", ""), text=doc.get("text", ""),
+                               metadata=doc.get("metadata", {}))
+                row.append(hit)
+            out.append(row)
+        return out

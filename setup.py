@@ -1,0 +1,46 @@
+"""hylex: hybrid dense + sparse retrieval from one decoder-LLM forward pass (PromptReps)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "hylex" / "__init__.py").read_text()).group(1)
+
+BASE = [
+    # torch is pinned by constraints.txt on the install paths (install.sh); a range here keeps the library
+    # usable with other builds (e.g. CUDA wheels on a GPU machine).
+    "torch>=2.2",
+    "transformers>=4.50",
+    "gguf>=0.10",          # GGUF loading (the packaged default model ships as a GGUF)
+    "accelerate>=1.0",     # transformers requires it for gguf_file= loading
+    "safetensors",
+    "scipy>=1.10",
+    "numpy>=1.24",
+    "numba>=0.59",
+    "lmdb>=1.4",
+    "tqdm",
+    "ir-measures>=0.3",
+    "pytrec-eval-terrier>=0.5",
+]
+
+setup(
+    name="hylex",
+    version=VERSION,
+    description="Hybrid dense + sparse retrieval from one decoder-LLM forward pass",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hylex", "hylex.*"]),
+    install_requires=BASE + ["faiss-cpu>=1.8"],
+    extras_require={
+        # faiss-gpu replaces faiss-cpu: install with `pip install hylex[gpu]` after removing faiss-cpu.
+        "gpu": ["faiss-gpu-cu12>=1.8"],
+        "test": ["pytest>=7", "hypothesis>=6"],
+        "bench": ["bm25s[core]>=0.2", "matplotlib"],
+    },
+    entry_points={"console_scripts": ["hylex=hylex.cli:main"]},
+)
