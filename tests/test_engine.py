@@ -1,0 +1,170 @@
+"""The encoder on the real packaged default model (smollm2-135m)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from hylex.engine import Encoder
+from hylex.engine.lexicon import ENGLISH_STOPWORDS, words
+from hylex.engine.models import resolve_model
+from hylex.errors import HylexError, ModelError
+
+DOCS = {
+    "photosynthesis": "Photosynthesis in green plants converts sunlight, water and carbon dioxide into glucose "
+                      "and oxygen inside the chloroplasts of leaf cells.",
+    "volcano": "A volcano erupts when molten magma from the earth's mantle rises through the crust and escapes "
+               "as lava, ash and volcanic gases.",
+    "football": "The football team won the championship final after scoring two goals in the second half of "
+                "the match.",
+    "bread": "To bake bread, mix flour, water, yeast and salt into a dough, let it rise, then bake it in a hot "
+             "oven until the crust is golden.",
+    "bitcoin": "Bitcoin is a decentralised digital currency whose transactions are recorded on a public "
+               "blockchain ledger maintained by miners.",
+}
+QUERIES = {
+    "photosynthesis": "how do plants turn sunlight into glucose",
+    "volcano": "what happens when magma erupts from a volcano",
+    "football": "which team won the football championship",
+    "bread": "how to bake bread with yeast and flour",
+    "bitcoin": "digital currency recorded on a blockchain",
+}
+
+
+@pytest.fixture(scope="module")
+def fp32():
+    return Encoder(progress=False, encoding_cache=False, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def default(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("enc-cache")
+    return Encoder(progress=False, encoding_cache=str(cache))
+
+
+def test_shapes_dtypes_and_normalisation(fp32):
+    out = fp32.encode_documents(list(DOCS.values()))
+    assert out.dense.shape == (5, 576) and out.dense.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out.dense, axis=1), 1.0, rtol=1e-5)
+    assert sp.isspmatrix_csr(out.sparse) and out.sparse.shape == (5, 49152) and out.sparse.dtype == np.float32
+    nnz = np.diff(out.sparse.indptr)
+    assert (nnz > 0).all() and (nnz <= 128).all()
+    assert (out.sparse.data > 0).all()
+
+
+def test_sparse_weights_only_on_own_words(fp32):
+    texts = list(DOCS.values())
+    out = fp32.encode_documents(texts)
+    for r, text in enumerate(texts):
+        allowed = set()
+        for w in words(text, ENGLISH_STOPWORDS):
+            allowed.update(fp32.tokenizer(w, add_special_tokens=False)["input_ids"])
+        got = set(out.sparse[r].indices.tolist())
+        assert got and got <= allowed, (text, got - allowed)
+    # stopwords never get weight on their own: "the" is a stopword of every text above
+    the_id = fp32.tokenizer("the", add_special_tokens=False)["input_ids"]
+    assert len(the_id) == 1
+    col = out.sparse[:, the_id[0]].toarray().ravel()
+    assert (col == 0).all()
+
+
+def test_topk_prunes(fp32):
+    long_text = " ".join(DOCS.values())
+    enc = Encoder(progress=False, encoding_cache=False, dtype="float32", sparse_topk=16)
+    out = enc.encode_documents([long_text])
+    assert out.sparse.nnz == 16
+    full = fp32.encode_documents([long_text]).sparse
+    # the 16 kept are the 16 largest of the unpruned (128) weights
+    top16 = np.sort(full.data)[-16:]
+    np.testing.assert_allclose(np.sort(out.sparse.data), top16, rtol=1e-5)
+
+
+def test_matches_raw_hugging_face_forward(fp32):
+    """Dense = last layer's hidden state at the last token; sparse = log1p(relu(logits)) there."""
+    text = DOCS["volcano"]
+    ids = fp32._token_ids([text], "passage")[0]
+    batch = torch.tensor([ids])
+    with torch.inference_mode():
+        raw = fp32.lm(input_ids=batch, output_hidden_states=True, logits_to_keep=1)
+    h = raw.hidden_states[-1][0, -1].float()
+    out = fp32.encode_documents([text])
+    np.testing.assert_allclose(out.dense[0], (h / h.norm()).numpy(), atol=2e-5)
+    w = torch.log1p(torch.relu(raw.logits[0, -1])).numpy()
+    row = out.sparse[0]
+    np.testing.assert_allclose(row.data, w[row.indices], rtol=1e-4, atol=1e-4)
+    assert raw.logits.shape[1] == 1  # the check itself used logits_to_keep=1
+
+
+def test_batch_and_padding_invariance(fp32):
+    texts = list(DOCS.values()) + ["short"]
+    together = fp32.encode_documents(texts)
+    alone = fp32.encode_documents(texts[-1:])
+    np.testing.assert_allclose(together.dense[-1], alone.dense[0], atol=1e-4)
+    np.testing.assert_allclose(together.sparse[-1].toarray(), alone.sparse.toarray(), atol=1e-3)
+
+
+def test_text_without_words_falls_back(fp32):
+    out = fp32.encode_queries(["?!? ... ---"])
+    assert out.sparse.nnz > 0
+    assert np.isfinite(out.dense).all()
+
+
+def test_long_text_is_truncated_not_failed(fp32):
+    text = "volcano magma " * 20000
+    out = fp32.encode_documents([text])
+    assert fp32.stats.tokens <= fp32.config.max_length
+    assert out.sparse.nnz > 0
+
+
+def test_encoding_cache_hits_and_identical(default):
+    texts = [DOCS["bread"], DOCS["bitcoin"], DOCS["bread"]]
+    first = default.encode_documents(texts)
+    assert default.stats.cache_hits == 0
+    second = default.encode_documents(texts)
+    assert default.stats.cache_hits == 3
+    np.testing.assert_array_equal(first.dense, second.dense)
+    assert (first.sparse != second.sparse).nnz == 0
+    np.testing.assert_array_equal(first.dense[0], first.dense[2])  # duplicates encoded once, same output
+
+
+def test_queries_and_documents_use_different_prompts(fp32):
+    q = fp32.encode_queries([DOCS["bread"]])
+    d = fp32.encode_documents([DOCS["bread"]])
+    assert not np.allclose(q.dense, d.dense)
+
+
+def test_invalid_inputs(fp32):
+    with pytest.raises(HylexError, match="list of texts"):
+        fp32.encode_queries("one string")
+    with pytest.raises(HylexError, match="not str"):
+        fp32.encode_documents(["ok", 3])
+    empty = fp32.encode_documents([])
+    assert empty.dense.shape == (0, 576) and empty.sparse.shape == (0, 49152)
+    with pytest.raises(HylexError, match="pooling"):
+        Encoder(progress=False, pooling="nope")
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_model("/nonexistent/model.gguf")
+
+
+def test_model_cache_folder(tmp_path):
+    r = resolve_model("smollm2-135m")
+    assert r.model_id == "smollm2-135m" and len(r.fingerprint) == 16
+    with pytest.raises(ModelError, match="config.json"):
+        resolve_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_end_to_end_topic_ranks_first(default, tmp_path_factory, mode):
+    from hylex.corpus import Document
+    from hylex.indexing import build_index
+    from hylex.retrieval import Searcher
+
+    path = tmp_path_factory.getbasetemp() / "e2e-index"
+    if not (path / "manifest.json").exists():
+        build_index([Document(id=k, text=v) for k, v in DOCS.items()], path, default, progress=False)
+    s = Searcher(path, encoder=default)
+    topics = list(QUERIES)
+    res = s.search([QUERIES[t] for t in topics], k=3, mode=mode)
+    assert res.shape == (5, 3)
+    assert [res.ids[i, 0] for i in range(5)] == topics
