@@ -116,7 +116,7 @@ def cmd_eval(args) -> int:
     s = Searcher(args.index, **_encoder_kwargs(args))
     qids = sorted(queries)
     t = time.perf_counter()
-    enc = s.encoder.encode_queries([queries[q] for q in qids])
+    q_dense, q_sparse = s.encoder.encode_queries([queries[q] for q in qids])
     encode_s = time.perf_counter() - t
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.index) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def cmd_eval(args) -> int:
     for mode in ("dense", "sparse", "hybrid"):
         t = time.perf_counter()
         res = s.search(None, k=args.k, mode=mode, fusion=args.fusion, alpha=args.alpha, rrf_k=args.rrf_k,
-                       depth=args.depth, dense=enc.dense, sparse=enc.sparse)
+                       depth=args.depth, dense=q_dense, sparse=q_sparse)
         search_s = time.perf_counter() - t
         write_trec_run(runs_dir / f"{name}.{args.split}.{mode}.trec", qids, res.ids, res.scores, tag=f"hylex-{mode}")
         metrics = evaluate_run(run_from_results(qids, res.ids, res.scores), qrels)

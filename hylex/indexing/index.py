@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from hylex.errors import HylexError, IndexFormatError
 from hylex.indexing.dense import DEFAULT_FACTORY, DenseIndex
 from hylex.indexing.inverted import InvertedIndex
 from hylex.indexing.store import DocStore
+from hylex.utils import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +58,6 @@ def _library_versions() -> dict:
     except ImportError:  # pragma: no cover - indexing works from pre-computed vectors without torch
         pass
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -106,10 +98,15 @@ class Index:
         self.manifest = manifest
         self.writable = writable
         self._lock_fd = None
+        self.store = None
         if writable:
             self._acquire_lock()
-        self.store = DocStore(path / "docs.lmdb")
-        self.segments: list[Segment] = [self._load_segment(s, mmap) for s in manifest["segments"]]
+        try:
+            self.store = DocStore(path / "docs.lmdb")
+            self.segments: list[Segment] = [self._load_segment(s, mmap) for s in manifest["segments"]]
+        except BaseException:
+            self.close()  # release the writer lock and the store when a segment cannot be loaded
+            raise
 
     # -- creation / opening ------------------------------------------------------------------------------
     @classmethod
@@ -183,7 +180,8 @@ class Index:
         self._lock_fd = fd
 
     def close(self) -> None:
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -274,7 +272,7 @@ class Index:
         for f in sorted(tmp.iterdir()):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-            files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
         _fsync_dir(tmp)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
@@ -312,7 +310,7 @@ class Index:
                 f = self.path / "segments" / seg["name"] / fname
                 if not f.exists():
                     problems.append(f"{f}: missing")
-                elif _sha256(f) != meta["sha256"]:
+                elif sha256_file(f) != meta["sha256"]:
                     problems.append(f"{f}: checksum mismatch (damaged)")
             total += int(seg["n_docs"])
         if total != self.n_docs:

@@ -161,8 +161,10 @@ class Searcher:
             for i, q in enumerate(queries):
                 if not isinstance(q, str) or not q.strip():
                     raise HylexError(f"query {i} is empty or not a string: pass non-empty query texts")
-            enc = self.encoder.encode_queries(queries)
-            return enc.dense, enc.sparse
+            # The TextEncoder protocol promises a (dense, sparse) pair: unpack it rather than use attributes.
+            dense, sparse = self.encoder.encode_queries(queries)
+            dense = np.asarray(dense, dtype=np.float32)
+            sparse = sp.csr_matrix(sparse, dtype=np.float32)
         need_dense, need_sparse = mode in ("dense", "hybrid"), mode in ("sparse", "hybrid")
         if (need_dense and dense is None) or (need_sparse and sparse is None):
             raise HylexError(f"mode {mode!r} needs {'dense and sparse' if mode == 'hybrid' else mode} query "

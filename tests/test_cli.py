@@ -1,0 +1,235 @@
+"""The command line, in-process with a fake encoder (no LLM): index, search, eval, and one-line errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import QUERY_TEXTS, TOPICS, FakeEncoder, doc_line, make_docs, write_jsonl
+from hylex import cli
+from hylex.indexing import Index
+from hylex.retrieval import Searcher
+
+
+@pytest.fixture
+def fake_cli(monkeypatch):
+    """Route every encoder the CLI makes (``_make_encoder`` and the Searcher's lazy load) to FakeEncoder."""
+    import hylex.engine.encoder as engine_encoder
+
+    calls = []
+
+    def factory(*args, **kwargs):
+        calls.append((args, kwargs))
+        return FakeEncoder()
+
+    monkeypatch.setattr(engine_encoder, "Encoder", factory)
+    return calls
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = cli.main(["--no-progress", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> str:
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got: {err!r}"
+    line = lines[0]
+    assert line.startswith("hylex: error: "), line
+    for n in needles:
+        assert n in line, f"{n!r} not in {line!r}"
+    return line
+
+
+def snapshot(path: Path):
+    """n_docs, manifest bytes and a few search results of an index (pre-encoded queries: no encoder)."""
+    enc = FakeEncoder().encode_queries(QUERY_TEXTS)
+    with Index.open(path) as ix:
+        s = Searcher(ix)
+        r = s.search(None, k=10, mode="hybrid", dense=enc.dense, sparse=enc.sparse)
+        return ix.n_docs, (path / "manifest.json").read_bytes(), r.ids.tolist(), r.scores.tolist(), ix.validate()
+
+
+# -- happy paths -------------------------------------------------------------------------------------------------
+def test_index_then_search(tmp_path, capsys, fake_cli, corpus_writer, docs):
+    corpus = corpus_writer(docs)
+    ix = tmp_path / "ix"
+    rc, out, err = run(capsys, "index", corpus, "--index", ix, "--segment-size", 150, "--chunk-size", 64)
+    assert rc == 0, err
+    assert out.startswith(f"indexed 200 documents into {ix}")
+    assert fake_cli and fake_cli[0][0] == ("smollm2-135m",)  # _make_encoder passed the model name through
+    with Index.open(ix) as index:
+        assert index.n_docs == 200 and len(index.segments) == 2
+        assert index.encoder_info == FakeEncoder().describe()
+
+    rc, out, err = run(capsys, "search", ix, "star galaxy telescope", "recipe oven flour butter", "-k", 3, "--json")
+    assert rc == 0, err
+    data = json.loads(out)
+    assert [d["query"] for d in data] == ["star galaxy telescope", "recipe oven flour butter"]
+    by_id = {d.id: d for d in docs}
+    for item, topic in zip(data, ("astronomy", "cooking")):
+        hits = item["hits"]
+        assert [h["rank"] for h in hits] == [1, 2, 3]
+        assert all(set(h) >= {"rank", "id", "score", "title", "text", "metadata"} for h in hits)
+        assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+        assert hits[0]["metadata"]["topic"] == topic
+        assert hits[0]["title"] == by_id[hits[0]["id"]].title and hits[0]["text"] == by_id[hits[0]["id"]].text
+
+    # the same search in the library gives the same hits
+    with Index.open(ix) as index:
+        lib = Searcher(index, encoder=FakeEncoder()).search(["star galaxy telescope"], k=3)
+    assert [h["id"] for h in data[0]["hits"]] == lib.ids[0].tolist()
+
+    rc, out, err = run(capsys, "search", ix, "star galaxy telescope", "-k", 2, "--mode", "sparse")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0] == "query: star galaxy telescope"
+    assert len(lines) == 3
+    for rank, line in enumerate(lines[1:], 1):
+        parts = line.split()
+        assert parts[0] == str(rank) and parts[2].startswith("d")
+        assert "Astronomy note" in line
+        float(parts[1])
+
+    rc, out, err = run(capsys, "search", ix, "chess pawn", "-k", 4, "--fusion", "rrf", "--json")
+    assert rc == 0, err
+    assert len(json.loads(out)[0]["hits"]) == 4
+
+
+def test_eval_on_beir_dir(tmp_path, capsys, fake_cli, docs):
+    beir = tmp_path / "toy"
+    write_jsonl(beir / "corpus.jsonl", docs)
+    topics = list(TOPICS)
+    queries = [{"_id": f"q{i}", "text": f"{t} {' '.join(TOPICS[t].split()[1:4])}"} for i, t in enumerate(topics)]
+    write_jsonl(beir / "queries.jsonl", queries + [{"_id": "unjudged", "text": "nothing"}])
+    qrels = ["query-id\tcorpus-id\tscore"] + [f"q{i}\t{d.id}\t1" for i, t in enumerate(topics)
+                                              for d in docs if d.metadata["topic"] == t]
+    (beir / "qrels").mkdir()
+    (beir / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    ix = tmp_path / "ix"
+    rc, _, err = run(capsys, "index", beir / "corpus.jsonl", "--index", ix)
+    assert rc == 0, err
+    runs = tmp_path / "runs"
+    rc, out, err = run(capsys, "eval", beir, "--index", ix, "--json", "--runs-dir", runs)
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    res = json.loads(lines[0])
+    assert res["queries"] == len(topics) and res["runs_dir"] == str(runs)
+    for mode in ("dense", "sparse", "hybrid"):
+        for metric in ("ndcg@10", "recall@100"):
+            assert 0.0 <= res[mode][metric] <= 1.0
+        assert res[mode]["ndcg@10"] > 0.5, (mode, res[mode])  # topical queries find their topic's docs
+    assert res["sparse"]["ndcg@10"] > 0.9 and res["sparse"]["recall@100"] > 0.9
+    files = sorted(p.name for p in runs.iterdir())
+    assert files == ["toy.test.dense.trec", "toy.test.hybrid.trec", "toy.test.sparse.trec"]
+    for mode in ("dense", "sparse", "hybrid"):
+        rows = [line.split() for line in (runs / f"toy.test.{mode}.trec").read_text().splitlines()]
+        assert rows and all(len(r) == 6 and r[1] == "Q0" and r[5] == f"hylex-{mode}" for r in rows)
+        assert {r[0] for r in rows} == {q["_id"] for q in queries}
+        q0 = [r for r in rows if r[0] == "q0"]
+        assert [int(r[3]) for r in q0] == list(range(1, len(q0) + 1))
+        assert len(q0) <= 100 and (mode == "sparse" or len(q0) == 100)
+        scores = [float(r[4]) for r in q0]
+        assert scores == sorted(scores, reverse=True)
+
+    rc, out, err = run(capsys, "eval", beir, "--index", ix, "--runs-dir", runs)
+    assert rc == 0, err
+    assert "nDCG@10" in out and "sparse" in out
+
+
+# -- errors ------------------------------------------------------------------------------------------------------
+GOOD = {"_id": "g1", "title": "Good", "text": "a good document about chess"}
+
+
+@pytest.mark.parametrize("lines,needles", [
+    ([json.dumps(GOOD), '{"_id": "x", "text": '], ["corpus.jsonl line 2", "not valid JSON"]),
+    ([json.dumps(GOOD), "", json.dumps({"text": "no id here"})], ["corpus.jsonl line 3", "no id"]),
+    ([json.dumps({"_id": "t1", "title": "only a title"})], ["corpus.jsonl line 1", "'t1'", '"text"']),
+    ([], ["corpus.jsonl", "no documents"]),
+    (["", "   "], ["corpus.jsonl", "no documents"]),
+    ([json.dumps(GOOD), json.dumps(GOOD)], ["'g1'", "more than once"]),
+])
+def test_bad_corpus(tmp_path, capsys, fake_cli, index_copy, corpus_writer, lines, needles):
+    corpus = corpus_writer(lines)
+    before = snapshot(index_copy)
+    # into the existing index: refused, nothing changed
+    rc, out, err = run(capsys, "index", corpus, "--index", index_copy)
+    assert_one_line_error(rc, err, *needles)
+    assert out == ""
+    assert snapshot(index_copy) == before
+    # into a new directory: refused before anything is created (and before a model is made)
+    new = tmp_path / "new-index"
+    rc, out, err = run(capsys, "index", corpus, "--index", new)
+    assert_one_line_error(rc, err, *needles)
+    assert not new.exists()
+    assert fake_cli == []
+
+
+def test_missing_corpus_file(tmp_path, capsys, fake_cli, index_copy):
+    before = snapshot(index_copy)
+    rc, _, err = run(capsys, "index", tmp_path / "nope.jsonl", "--index", index_copy)
+    assert_one_line_error(rc, err, "nope.jsonl", "does not exist")
+    assert snapshot(index_copy) == before
+
+
+def test_index_repeating_existing_id(capsys, fake_cli, index_copy, corpus_writer, docs):
+    before = snapshot(index_copy)
+    new = make_docs(3, seed=9, prefix="fresh")
+    corpus = corpus_writer([doc_line(d) for d in new] + [doc_line(docs[17])])
+    rc, out, err = run(capsys, "index", corpus, "--index", index_copy)
+    assert_one_line_error(rc, err, "already in", "'d0017'")
+    assert snapshot(index_copy) == before
+    with Index.open(index_copy) as ix:
+        assert ix.rows_of(["fresh0000"]) == [None]
+    # the lock was released: a valid addition then works
+    rc, out, err = run(capsys, "index", corpus_writer([doc_line(d) for d in new], name="ok.jsonl"),
+                       "--index", index_copy)
+    assert rc == 0, err
+    with Index.open(index_copy) as ix:
+        assert ix.n_docs == before[0] + 3
+
+
+def test_index_with_bad_factory(tmp_path, capsys, fake_cli, corpus_writer, docs):
+    new = tmp_path / "ix"
+    rc, _, err = run(capsys, "index", corpus_writer(docs[:10]), "--index", new, "--dense-factory", "Bogus77")
+    assert_one_line_error(rc, err, "'Bogus77'")
+    assert not new.exists()
+
+
+def test_search_missing_index_dir(tmp_path, capsys, fake_cli):
+    rc, out, err = run(capsys, "search", tmp_path / "absent", "query")
+    assert_one_line_error(rc, err, str(tmp_path / "absent"), "does not exist")
+    assert out == "" and not (tmp_path / "absent").exists()
+
+
+def test_search_foreign_directory(tmp_path, capsys, fake_cli):
+    d = tmp_path / "foreign"
+    d.mkdir()
+    (d / "data.bin").write_bytes(b"\x00\x01")
+    rc, out, err = run(capsys, "search", d, "query")
+    assert_one_line_error(rc, err, "not a hylex index", "manifest.json")
+    assert sorted(p.name for p in d.iterdir()) == ["data.bin"]
+    # a foreign manifest, too
+    (d / "manifest.json").write_text(json.dumps({"format": "elastic"}))
+    rc, out, err = run(capsys, "search", d, "query")
+    assert_one_line_error(rc, err, "not a hylex index", "'elastic'")
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_search_bad_k(capsys, fake_cli, index_copy, k):
+    before = snapshot(index_copy)
+    rc, out, err = run(capsys, "search", index_copy, "chess pawn", "-k", k)
+    assert_one_line_error(rc, err, "k must be a positive integer", f"got {k}")
+    assert out == ""
+    assert snapshot(index_copy) == before
+
+
+def test_eval_missing_beir_dir(tmp_path, capsys, fake_cli, index_copy):
+    rc, _, err = run(capsys, "eval", tmp_path / "nobeir", "--index", index_copy)
+    assert_one_line_error(rc, err, "nobeir", "does not exist")
