@@ -15,6 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hylex.corpus import read_corpus
@@ -23,8 +24,7 @@ from hylex.engine import Encoder
 
 def raw_forward(enc: Encoder, texts: list[str]) -> tuple[float, int]:
     """The raw HF forward on the batches hylex would form: same token ids, padding and position ids."""
-    ids = enc._token_ids(texts, "passage")
-    import numpy as np
+    ids = [x[0] for x in enc._token_ids(texts, "passage")]
 
     lengths = np.array([len(x) for x in ids])
     batches = enc._batches(lengths)

@@ -83,7 +83,7 @@ def test_topk_prunes(fp32):
 def test_matches_raw_hugging_face_forward(fp32):
     """Dense = last layer's hidden state at the last token; sparse = log1p(relu(logits)) there."""
     text = DOCS["volcano"]
-    ids = fp32._token_ids([text], "passage")[0]
+    ids = fp32._token_ids([text], "passage")[0][0]
     batch = torch.tensor([ids])
     with torch.inference_mode():
         raw = fp32.lm(input_ids=batch, output_hidden_states=True, logits_to_keep=1)

@@ -19,12 +19,19 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+# Encoder settings added after CACHE_FORMAT 1, with the value that reproduces the encodings made before they
+# existed. A setting at that neutral value is left out of the key, so adding a setting does not orphan the
+# cache; any other value changes the key. Bump CACHE_FORMAT when the encoder's output changes for the same key.
+NEUTRAL_SETTINGS = {"own_words": True, "expansion": 0}
 _HEADER = struct.Struct("<II")  # dim, nnz
 
 
 def namespace(describe: dict, kind: str) -> bytes:
     """Key prefix for one encoder configuration and prompt kind (``query`` / ``passage``)."""
-    blob = json.dumps({"format": CACHE_FORMAT, "encoder": describe, "kind": kind}, sort_keys=True)
+    settings = {k: v for k, v in describe.get("settings", {}).items()
+                if not (k in NEUTRAL_SETTINGS and NEUTRAL_SETTINGS[k] == v)}
+    blob = json.dumps({"format": CACHE_FORMAT, "encoder": {**describe, "settings": settings}, "kind": kind},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).digest()[:16]
 
 

@@ -23,7 +23,7 @@ from hylex.errors import HylexError, ModelError
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "eos", "weighted_mean")
 DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -44,10 +44,18 @@ class EncoderConfig:
     Attributes:
         model: packaged model name, ``.gguf`` path, model folder or hub id.
         prompt: prompt family (``promptreps``).
-        pooling: dense pooling, ``last`` (the prompt's last token, as PromptReps) or ``mean`` (non-pad tokens).
+        prompt: ``promptreps``, ``prompteol``, ``echo`` or ``none`` (see :mod:`hylex.engine.prompts`).
+        pooling: dense pooling: ``last`` (the prompt's last token, as PromptReps), ``mean`` (mean over the text's
+            tokens; for echo, its second copy), ``eos`` (an EOS token appended; sparse weights still come from the
+            token before it), ``weighted_mean`` (position-weighted mean over the text's tokens, later ones
+            weigh more, as SGPT).
         max_length: tokens per text including the prompt; longer texts are truncated.
         sparse_topk: vocabulary entries kept per text (0 keeps all of the text's own words).
-        stopwords: name of the stopword list removed from the own-word filter (``english`` or ``none``).
+        own_words: keep sparse weight only on the token ids of the text's own words (PromptReps); off keeps any
+            alphanumeric vocabulary entry.
+        expansion: with ``own_words``, also keep this many top vocabulary entries beyond the text's own words
+            (alphanumeric tokens only): expansion terms.
+        stopwords: stopword list removed from the own-word filter: a name (``english``, ``none``) or a list.
         dtype: the transformer body's dtype: ``float32``, ``bfloat16``, or ``auto`` (bfloat16 on a GPU and on
             CPUs with AMX bf16 units, where it is 3-4x faster with dense cosine > 0.9998 to fp32; float32
             elsewhere). The LM head always runs in float32 so sparse weights keep their precision. Indexes
@@ -59,7 +67,9 @@ class EncoderConfig:
     pooling: str = "last"
     max_length: int = 512
     sparse_topk: int = 128
-    stopwords: str = "english"
+    own_words: bool = True
+    expansion: int = 0
+    stopwords: str | list = "english"
     dtype: str = "auto"
 
     def validate(self) -> None:
@@ -67,9 +77,17 @@ class EncoderConfig:
             raise HylexError(f"prompt {self.prompt!r} is unknown: choose one of {', '.join(prompts.PROMPTS)}")
         if self.pooling not in POOLINGS:
             raise HylexError(f"pooling {self.pooling!r} is unknown: choose one of {', '.join(POOLINGS)}")
-        if self.stopwords not in lexicon.STOPWORD_LISTS:
+        if isinstance(self.stopwords, (list, tuple)):
+            if not all(isinstance(w, str) for w in self.stopwords):
+                raise HylexError("stopwords must be a list name or a list of strings")
+            self.stopwords = sorted({w.lower() for w in self.stopwords})
+        elif self.stopwords not in lexicon.STOPWORD_LISTS:
             raise HylexError(f"stopword list {self.stopwords!r} is unknown: choose one of "
-                             f"{', '.join(lexicon.STOPWORD_LISTS)}")
+                             f"{', '.join(lexicon.STOPWORD_LISTS)} or pass a list of words")
+        if not isinstance(self.expansion, int) or self.expansion < 0:
+            raise HylexError(f"expansion must be an integer >= 0, not {self.expansion!r}")
+        if not isinstance(self.own_words, bool):
+            raise HylexError(f"own_words must be true or false, not {self.own_words!r}")
         if self.dtype not in DTYPES:
             raise HylexError(f"dtype {self.dtype!r} is unknown: choose one of {', '.join(DTYPES)}")
         if not isinstance(self.max_length, int) or self.max_length < 64:
@@ -127,19 +145,17 @@ class PromptRepsModule(torch.nn.Module):
         # Gemma-style models squash their logits; applying the same keeps the sparse weights faithful.
         self.softcap = getattr(lm.config, "final_logit_softcapping", None)
 
-    def forward(self, input_ids, attention_mask, position_ids=None, pooling: str = "last"):
+    def forward(self, input_ids, attention_mask, position_ids, pool_weights, logit_index: int = -1):
+        """input_ids/attention_mask/position_ids long (B, L), left-padded; pool_weights float32 (B, L) summing
+        to 1 per row. Returns dense float32 (B, H) = sum_l w_l h_l of the last layer, and float32 logits (B, V)
+        at position ``logit_index``."""
         out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state.float()  # (B, L, H)
-        last = hidden[:, -1]
-        logits = torch.nn.functional.linear(last, self.head_weight, self.head_bias)
+        hidden = out.last_hidden_state  # (B, L, H)
+        dense = torch.einsum("bl,blh->bh", pool_weights.to(hidden.dtype), hidden).float()
+        logits = torch.nn.functional.linear(hidden[:, logit_index].float(), self.head_weight, self.head_bias)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        if pooling == "mean":
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            dense = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        else:
-            dense = last
         return dense, logits
 
 
@@ -204,15 +220,20 @@ class Encoder:
         if pad is None:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         self.pad_id = int(pad)
-        self._parts = {kind: prompts.render(self.tokenizer, self.config.prompt, kind)
-                       for kind in ("query", "passage")}
-        overhead = max(len(p.prefix) + len(p.suffix) for p in self._parts.values())
-        if overhead + 8 > self.config.max_length:
+        self._layouts = {kind: prompts.render(self.tokenizer, self.config.prompt, kind)
+                         for kind in ("query", "passage")}
+        overhead = max(p.overhead for p in self._layouts.values()) + 1
+        if overhead + 8 * self._layouts["passage"].copies > self.config.max_length:
             raise HylexError(f"max_length {self.config.max_length} leaves no room for text after the "
                              f"{overhead}-token prompt: raise it")
-        self._stop = lexicon.STOPWORD_LISTS[self.config.stopwords]
+        sw = self.config.stopwords
+        self._stop = frozenset(sw) if isinstance(sw, list) else lexicon.STOPWORD_LISTS[sw]
+        eos = self.tokenizer.eos_token_id
+        if self.config.pooling == "eos" and eos is None:
+            raise HylexError(f"pooling 'eos' needs a tokenizer with an EOS token; {self.config.model} has none")
+        self._eos = eos
         self._words = lexicon.WordTokenCache(self.tokenizer)
-        self._fallback_mask = None
+        self._fallback_mask = self._stop_mask = self._strings = None
         logger.info("loaded %s (%s) in %.1fs: dim %d, vocab %d", self.config.model, self.resolved.path,
                     time.perf_counter() - t0, self.dim, self.vocab_size)
 
@@ -243,14 +264,37 @@ class Encoder:
         return self._encode(texts, kind)
 
     # -- internals -------------------------------------------------------------------------------------------
-    def _token_ids(self, texts: list[str], kind: str) -> list[list[int]]:
-        parts = self._parts[kind]
-        budget = self.config.max_length - len(parts.prefix) - len(parts.suffix)
+    def _token_ids(self, texts: list[str], kind: str) -> list[tuple[list[int], int, int]]:
+        """Per text: (prompted token ids, start, end of the pooled text span)."""
+        layout = self._layouts[kind]
+        eos = self.config.pooling == "eos"
+        max_len = self.config.max_length - (1 if eos else 0)
+        budget = max(1, (max_len - layout.overhead) // layout.copies)
         # Characters beyond ~12 per token can never fit: cut before tokenizing so a 1 MB text costs no more
         # than one that fills the window.
         clipped = [t[: budget * 12] for t in texts]
-        ids = self.tokenizer(clipped, add_special_tokens=False)["input_ids"]
-        return [parts.prefix + list(x[:budget]) + parts.suffix for x in ids]
+        out = []
+        for x in self.tokenizer(clipped, add_special_tokens=False)["input_ids"]:
+            ids, start, end = layout.assemble(x, max_len)
+            if eos:
+                ids.append(self._eos)
+            out.append((ids, start, end))
+        return out
+
+    def _pool_weights(self, spans: list[tuple[int, int, int]], width: int) -> torch.Tensor:
+        """float32 (B, width) pooling weights for left-padded rows; spans are (length, start, end)."""
+        w = torch.zeros((len(spans), width), dtype=torch.float32)
+        pooling = self.config.pooling
+        for r, (length, start, end) in enumerate(spans):
+            pad = width - length
+            if pooling in ("last", "eos") or end <= start:
+                w[r, -1] = 1.0
+            elif pooling == "mean":
+                w[r, pad + start:pad + end] = 1.0 / (end - start)
+            else:  # weighted_mean: weight i for the i-th token of the span (1-based)
+                pos = torch.arange(1, end - start + 1, dtype=torch.float32)
+                w[r, pad + start:pad + end] = pos / pos.sum()
+        return w
 
     def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch shows the memory peak
@@ -262,69 +306,99 @@ class Encoder:
             start += size
         return batches
 
-    def _own_word_mask(self, texts: list[str]) -> torch.Tensor:
-        ids = self._words.ids_for(texts, self._stop)
+    def _own_word_mask(self, texts: list[str], stop: frozenset[str] | None = None) -> torch.Tensor:
+        """bool (B, V): the token ids of each text's own words; texts without words get alphanumeric tokens."""
+        ids = self._words.ids_for(texts, self._stop if stop is None else stop)
         mask = torch.zeros((len(texts), self.vocab_size), dtype=torch.bool)
         for row, t in enumerate(ids):
             t = t[t < self.vocab_size]
             if len(t):
                 mask[row, torch.from_numpy(t)] = True
-            else:  # a text with no words (symbols, numbers-only stopwords): fall back to alphanumeric tokens
+            else:  # a text with no words (symbols only): fall back to alphanumeric tokens
                 mask[row] = self._alnum_mask()
         return mask
 
-    def _alnum_mask(self) -> torch.Tensor:
-        if self._fallback_mask is None:
+    def _sparse(self, logits: torch.Tensor, texts: list[str]) -> tuple[list, list]:
+        """log1p(relu(logits)) float32 (B, V) -> per row sorted (term ids int32, weights float32), pruned."""
+        weights = torch.log1p(torch.relu(logits)).cpu()
+        cfg = self.config
+        k = min(cfg.sparse_topk, self.vocab_size) if cfg.sparse_topk else self.vocab_size
+        alnum = self._alnum_mask() if (not cfg.own_words or cfg.expansion) else None
+        if cfg.own_words:
+            own = self._own_word_mask(texts)
+            vals, idx = torch.topk(weights * own, k, dim=1, sorted=False)
+            if cfg.expansion:
+                # expansion terms: the strongest alphanumeric entries absent from the text (stopwords included)
+                # and not stopwords themselves
+                allowed = alnum & ~self._stopword_tokens() & ~self._own_word_mask(texts, frozenset())
+                ev, ei = torch.topk(weights * allowed, min(cfg.expansion, self.vocab_size), dim=1, sorted=False)
+                vals, idx = torch.cat([vals, ev], 1), torch.cat([idx, ei], 1)
+        else:
+            vals, idx = torch.topk(weights * alnum, k, dim=1, sorted=False)
+        vals, idx = vals.numpy(), idx.numpy()
+        rows_idx, rows_val = [], []
+        for r in range(len(texts)):
+            keep = vals[r] > 0
+            order = np.argsort(idx[r][keep])
+            rows_idx.append(idx[r][keep][order].astype(np.int32))
+            rows_val.append(vals[r][keep][order].astype(np.float32))
+        return rows_idx, rows_val
+
+    def _token_strings(self) -> list[str]:
+        """Each vocabulary id as stripped text ("" for ids the tokenizer does not know)."""
+        if self._strings is None:
             toks = self.tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
-            keep = np.zeros(self.vocab_size, dtype=bool)
-            for i, t in enumerate(toks):
-                if t:
-                    s = self.tokenizer.convert_tokens_to_string([t]).strip()
-                    keep[i] = bool(s) and s.isalnum()
+            self._strings = [self.tokenizer.convert_tokens_to_string([t]).strip() if t else "" for t in toks]
+        return self._strings
+
+    def _alnum_mask(self) -> torch.Tensor:
+        """bool (V,): tokens that read as a word or number (candidates for expansion and fallback)."""
+        if self._fallback_mask is None:
+            keep = np.array([bool(s) and s.isalnum() for s in self._token_strings()], dtype=bool)
             self._fallback_mask = torch.from_numpy(keep)
         return self._fallback_mask
+
+    def _stopword_tokens(self) -> torch.Tensor:
+        """bool (V,): tokens that are stopwords by themselves."""
+        if self._stop_mask is None:
+            stop = self._stop
+            self._stop_mask = torch.from_numpy(np.array([s.lower() in stop for s in self._token_strings()]))
+        return self._stop_mask
 
     def _forward_texts(self, texts: list[str], kind: str, stats: EncodeStats):
         """Encode without the cache: dense float32 (n, H) and per-text sorted (term ids, weights)."""
         from tqdm.auto import tqdm
 
-        ids = self._token_ids(texts, kind)
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        prompted = self._token_ids(texts, kind)
+        lengths = np.fromiter((len(x[0]) for x in prompted), dtype=np.int64, count=len(prompted))
         batches = self._batches(lengths)
         n = len(texts)
         dense_out = np.zeros((n, self.dim), dtype=np.float32)
         rows_idx, rows_val = [None] * n, [None] * n
         stats.tokens += int(lengths.sum())
-        k = self.config.sparse_topk
-        bar = tqdm(total=n, desc="encode queries" if kind == "query" else "encode documents", unit="text", disable=not self.progress, leave=False)
+        logit_index = -2 if self.config.pooling == "eos" else -1
+        bar = tqdm(total=n, desc="encode queries" if kind == "query" else "encode documents", unit="text",
+                   disable=not self.progress, leave=False)
         with torch.inference_mode():
             for batch in batches:
                 width = int(lengths[batch].max())
                 input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
                 attn = torch.zeros((len(batch), width), dtype=torch.long)
                 for r, i in enumerate(batch):
-                    x = ids[i]
+                    x = prompted[i][0]
                     input_ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
                     attn[r, width - len(x):] = 1
                 # Positions count real tokens only, so a text's encoding does not depend on its batch's padding.
                 pos = (attn.cumsum(1) - 1).clamp(min=0)
+                pool = self._pool_weights([(int(lengths[i]), prompted[i][1], prompted[i][2]) for i in batch], width)
                 tf = time.perf_counter()
                 dense, logits = self.module(input_ids.to(self.device), attn.to(self.device), pos.to(self.device),
-                                            pooling=self.config.pooling)
+                                            pool.to(self.device), logit_index)
                 stats.forward_seconds += time.perf_counter() - tf
-                dense = torch.nn.functional.normalize(dense, dim=-1)
-                weights = torch.log1p(torch.relu(logits)).cpu()
-                mask = self._own_word_mask([texts[i] for i in batch])
-                weights = weights * mask
-                kk = min(k, self.vocab_size) if k else self.vocab_size
-                vals, idx = torch.topk(weights, kk, dim=1, sorted=False)
-                vals, idx = vals.numpy(), idx.numpy()
-                dense_out[batch] = dense.cpu().numpy()
+                dense_out[batch] = torch.nn.functional.normalize(dense, dim=-1).cpu().numpy()
+                b_idx, b_val = self._sparse(logits, [texts[i] for i in batch])
                 for r, i in enumerate(batch):
-                    keep = vals[r] > 0
-                    order = np.argsort(idx[r][keep])
-                    rows_idx[i] = idx[r][keep][order].astype(np.int32)
-                    rows_val[i] = vals[r][keep][order].astype(np.float32)
+                    rows_idx[i], rows_val[i] = b_idx[r], b_val[r]
                 stats.batches += 1
                 stats.padded_tokens += len(batch) * width
                 stats.batch_shapes.append((len(batch), width))
