@@ -13,8 +13,9 @@ import os
 import struct
 from pathlib import Path
 
-import lmdb
 import numpy as np
+
+from hylex.utils import close_lmdb, open_lmdb
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +24,15 @@ CACHE_FORMAT = 1
 # existed. A setting at that neutral value is left out of the key, so adding a setting does not orphan the
 # cache; any other value changes the key. Bump CACHE_FORMAT when the encoder's output changes for the same key.
 NEUTRAL_SETTINGS = {"own_words": True, "expansion": 0}
+# Settings that choose which units (whole text, chunk i) are encoded, not how: a unit's key carries its chunk.
+UNIT_SETTINGS = ("long_docs", "chunk_overlap", "dense_agg")
 _HEADER = struct.Struct("<II")  # dim, nnz
 
 
 def namespace(describe: dict, kind: str) -> bytes:
     """Key prefix for one encoder configuration and prompt kind (``query`` / ``passage``)."""
     settings = {k: v for k, v in describe.get("settings", {}).items()
-                if not (k in NEUTRAL_SETTINGS and NEUTRAL_SETTINGS[k] == v)}
+                if not (k in NEUTRAL_SETTINGS and NEUTRAL_SETTINGS[k] == v) and k not in UNIT_SETTINGS}
     blob = json.dumps({"format": CACHE_FORMAT, "encoder": {**describe, "settings": settings}, "kind": kind},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).digest()[:16]
@@ -45,7 +48,7 @@ class EncodingCache:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         # map_size is address space, not disk: LMDB files grow as data is written.
-        self.env = lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=0, readahead=False)
+        self.env = open_lmdb(self.path, map_size=map_size, subdir=True, max_dbs=0, readahead=False)
 
     @staticmethod
     def key(ns: bytes, text: str) -> bytes:
@@ -83,4 +86,6 @@ class EncodingCache:
         return self.env.stat()["entries"]
 
     def close(self) -> None:
-        self.env.close()
+        if self.env is not None:
+            close_lmdb(self.env)
+            self.env = None
