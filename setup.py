@@ -21,6 +21,7 @@ BASE = [
     "numpy>=1.24",
     "numba>=0.59",
     "lmdb>=1.4",
+    "PyStemmer>=2.2",     # Snowball stemming of the BM25 arm
     "tqdm",
     "ir-measures>=0.3",
     "pytrec-eval-terrier>=0.5",
@@ -39,7 +40,7 @@ setup(
     extras_require={
         # faiss-gpu replaces faiss-cpu: install with `pip install hylex[gpu]` after removing faiss-cpu.
         "gpu": ["faiss-gpu-cu12>=1.8"],
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "bm25s>=0.2"],  # bm25s: the reference BM25 of tests/test_bm25.py
         "bench": ["bm25s[core]>=0.2", "matplotlib"],
     },
     entry_points={"console_scripts": ["hylex=hylex.cli:main"]},

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 from hylex.errors import HylexError
 
 logger = logging.getLogger("hylex")
+
+EVAL_MODES = ("dense", "sparse", "bm25", "hybrid")
 
 
 def _positive_int(text: str) -> int:
@@ -24,6 +27,14 @@ def _positive_int(text: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
     return v
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.3,0.3,0.4") \
+            from None
 
 
 def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) -> None:
@@ -45,11 +56,28 @@ def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) ->
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "hybrid"])
+    p.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "bm25", "hybrid"])
     p.add_argument("--fusion", default="convex", choices=["convex", "rrf"])
-    p.add_argument("--alpha", type=float, default=0.5, help="dense weight of the convex fusion")
+    p.add_argument("--arms", default=None,
+                   help="arms hybrid fuses, comma-separated from dense,sparse,bm25 (default dense,sparse)")
+    p.add_argument("--weights", type=_float_list, default=None,
+                   help="one fusion weight per arm, e.g. 0.3,0.3,0.4 (default: --alpha for dense,sparse, else "
+                        "equal; rrf: all 1)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="dense weight of the convex dense,sparse fusion (default 0.5)")
     p.add_argument("--rrf-k", type=float, default=60.0)
     p.add_argument("--depth", type=_positive_int, default=100, help="candidates per arm for hybrid fusion")
+    p.add_argument("--bm25-k1", type=float, default=None, help="BM25 k1 (default: the index's)")
+    p.add_argument("--bm25-b", type=float, default=None, help="BM25 b (default: the index's)")
+
+
+def _fusion_kwargs(args) -> dict:
+    """The search() arguments of the search options (arms only when given, so the default stays the library's)."""
+    out = {"fusion": args.fusion, "alpha": args.alpha, "rrf_k": args.rrf_k, "depth": args.depth,
+           "weights": args.weights, "k1": args.bm25_k1, "b": args.bm25_b}
+    if args.arms is not None:
+        out["arms"] = args.arms
+    return out
 
 
 def _encoder_kwargs(args) -> dict:
@@ -86,10 +114,16 @@ def _print_hits(res, queries: list[str], as_json: bool) -> None:
 def cmd_index(args) -> int:
     from hylex.indexing.builder import build_index, load_documents
 
+    from hylex.indexing.bm25 import bm25_settings
+
+    bm25 = {key: v for key, v in (("k1", args.bm25_k1), ("b", args.bm25_b), ("stemmer", args.bm25_stemmer),
+                                  ("stopwords", args.bm25_stopwords)) if v is not None} or None
+    if bm25 is not None:
+        bm25_settings(bm25)  # bad BM25 settings fail before the model loads
     docs = load_documents(args.corpus)  # validate before the model loads: a bad line fails in a second
     encoder = _make_encoder(args)
     rep = build_index(docs, args.index, encoder, dense_factory=args.dense_factory, chunk_size=args.chunk_size,
-                      segment_size=args.segment_size, progress=not args.no_progress)
+                      segment_size=args.segment_size, bm25=bm25, progress=not args.no_progress)
     tps = rep.tokens / rep.encode_seconds if rep.encode_seconds and rep.tokens else 0.0
     print(f"indexed {rep.documents} documents into {rep.index_dir} in {rep.seconds:.1f}s "
           f"(encode {rep.encode_seconds:.1f}s, {tps:.0f} tokens/s; encoding cache hits {rep.cache_hits}/"
@@ -101,31 +135,40 @@ def cmd_search(args) -> int:
     from hylex.retrieval.searcher import Searcher
 
     s = Searcher(args.index, **_encoder_kwargs(args))
-    res = s.search(args.queries, k=args.k, mode=args.mode, fusion=args.fusion, alpha=args.alpha,
-                   rrf_k=args.rrf_k, depth=args.depth, with_documents=True)
+    res = s.search(args.queries, k=args.k, mode=args.mode, with_documents=True, **_fusion_kwargs(args))
     _print_hits(res, args.queries, args.json)
     return 0
 
 
 def cmd_eval(args) -> int:
     from hylex.corpus import load_beir
+    from hylex.indexing.bm25 import check_b, check_k1
     from hylex.retrieval.evaluation import evaluate_run, run_from_results, write_trec_run
-    from hylex.retrieval.searcher import Searcher
+    from hylex.retrieval.searcher import DEFAULT_ARMS, Searcher, check_arms, check_weights, fusion_weights
 
+    # bad search options fail before the model loads and the queries are encoded
+    fusion = _fusion_kwargs(args)
+    arms = check_arms(fusion.get("arms", DEFAULT_ARMS))
+    fusion_weights(arms, None if args.weights is None else check_weights(args.weights, arms), args.fusion,
+                   args.alpha)
+    if args.bm25_k1 is not None:
+        check_k1(args.bm25_k1)
+    if args.bm25_b is not None:
+        check_b(args.bm25_b)
     _, queries, qrels = load_beir(args.beir_dir, args.split)
     s = Searcher(args.index, **_encoder_kwargs(args))
     qids = sorted(queries)
+    texts = [queries[q] for q in qids]
     t = time.perf_counter()
-    q_dense, q_sparse = s.encoder.encode_queries([queries[q] for q in qids])
+    q_dense, q_sparse = s.encoder.encode_queries(texts)
     encode_s = time.perf_counter() - t
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.index) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     name = Path(args.beir_dir).name
     out: dict = {}
-    for mode in ("dense", "sparse", "hybrid"):
+    for mode in EVAL_MODES:
         t = time.perf_counter()
-        res = s.search(None, k=args.k, mode=mode, fusion=args.fusion, alpha=args.alpha, rrf_k=args.rrf_k,
-                       depth=args.depth, dense=q_dense, sparse=q_sparse)
+        res = s.search(None, k=args.k, mode=mode, dense=q_dense, sparse=q_sparse, bm25_queries=texts, **fusion)
         search_s = time.perf_counter() - t
         write_trec_run(runs_dir / f"{name}.{args.split}.{mode}.trec", qids, res.ids, res.scores, tag=f"hylex-{mode}")
         metrics = evaluate_run(run_from_results(qids, res.ids, res.scores), qrels)
@@ -137,7 +180,7 @@ def cmd_eval(args) -> int:
         print(json.dumps(out))
     else:
         print(f"{name} ({args.split}, {len(qids)} queries; runs in {runs_dir})")
-        for mode in ("dense", "sparse", "hybrid"):
+        for mode in EVAL_MODES:
             print(f"  {mode:<7} nDCG@10 {out[mode]['ndcg@10']:.4f}  Recall@100 {out[mode]['recall@100']:.4f}")
     return 0
 
@@ -145,7 +188,7 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from hylex.engine.models import cache_dir
     from hylex.indexing.builder import build_index
-    from hylex.indexing.index import MANIFEST
+    from hylex.indexing.index import FORMAT, FORMAT_VERSION, MANIFEST
     from hylex.retrieval.searcher import Searcher
     from hylex.sample import EXAMPLE_QUERIES, stdlib_corpus
 
@@ -154,6 +197,16 @@ def cmd_demo(args) -> int:
     docs = stdlib_corpus(limit=args.limit)
     args.model, args.max_length, args.sparse_topk, args.pooling, args.dtype = "smollm2-135m", 512, 128, "last", "auto"
     encoder = _make_encoder(args)
+    if (index_dir / MANIFEST).exists():
+        try:
+            old = json.loads((index_dir / MANIFEST).read_text())
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and old.get("format") == FORMAT and old.get("format_version") != FORMAT_VERSION:
+            # the demo's own sample index, written by an older hylex: rebuild it in this version's format
+            print(f"rebuilding the sample index at {index_dir} (index format {old.get('format_version')} -> "
+                  f"{FORMAT_VERSION})")
+            shutil.rmtree(index_dir)
     if (index_dir / MANIFEST).exists():
         print(f"using the sample index at {index_dir} ({len(docs)} Python standard library docstrings)")
     else:
@@ -183,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--dense-factory", default="Flat", help="FAISS index-factory string (default Flat: exact)")
     pi.add_argument("--chunk-size", type=_positive_int, default=256, help="documents per encoding call")
     pi.add_argument("--segment-size", type=_positive_int, default=100_000, help="documents per segment")
+    pi.add_argument("--bm25-k1", type=float, default=None, help="BM25 k1, the searches' default (default 0.9)")
+    pi.add_argument("--bm25-b", type=float, default=None, help="BM25 b, the searches' default (default 0.4)")
+    pi.add_argument("--bm25-stemmer", default=None,
+                    help="BM25 Snowball stemmer (english, porter, german, ...) or none (default english)")
+    pi.add_argument("--bm25-stopwords", default=None, help="BM25 stopwords: english or none (default english)")
     _add_encoder_args(pi)
     pi.set_defaults(func=cmd_index)
 
@@ -195,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_args(ps, with_settings=False)
     ps.set_defaults(func=cmd_search)
 
-    pe = sub.add_parser("eval", help="evaluate dense, sparse and hybrid search on a BEIR dataset")
+    pe = sub.add_parser("eval", help="evaluate dense, sparse, BM25 and hybrid search on a BEIR dataset")
     pe.add_argument("beir_dir", help="folder with queries.jsonl and qrels/<split>.tsv")
     pe.add_argument("--index", required=True, help="index built from the dataset's corpus.jsonl")
     pe.add_argument("--split", default="test")
@@ -211,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--limit", type=_positive_int, default=300, help="sample documents")
     pd.add_argument("--workdir", default=None, help="where the sample index goes (default CACHE/demo)")
     pd.add_argument("-k", type=int, default=3)
-    pd.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "hybrid"])
+    pd.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "bm25", "hybrid"])
     _add_encoder_args(pd, with_settings=False)
     pd.set_defaults(func=cmd_demo)
     return p

@@ -121,26 +121,27 @@ def test_eval_on_beir_dir(tmp_path, capsys, fake_cli, docs):
     assert len(lines) == 1
     res = json.loads(lines[0])
     assert res["queries"] == len(topics) and res["runs_dir"] == str(runs)
-    for mode in ("dense", "sparse", "hybrid"):
+    for mode in ("dense", "sparse", "bm25", "hybrid"):
         for metric in ("ndcg@10", "recall@100"):
             assert 0.0 <= res[mode][metric] <= 1.0
         assert res[mode]["ndcg@10"] > 0.5, (mode, res[mode])  # topical queries find their topic's docs
     assert res["sparse"]["ndcg@10"] > 0.9 and res["sparse"]["recall@100"] > 0.9
+    assert res["bm25"]["ndcg@10"] > 0.9 and res["bm25"]["recall@100"] > 0.9
     files = sorted(p.name for p in runs.iterdir())
-    assert files == ["toy.test.dense.trec", "toy.test.hybrid.trec", "toy.test.sparse.trec"]
-    for mode in ("dense", "sparse", "hybrid"):
+    assert files == ["toy.test.bm25.trec", "toy.test.dense.trec", "toy.test.hybrid.trec", "toy.test.sparse.trec"]
+    for mode in ("dense", "sparse", "bm25", "hybrid"):
         rows = [line.split() for line in (runs / f"toy.test.{mode}.trec").read_text().splitlines()]
         assert rows and all(len(r) == 6 and r[1] == "Q0" and r[5] == f"hylex-{mode}" for r in rows)
         assert {r[0] for r in rows} == {q["_id"] for q in queries}
         q0 = [r for r in rows if r[0] == "q0"]
         assert [int(r[3]) for r in q0] == list(range(1, len(q0) + 1))
-        assert len(q0) <= 100 and (mode == "sparse" or len(q0) == 100)
+        assert len(q0) <= 100 and (mode in ("sparse", "bm25") or len(q0) == 100)
         scores = [float(r[4]) for r in q0]
         assert scores == sorted(scores, reverse=True)
 
     rc, out, err = run(capsys, "eval", beir, "--index", ix, "--runs-dir", runs)
     assert rc == 0, err
-    assert "nDCG@10" in out and "sparse" in out
+    assert "nDCG@10" in out and "sparse" in out and "bm25" in out
 
 
 # -- errors ------------------------------------------------------------------------------------------------------

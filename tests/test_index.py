@@ -25,7 +25,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-SEG_FILES = {"dense.faiss", "sparse_indptr.npy", "sparse_docs.npy", "sparse_weights.npy"}
+SEG_FILES = {"dense.faiss", "sparse_indptr.npy", "sparse_docs.npy", "sparse_weights.npy", "bm25_terms.npy",
+             "bm25_indptr.npy", "bm25_docs.npy", "bm25_tf.npy", "bm25_doclen.npy"}
+
+
+def seg_len(manifest) -> int:
+    return sum(s["bm25_len"] for s in manifest["segments"])
 
 
 def _search_all(index, queries, k=10):
@@ -56,13 +61,15 @@ def _snapshot(path, queries):
 def test_manifest_fields(built_index, docs, fake_encoder):
     with Index.open(built_index) as ix:
         m = ix.manifest
-        assert m["format"] == "hylex-index" and m["format_version"] == FORMAT_VERSION == 1
+        assert m["format"] == "hylex-index" and m["format_version"] == FORMAT_VERSION == 2
         assert m["libraries"]["hylex"] == hylex.__version__
         assert "faiss" in m["libraries"] and "numpy" in m["libraries"]
         assert m["encoder"] == fake_encoder.describe()
         assert m["encoder"]["model_id"] == "fake" and m["encoder"]["settings"] == fake_encoder.settings
         assert m["dense"] == {"factory": "Flat", "metric": "inner_product", "dim": 32}
         assert m["sparse"]["vocab_size"] == 1000
+        assert m["bm25"] == {"analyzer": {"stemmer": "english", "stopwords": "english"}, "k1": 0.9, "b": 0.4,
+                             "idf": "lucene", "total_len": seg_len(m)}
         assert ix.dim == 32 and ix.vocab_size == 1000
         assert m["n_docs"] == ix.n_docs == len(docs) == 200
         assert m["next_segment"] == len(m["segments"]) == 1
@@ -242,7 +249,7 @@ def test_open_other_format_version(index_copy):
     m = json.loads(mf.read_text())
     m["format_version"] = 99
     mf.write_text(json.dumps(m))
-    with pytest.raises(IndexFormatError, match=r"format version 99.*reads version 1"):
+    with pytest.raises(IndexFormatError, match=rf"format version 99.*reads version {FORMAT_VERSION}"):
         Index.open(index_copy)
 
 

@@ -90,7 +90,7 @@ def test_empty_sparse_query_gives_no_hits(searcher):
     ({"k": 2.5}, "k must be a positive integer"),
     ({"k": True}, "k must be a positive integer"),
     ({"depth": 0}, "depth must be a positive integer"),
-    ({"mode": "bm25"}, "mode 'bm25' is unknown"),
+    ({"mode": "lexical"}, "mode 'lexical' is unknown"),
     ({"fusion": "max"}, "fusion 'max' is unknown"),
     ({"alpha": -0.1}, r"alpha must be in \[0, 1\]"),
     ({"alpha": 1.5}, r"alpha must be in \[0, 1\]"),

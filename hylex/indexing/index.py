@@ -3,16 +3,19 @@
 Layout::
 
     DIR/manifest.json            format, versions, encoder (model id, fingerprint, settings), dims, counts,
-                                 segments with their files' sizes and sha256
+                                 BM25 settings (analyzer, k1, b) and total length, segments with their files'
+                                 sizes and sha256
     DIR/docs.lmdb/               documents, metadata, external id <-> global row
-    DIR/segments/seg-000000/     dense.faiss, sparse_indptr.npy, sparse_docs.npy, sparse_weights.npy
+    DIR/segments/seg-000000/     dense.faiss, sparse_indptr.npy, sparse_docs.npy, sparse_weights.npy,
+                                 bm25_terms.npy, bm25_indptr.npy, bm25_docs.npy, bm25_tf.npy, bm25_doclen.npy
     DIR/.lock                    held by the one writer
 
-Global rows are ``segment.row_offset + local row``. A commit writes the new segment's files (fsynced, under a
-temporary name, then renamed), then the documents (one LMDB transaction), then replaces the manifest
-atomically: a crash at any point leaves the previous manifest, which names only complete segments, and rows it
-does not count are ignored and cleaned on the next commit. Deletions (tombstones) and merges add fields
-without changing what is here.
+Global rows are ``segment.row_offset + local row``. BM25 postings are per segment and keyed by term hashes;
+their global statistics are summed over segments at query time (:mod:`hylex.indexing.bm25`). A commit writes
+the new segment's files (fsynced, under a temporary name, then renamed), then the documents (one LMDB
+transaction), then replaces the manifest atomically: a crash at any point leaves the previous manifest, which
+names only complete segments, and rows it does not count are ignored and cleaned on the next commit. Deletions
+(tombstones) and merges add fields without changing what is here.
 """
 from __future__ import annotations
 
@@ -32,15 +35,17 @@ import scipy.sparse as sp
 import hylex
 from hylex.corpus import Document
 from hylex.errors import HylexError, IndexFormatError
+from hylex.indexing.bm25 import Bm25Postings, bm25_settings
 from hylex.indexing.dense import DEFAULT_FACTORY, DenseIndex
 from hylex.indexing.inverted import InvertedIndex
 from hylex.indexing.store import DocStore
+from hylex.text import Bm25Analyzer
 from hylex.utils import sha256_file
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "hylex-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: BM25 postings per segment
 MANIFEST = "manifest.json"
 
 
@@ -85,6 +90,7 @@ class Segment:
     n_docs: int
     dense: DenseIndex
     sparse: InvertedIndex
+    bm25: Bm25Postings
 
 
 class Index:
@@ -99,6 +105,7 @@ class Index:
         self.writable = writable
         self._lock_fd = None
         self.store = None
+        self._analyzer: Bm25Analyzer | None = None
         if writable:
             self._acquire_lock()
         try:
@@ -110,8 +117,13 @@ class Index:
 
     # -- creation / opening ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, encoder: dict, dense_factory: str = DEFAULT_FACTORY) -> "Index":
-        """Create an empty index at ``path`` for vectors from ``encoder`` (an ``Encoder.describe()`` dict)."""
+    def create(cls, path: str | os.PathLike, encoder: dict, dense_factory: str = DEFAULT_FACTORY,
+               bm25: dict | None = None) -> "Index":
+        """Create an empty index at ``path`` for vectors from ``encoder`` (an ``Encoder.describe()`` dict).
+
+        ``bm25``: the BM25 arm's settings, ``{"k1", "b", "stemmer", "stopwords"}`` or ``{"k1", "b", "analyzer"}``
+        (defaults: k1 0.9, b 0.4, English stemming and stopwords); k1 and b are the defaults of searches.
+        """
         p = Path(path)
         if (p / MANIFEST).exists():
             raise HylexError(f"{p} already holds a hylex index: open it to add documents, or choose a new "
@@ -122,8 +134,9 @@ class Index:
         for key in ("model_id", "dim", "vocab_size", "settings"):
             if key not in encoder:
                 raise HylexError(f"encoder description lacks {key!r}: pass Encoder.describe()")
-        # Validate the factory string now, before anything is written.
+        # Validate the factory string and the BM25 settings now, before anything is written.
         _check_factory(int(encoder["dim"]), dense_factory)
+        bm25_cfg = bm25_settings(bm25)
         p.mkdir(parents=True, exist_ok=True)
         (p / "segments").mkdir(exist_ok=True)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -132,6 +145,7 @@ class Index:
             "libraries": _library_versions(), "encoder": encoder,
             "dense": {"factory": dense_factory, "metric": "inner_product", "dim": int(encoder["dim"])},
             "sparse": {"vocab_size": int(encoder["vocab_size"]), "dtype": "float32"},
+            "bm25": {**bm25_cfg, "idf": "lucene", "total_len": 0},
             "n_docs": 0, "next_segment": 0, "segments": [],
         }
         _write_json_atomic(p / MANIFEST, manifest)
@@ -156,6 +170,11 @@ class Index:
             raise IndexFormatError(f"{p} is not a hylex index (manifest format is "
                                    f"{manifest.get('format') if isinstance(manifest, dict) else None!r}): "
                                    f"pass a directory made by `hylex index`")
+        if manifest.get("format_version") == 1:
+            raise IndexFormatError(f"{p} has index format version 1, which has no BM25 postings; this hylex "
+                                   f"({hylex.__version__}) reads version {FORMAT_VERSION}: rebuild the index "
+                                   f"(`hylex index CORPUS --index NEW_DIR`) or use the hylex version that wrote it "
+                                   f"({manifest.get('libraries', {}).get('hylex')})")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')}, this hylex "
                                    f"({hylex.__version__}) reads version {FORMAT_VERSION}: rebuild the index or "
@@ -196,7 +215,8 @@ class Index:
         d = self.path / "segments" / seg["name"]
         return Segment(seg["name"], int(seg["row_offset"]), int(seg["n_docs"]),
                        DenseIndex.load(d / "dense.faiss", self.manifest["dense"]["factory"], mmap=mmap),
-                       InvertedIndex.load(d, int(seg["n_docs"]), mmap=mmap))
+                       InvertedIndex.load(d, int(seg["n_docs"]), mmap=mmap),
+                       Bm25Postings.load(d, mmap=mmap, total_len=seg["bm25_len"]))
 
     # -- properties ------------------------------------------------------------------------------------------
     @property
@@ -214,6 +234,21 @@ class Index:
     @property
     def encoder_info(self) -> dict:
         return self.manifest["encoder"]
+
+    @property
+    def bm25_analyzer(self) -> Bm25Analyzer:
+        """The analyzer documents were indexed with (queries must use the same)."""
+        if self._analyzer is None:
+            self._analyzer = Bm25Analyzer.from_dict(self.manifest["bm25"]["analyzer"])
+        return self._analyzer
+
+    @property
+    def bm25_k1(self) -> float:
+        return float(self.manifest["bm25"]["k1"])
+
+    @property
+    def bm25_b(self) -> float:
+        return float(self.manifest["bm25"]["b"])
 
     # -- writing ---------------------------------------------------------------------------------------------
     def add(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix) -> int:
@@ -268,6 +303,8 @@ class Index:
         DenseIndex.build(dense, self.manifest["dense"]["factory"]).save(tmp / "dense.faiss")
         inv = InvertedIndex.from_csr(sparse)
         inv.save(tmp)
+        bm = Bm25Postings.from_tokens(self.bm25_analyzer.analyze([d.full_text for d in docs]))
+        bm.save(tmp)
         files = {}
         for f in sorted(tmp.iterdir()):
             with open(f, "rb") as fh:
@@ -282,14 +319,17 @@ class Index:
         self.store.sync()
         manifest = dict(self.manifest)
         manifest["segments"] = list(self.manifest["segments"]) + [
-            {"name": name, "row_offset": first, "n_docs": n, "nnz": inv.nnz, "files": files}]
+            {"name": name, "row_offset": first, "n_docs": n, "nnz": inv.nnz, "bm25_nnz": bm.nnz,
+             "bm25_terms": bm.n_terms, "bm25_len": bm.total_len, "files": files}]
         manifest["n_docs"] = first + n
+        manifest["bm25"] = {**self.manifest["bm25"],
+                            "total_len": int(self.manifest["bm25"]["total_len"]) + bm.total_len}
         manifest["next_segment"] = seq + 1
         manifest["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         _write_json_atomic(self.path / MANIFEST, manifest)
         self.manifest = manifest
         self.segments.append(self._load_segment(manifest["segments"][-1], mmap=True))
-        logger.info("committed segment %s: %d documents, %d postings", name, n, inv.nnz)
+        logger.info("committed segment %s: %d documents, %d sparse and %d BM25 postings", name, n, inv.nnz, bm.nnz)
         return first
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -318,6 +358,15 @@ class Index:
         for s in self.segments:
             if s.dense.ntotal != s.n_docs or s.sparse.n_docs != s.n_docs:
                 problems.append(f"segment {s.name}: {s.dense.ntotal} dense vectors for {s.n_docs} documents")
+            if s.bm25.n_docs != s.n_docs:
+                problems.append(f"segment {s.name}: BM25 lengths of {s.bm25.n_docs} documents for {s.n_docs}")
+            elif int(np.asarray(s.bm25.doc_len, dtype=np.float64).sum()) != s.bm25.total_len:
+                problems.append(f"segment {s.name}: BM25 document lengths sum to other than the manifest's "
+                                f"{s.bm25.total_len}")
+        bm25_total = sum(int(seg["bm25_len"]) for seg in self.manifest["segments"])
+        if bm25_total != int(self.manifest["bm25"]["total_len"]):
+            problems.append(f"manifest's BM25 total length {self.manifest['bm25']['total_len']} is not its "
+                            f"segments' sum {bm25_total}")
         if self.store.count() < self.n_docs:
             problems.append(f"document store holds {self.store.count()} documents, manifest {self.n_docs}")
         return problems

@@ -1,4 +1,4 @@
-"""Numba kernels: sparse top-k over an inverted index, fusion of arms' top lists, merge of top-k lists.
+"""Numba kernels: sparse and BM25 top-k over inverted indexes, fusion of arms' top lists, merge of top-k lists.
 
 Shared conventions (see :mod:`hylex.kernels.topk`): results are D float32 (nq, k) and I int64 (nq, k), score
 descending with ties by doc id ascending, missing slots ``I == -1`` / ``D == -inf``. Each numba kernel has a
@@ -6,6 +6,7 @@ plain reference twin (``*_ref``) used by the tests.
 """
 from __future__ import annotations
 
+from hylex.kernels.bm25 import bm25_topk, bm25_topk_ref
 from hylex.kernels.fusion import fuse, fuse_ref
 from hylex.kernels.sparse import sparse_topk, sparse_topk_ref
 from hylex.kernels.topk import MISSING_ID, MISSING_SCORE, merge_topk, merge_topk_ref
@@ -13,6 +14,8 @@ from hylex.kernels.topk import MISSING_ID, MISSING_SCORE, merge_topk, merge_topk
 __all__ = [
     "MISSING_ID",
     "MISSING_SCORE",
+    "bm25_topk",
+    "bm25_topk_ref",
     "fuse",
     "fuse_ref",
     "merge_topk",

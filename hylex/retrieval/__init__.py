@@ -1,4 +1,4 @@
-"""Retrieval: dense and sparse searchers, fusion, the one Results type, evaluation."""
+"""Retrieval: dense, sparse and BM25 search, fusion, the one Results type, evaluation."""
 from hylex.retrieval.results import Results
 from hylex.retrieval.searcher import Searcher, fuse_arms
 

@@ -14,7 +14,7 @@ class Results:
         ids: object array (n_queries, k) of external document ids, ``None`` where there is no hit.
         scores: float32 (n_queries, k), descending per row, ``-inf`` where there is no hit.
         rows: int64 (n_queries, k) global index rows, ``-1`` where there is no hit.
-        mode: ``dense``, ``sparse`` or ``hybrid``.
+        mode: ``dense``, ``sparse``, ``bm25`` or ``hybrid``.
         documents: optional per-hit stored documents (filled by ``Searcher.search(..., with_documents=True)``).
     """
 

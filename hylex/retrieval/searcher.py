@@ -1,7 +1,12 @@
-"""Dense, sparse and hybrid search over a hylex index, by query text or by pre-encoded query vectors."""
+"""Dense, sparse, BM25 and hybrid search over a hylex index, by query text or by pre-encoded query vectors.
+
+Three arms: ``dense`` and ``sparse`` (the LLM's two encodings of a query) and ``bm25`` (lexical, from the query
+text). ``mode="hybrid"`` fuses any of them (``arms``), by min-max-normalised convex combination or RRF.
+"""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Sequence
 
@@ -9,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from hylex.errors import HylexError
+from hylex.indexing.bm25 import bm25_search, check_b, check_k1
 from hylex.indexing.index import Index
 from hylex.indexing.protocols import TextEncoder
 from hylex.kernels import fuse, merge_topk
@@ -16,14 +22,78 @@ from hylex.retrieval.results import Results
 
 logger = logging.getLogger(__name__)
 
-MODES = ("dense", "sparse", "hybrid")
+MODES = ("dense", "sparse", "bm25", "hybrid")
 FUSIONS = ("convex", "rrf")
+ARMS = ("dense", "sparse", "bm25")
+DEFAULT_ARMS = ("dense", "sparse")
 
 
 def check_k(k, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise HylexError(f"{name} must be a positive integer, got {k!r}: ask for at least 1 hit")
     return int(k)
+
+
+def check_arms(arms) -> tuple[str, ...]:
+    """``arms`` (a sequence of arm names, or one comma-separated string) as a tuple, checked."""
+    if isinstance(arms, str):
+        arms = [a.strip() for a in arms.split(",")]
+    try:
+        arms = tuple(arms)
+    except TypeError:
+        raise HylexError(f"arms must be a sequence of arm names such as ('dense', 'bm25'), got {arms!r}") from None
+    if not arms:
+        raise HylexError(f"arms is empty: choose one or more of {', '.join(ARMS)}")
+    for a in arms:
+        if not isinstance(a, str) or a not in ARMS:
+            raise HylexError(f"arm {a!r} is unknown: choose from {', '.join(ARMS)}")
+    dup = next((a for i, a in enumerate(arms) if a in arms[:i]), None)
+    if dup is not None:
+        raise HylexError(f"arm {dup!r} is given twice in {', '.join(arms)}: name each arm once")
+    return arms
+
+
+def check_weights(weights, arms: Sequence[str]) -> list[float]:
+    """One finite non-negative weight per arm, not all zero."""
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
+        raise HylexError(f"weights must be a sequence of numbers, one per arm ({', '.join(arms)}), got {weights!r}")
+    out = []
+    for w in weights:
+        if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.integer, np.floating)):
+            raise HylexError(f"weight {w!r} is not a number: pass one number per arm ({', '.join(arms)})")
+        w = float(w)
+        if not math.isfinite(w) or w < 0:
+            raise HylexError(f"weights must be finite and >= 0, got {w}: an arm's weight scales its share of the "
+                             f"fused score")
+        out.append(w)
+    if len(out) != len(arms):
+        raise HylexError(f"{len(out)} weight(s) for {len(arms)} arm(s) ({', '.join(arms)}): pass one weight per arm")
+    if not any(out):
+        raise HylexError("weights are all 0: give at least one arm a positive weight")
+    return out
+
+
+def fusion_weights(arms: Sequence[str], weights: list[float] | None, fusion: str,
+                   alpha: float | None) -> list[float]:
+    """The weights a hybrid search fuses ``arms`` with: ``weights`` (checked), else the defaults.
+
+    Defaults: convex ``alpha`` (0.5) for dense and ``1 - alpha`` for sparse when the arms are those two, else
+    equal weights summing to 1; rrf all 1.0 (alpha ignored, as before).
+    """
+    if weights is not None:
+        if alpha is not None:
+            raise HylexError("pass alpha or weights, not both: alpha is the dense weight of a dense + sparse "
+                             "fusion, weights give one weight per arm")
+        return check_weights(weights, arms)
+    if fusion == "rrf":
+        return [1.0] * len(arms)
+    if set(arms) == {"dense", "sparse"}:
+        a = 0.5 if alpha is None else float(alpha)
+        return [a if name == "dense" else 1.0 - a for name in arms]
+    if alpha is not None:
+        raise HylexError(f"alpha weighs dense against sparse; for arms {', '.join(arms)} pass weights (one per "
+                         f"arm) instead")
+    return [1.0 / len(arms)] * len(arms)
 
 
 def fuse_arms(arms: list[tuple[np.ndarray, np.ndarray]], weights: Sequence[float], method: str, k: int,
@@ -97,6 +167,32 @@ class Searcher:
             parts_I.append(np.where(I >= 0, I + seg.row_offset, -1))
         return self._merge(parts_D, parts_I, queries.shape[0], k)
 
+    def search_bm25(self, query_texts: Sequence[str], k: int, k1: float | None = None,
+                    b: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 top-k over all segments with global statistics -> (D float32 (nq, k), I int64 global rows).
+
+        Queries are analyzed like the documents (the index's analyzer); ``k1``/``b`` default to the index's.
+        Only documents sharing a term with the query are hits.
+        """
+        texts = self._texts(query_texts, "query_texts")
+        k = check_k(k)
+        k1 = self.index.bm25_k1 if k1 is None else check_k1(k1)
+        b = self.index.bm25_b if b is None else check_b(b)
+        terms = self.index.bm25_analyzer.analyze(texts)
+        return bm25_search([(seg.row_offset, seg.bm25) for seg in self.index.segments], terms, k, k1, b)
+
+    @staticmethod
+    def _texts(texts, name: str) -> list[str]:
+        if isinstance(texts, str):
+            texts = [texts]
+        if texts is None or not hasattr(texts, "__iter__"):
+            raise HylexError(f"{name} must be a list of query texts, got {texts!r}")
+        texts = list(texts)
+        for i, q in enumerate(texts):
+            if not isinstance(q, str) or not q.strip():
+                raise HylexError(f"query {i} is empty or not a string: pass non-empty query texts")
+        return texts
+
     @staticmethod
     def _merge(parts_D, parts_I, nq, k):
         if not parts_D:
@@ -107,21 +203,30 @@ class Searcher:
 
     # -- public search -----------------------------------------------------------------------------------
     def search(self, queries: Sequence[str] | str | None = None, *, k: int = 10, mode: str = "hybrid",
-               fusion: str = "convex", alpha: float = 0.5, rrf_k: float = 60.0, depth: int = 100,
+               fusion: str = "convex", alpha: float | None = None, rrf_k: float = 60.0, depth: int = 100,
                dense: np.ndarray | None = None, sparse: sp.spmatrix | None = None,
+               bm25_queries: Sequence[str] | None = None, arms: Sequence[str] = DEFAULT_ARMS,
+               weights: Sequence[float] | None = None, k1: float | None = None, b: float | None = None,
                with_documents: bool = False) -> Results:
         """Search by query texts or by pre-encoded queries.
 
         Args:
-            queries: one text or a list of texts (encoded with the index's model), or None with ``dense``/``sparse``.
+            queries: one text or a list of texts (encoded with the index's model when a dense or sparse arm is
+                searched; analyzed for BM25), or None with ``dense``/``sparse``/``bm25_queries``.
             k: hits per query (>= 1).
-            mode: ``dense``, ``sparse`` or ``hybrid`` (both arms fused).
-            fusion: ``convex`` (min-max normalised scores, ``alpha * dense + (1 - alpha) * sparse``) or ``rrf``.
-            alpha: dense weight of the convex combination, in [0, 1].
+            mode: ``dense``, ``sparse``, ``bm25`` (one arm) or ``hybrid`` (the ``arms`` fused).
+            fusion: ``convex`` (weighted sum of min-max normalised scores) or ``rrf`` (weighted reciprocal rank).
+            alpha: dense weight of the convex fusion of the arms dense and sparse (sparse gets ``1 - alpha``), in
+                [0, 1]; default 0.5. For other arms, use ``weights``.
             rrf_k: the constant of reciprocal rank fusion.
             depth: candidates each arm contributes to fusion (at least k).
             dense: pre-encoded float32 (nq, dim) queries, L2-normalised like the documents.
             sparse: pre-encoded float32 csr (nq, vocab_size) queries.
+            bm25_queries: the query texts for the bm25 arm when the queries are passed pre-encoded.
+            arms: for ``hybrid``, the arms to fuse: any of ``dense``, ``sparse``, ``bm25``, each at most once.
+            weights: for ``hybrid``, one weight >= 0 per arm. Default: convex ``[alpha, 1 - alpha]`` for dense and
+                sparse, else equal weights summing to 1; rrf all 1.0.
+            k1, b: BM25 parameters (default: the index's, set when it was built).
             with_documents: attach the stored documents of the hits.
         Returns:
             :class:`Results` with arrays of shape (nq, k).
@@ -131,18 +236,30 @@ class Searcher:
             raise HylexError(f"mode {mode!r} is unknown: choose one of {', '.join(MODES)}")
         if fusion not in FUSIONS:
             raise HylexError(f"fusion {fusion!r} is unknown: choose one of {', '.join(FUSIONS)}")
-        if not (0.0 <= float(alpha) <= 1.0):
+        if alpha is not None and not (0.0 <= float(alpha) <= 1.0):
             raise HylexError(f"alpha must be in [0, 1], got {alpha}: it is the dense arm's weight")
         depth = max(check_k(depth, "depth"), k)
-        q_dense, q_sparse = self._queries(queries, mode, dense, sparse)
-        if mode == "dense":
-            D, I = self.search_dense(q_dense, k)
-        elif mode == "sparse":
-            D, I = self.search_sparse(q_sparse, k)
+        arms = check_arms(arms)
+        if weights is not None:
+            weights = check_weights(weights, arms)
+        k1 = None if k1 is None else check_k1(k1)
+        b = None if b is None else check_b(b)
+        used = arms if mode == "hybrid" else (mode,)
+        if mode == "hybrid":
+            weights = fusion_weights(arms, weights, fusion, alpha)
+        q_dense, q_sparse, q_texts = self._queries(queries, mode, used, dense, sparse, bm25_queries)
+
+        def arm(name: str, depth_: int) -> tuple[np.ndarray, np.ndarray]:
+            if name == "dense":
+                return self.search_dense(q_dense, depth_)
+            if name == "sparse":
+                return self.search_sparse(q_sparse, depth_)
+            return self.search_bm25(q_texts, depth_, k1=k1, b=b)
+
+        if mode != "hybrid":
+            D, I = arm(mode, k)
         else:
-            arms = [self.search_dense(q_dense, depth), self.search_sparse(q_sparse, depth)]
-            weights = [alpha, 1.0 - alpha] if fusion == "convex" else [1.0, 1.0]
-            D, I = fuse_arms(arms, weights, fusion, k, rrf_k)
+            D, I = fuse_arms([arm(a, depth) for a in arms], weights, fusion, k, rrf_k)
         flat = I.ravel()
         docs = self.index.documents(flat.tolist())
         ids = np.array([None if d is None else d["id"] for d in docs], dtype=object).reshape(I.shape)
@@ -151,24 +268,29 @@ class Searcher:
             res.documents = [docs[q * k:(q + 1) * k] for q in range(I.shape[0])]
         return res
 
-    def _queries(self, queries, mode, dense, sparse):
+    def _queries(self, queries, mode, used, dense, sparse, bm25_queries):
+        need_dense, need_sparse, need_bm25 = ("dense" in used), ("sparse" in used), ("bm25" in used)
+        texts = None
         if queries is not None:
             if dense is not None or sparse is not None:
                 raise HylexError("pass query texts or pre-encoded vectors, not both")
-            if isinstance(queries, str):
-                queries = [queries]
-            queries = list(queries)
-            for i, q in enumerate(queries):
-                if not isinstance(q, str) or not q.strip():
-                    raise HylexError(f"query {i} is empty or not a string: pass non-empty query texts")
-            # The TextEncoder protocol promises a (dense, sparse) pair: unpack it rather than use attributes.
-            dense, sparse = self.encoder.encode_queries(queries)
-            dense = np.asarray(dense, dtype=np.float32)
-            sparse = sp.csr_matrix(sparse, dtype=np.float32)
-        need_dense, need_sparse = mode in ("dense", "hybrid"), mode in ("sparse", "hybrid")
+            if bm25_queries is not None:
+                raise HylexError("pass bm25_queries only with pre-encoded vectors: query texts serve the bm25 arm "
+                                 "too")
+            texts = self._texts(queries, "queries")
+            if need_dense or need_sparse:
+                # The TextEncoder protocol promises a (dense, sparse) pair: unpack it rather than use attributes.
+                dense, sparse = self.encoder.encode_queries(texts)
+                dense = np.asarray(dense, dtype=np.float32)
+                sparse = sp.csr_matrix(sparse, dtype=np.float32)
+        elif bm25_queries is not None:
+            texts = self._texts(bm25_queries, "bm25_queries")
+        vectors = [a for a in used if a in ("dense", "sparse")]
         if (need_dense and dense is None) or (need_sparse and sparse is None):
-            raise HylexError(f"mode {mode!r} needs {'dense and sparse' if mode == 'hybrid' else mode} query "
-                             f"vectors (or query texts)")
+            raise HylexError(f"mode {mode!r} needs {' and '.join(vectors)} query vectors (or query texts)")
+        if need_bm25 and texts is None:
+            raise HylexError("the bm25 arm needs query texts: pass queries=[texts], or bm25_queries=[texts] along "
+                             "with pre-encoded vectors")
         if dense is not None:
             dense = np.asarray(dense, dtype=np.float32)
             if dense.ndim == 1:
@@ -186,4 +308,9 @@ class Searcher:
                                  f"{self.index.vocab_size}")
         if dense is not None and sparse is not None and dense.shape[0] != sparse.shape[0]:
             raise HylexError(f"{dense.shape[0]} dense but {sparse.shape[0]} sparse queries: pass the same number")
-        return dense, sparse
+        if texts is not None and need_bm25:
+            for name, arr in (("dense", dense), ("sparse", sparse)):
+                if arr is not None and (name in used) and arr.shape[0] != len(texts):
+                    raise HylexError(f"{arr.shape[0]} {name} queries but {len(texts)} bm25 query texts: pass the "
+                                     f"same number")
+        return dense, sparse, texts
