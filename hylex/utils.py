@@ -5,6 +5,8 @@ import hashlib
 import os
 import threading
 
+import lmdb
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 4 MiB blocks."""
@@ -21,10 +23,8 @@ _ENVS: dict[str, list] = {}  # real path -> [env, readonly, refcount]
 _ENVS_LOCK = threading.Lock()
 
 
-def open_lmdb(path: str | os.PathLike, *, readonly: bool = False, **kwargs) -> "lmdb.Environment":
+def open_lmdb(path: str | os.PathLike, *, readonly: bool = False, **kwargs) -> lmdb.Environment:
     """Open (or share) the LMDB environment at ``path``; pair every call with :func:`close_lmdb`."""
-    import lmdb
-
     key = os.path.realpath(path)
     with _ENVS_LOCK:
         entry = _ENVS.get(key)
@@ -39,7 +39,7 @@ def open_lmdb(path: str | os.PathLike, *, readonly: bool = False, **kwargs) -> "
         return entry[0]
 
 
-def close_lmdb(env: "lmdb.Environment") -> None:
+def close_lmdb(env: lmdb.Environment) -> None:
     """Release one reference to a shared environment; the last one closes it."""
     with _ENVS_LOCK:
         for key, entry in list(_ENVS.items()):

@@ -91,3 +91,31 @@ def test_twenty_thousand_word_document_indexes(tmp_path):
     assert enc.stats.texts == 2
     res = Searcher(tmp_path / "idx", encoder=enc).search(["coral reefs in tropical seas"], k=2, mode="sparse")
     assert res.ids[0, 0] == "long"
+
+
+def test_maxsim_index_scores_documents_by_best_chunk(tmp_path):
+    """Dense maxsim search equals brute force: each document's score is its best chunk's inner product."""
+    from hylex.corpus import Document
+    from hylex.indexing import build_index
+    from hylex.retrieval import Searcher
+
+    # float32: bf16 results move by ~1e-3 with batch composition, which would blur the exactness check
+    enc = Encoder(progress=False, encoding_cache=False, long_docs="chunk", max_length=128, chunk_overlap=16,
+                  dense_agg="maxsim", dtype="float32")
+    docs = [Document(d.id, d.text) for d in stdlib_corpus(limit=60)]
+    docs.append(Document("long", LONG))
+    build_index(docs, tmp_path / "idx", enc, progress=False, segment_size=25)
+    chunks = enc.encode_documents_chunked([d.full_text for d in docs])
+    assert len(chunks.owner) > len(docs)
+    q = enc.encode_queries(["compress data", "regular expressions", "random numbers"]).dense
+    s = Searcher(tmp_path / "idx", encoder=enc)
+    D, I = s.search_dense(q, 5)
+    sims = q @ chunks.dense.T
+    best = np.full((len(q), len(docs)), -np.inf, np.float32)
+    for j, o in enumerate(chunks.owner):
+        best[:, o] = np.maximum(best[:, o], sims[:, j])
+    for r in range(len(q)):
+        want = np.sort(best[r])[::-1][:5]
+        np.testing.assert_allclose(D[r], want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(best[r, I[r]], D[r], rtol=1e-4, atol=1e-5)
+    assert len(set(I[0].tolist())) == 5  # distinct documents, not chunks

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import QUERY_TEXTS, TOPICS, FakeEncoder, doc_line, make_docs, write_jsonl

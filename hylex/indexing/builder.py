@@ -96,14 +96,21 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
         if present:
             raise HylexError(f"{len(present)} document id(s) are already in {path} (first: {present[0]!r}): "
                              f"ids must be unique; index into a new directory to rebuild")
+        maxsim = encoder.describe().get("settings", {}).get("dense_agg") == "maxsim"
+        if maxsim and not hasattr(encoder, "encode_documents_chunked"):
+            raise HylexError("dense_agg 'maxsim' needs an encoder with encode_documents_chunked")
         bar = tqdm(total=len(docs), desc="index", unit="doc", disable=not progress)
         for start in range(0, len(docs), segment_size):
             seg_docs = docs[start:start + segment_size]
-            dense_parts, sparse_parts = [], []
+            dense_parts, sparse_parts, owner_parts = [], [], []
             for c in range(0, len(seg_docs), chunk_size):
                 chunk = seg_docs[c:c + chunk_size]
                 te = time.perf_counter()
-                dense, sparse = encoder.encode_documents([d.full_text for d in chunk])
+                if maxsim:  # every chunk vector is indexed; a document scores its best chunk
+                    dense, owner, sparse = encoder.encode_documents_chunked([d.full_text for d in chunk])
+                    owner_parts.append(np.asarray(owner, np.int64) + c)
+                else:
+                    dense, sparse = encoder.encode_documents([d.full_text for d in chunk])
                 report.encode_seconds += time.perf_counter() - te
                 stats = getattr(encoder, "stats", None)
                 if stats is not None:
@@ -112,7 +119,8 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
                 dense_parts.append(np.asarray(dense, np.float32))
                 sparse_parts.append(sp.csr_matrix(sparse, dtype=np.float32))
                 bar.update(len(chunk))
-            index.add(seg_docs, np.concatenate(dense_parts), sp.vstack(sparse_parts, format="csr"))
+            index.add(seg_docs, np.concatenate(dense_parts), sp.vstack(sparse_parts, format="csr"),
+                      np.concatenate(owner_parts) if maxsim else None)
             report.segments += 1
             report.documents += len(seg_docs)
         bar.close()

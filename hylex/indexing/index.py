@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "hylex-index"
 FORMAT_VERSION = 2  # 2: BM25 postings per segment
 MANIFEST = "manifest.json"
+OWNER_FILE = "dense_owner.npy"
 
 
 def _library_versions() -> dict:
@@ -91,6 +92,9 @@ class Segment:
     dense: DenseIndex
     sparse: InvertedIndex
     bm25: Bm25Postings
+    # int32 (n_vectors,): the local document row of each dense vector when documents have several (maxsim
+    # over chunks); None when vector i is document i.
+    dense_owner: np.ndarray | None = None
 
 
 class Index:
@@ -216,7 +220,9 @@ class Index:
         return Segment(seg["name"], int(seg["row_offset"]), int(seg["n_docs"]),
                        DenseIndex.load(d / "dense.faiss", self.manifest["dense"]["factory"], mmap=mmap),
                        InvertedIndex.load(d, int(seg["n_docs"]), mmap=mmap),
-                       Bm25Postings.load(d, mmap=mmap, total_len=seg["bm25_len"]))
+                       Bm25Postings.load(d, mmap=mmap, total_len=seg["bm25_len"]),
+                       np.load(d / OWNER_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+                       if OWNER_FILE in seg["files"] else None)
 
     # -- properties ------------------------------------------------------------------------------------------
     @property
@@ -251,11 +257,13 @@ class Index:
         return float(self.manifest["bm25"]["b"])
 
     # -- writing ---------------------------------------------------------------------------------------------
-    def add(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix) -> int:
+    def add(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix,
+            dense_owner: np.ndarray | None = None) -> int:
         """Commit ``docs`` with their encodings as one new segment; returns the segment's first global row.
 
-        ``dense`` float32 (n, dim); ``sparse`` float32 csr (n, vocab_size). Everything is validated before
-        anything is written; on return the batch is durable.
+        ``dense`` float32 (n, dim), or (m, dim) chunk vectors with ``dense_owner`` int (m,) giving each vector's
+        document (0..n-1, ascending, every document at least once); ``sparse`` float32 csr (n, vocab_size).
+        Everything is validated before anything is written; on return the batch is durable.
         """
         if not self.writable:
             raise HylexError(f"index {self.path} is open read-only: open it with writable=True to add documents")
@@ -263,8 +271,17 @@ class Index:
         if n == 0:
             raise HylexError("no documents to add: pass at least one document")
         dense = np.asarray(dense, dtype=np.float32)
-        if dense.shape != (n, self.dim):
-            raise HylexError(f"dense vectors have shape {dense.shape}, expected ({n}, {self.dim}) for this "
+        rows = n
+        if dense_owner is not None:
+            dense_owner = np.asarray(dense_owner)
+            rows = len(dense_owner)
+            if (dense_owner.ndim != 1 or not np.issubdtype(dense_owner.dtype, np.integer) or rows < n
+                    or (rows and (dense_owner[0] != 0 or dense_owner[-1] != n - 1))
+                    or (np.diff(dense_owner) < 0).any() or len(np.unique(dense_owner)) != n):
+                raise HylexError("dense_owner must list, for each dense vector, its document 0..n-1 in ascending "
+                                 "order with every document at least once")
+        if dense.shape != (rows, self.dim):
+            raise HylexError(f"dense vectors have shape {dense.shape}, expected ({rows}, {self.dim}) for this "
                              f"index: encode with the index's model")
         if not np.isfinite(dense).all():
             raise HylexError("dense vectors contain NaN or infinity: check the encoder output")
@@ -301,6 +318,8 @@ class Index:
             shutil.rmtree(final)
         tmp.mkdir(parents=True)
         DenseIndex.build(dense, self.manifest["dense"]["factory"]).save(tmp / "dense.faiss")
+        if dense_owner is not None and rows != n:
+            np.save(tmp / OWNER_FILE, dense_owner.astype(np.int32), allow_pickle=False)
         inv = InvertedIndex.from_csr(sparse)
         inv.save(tmp)
         bm = Bm25Postings.from_tokens(self.bm25_analyzer.analyze([d.full_text for d in docs]))
@@ -319,7 +338,7 @@ class Index:
         self.store.sync()
         manifest = dict(self.manifest)
         manifest["segments"] = list(self.manifest["segments"]) + [
-            {"name": name, "row_offset": first, "n_docs": n, "nnz": inv.nnz, "bm25_nnz": bm.nnz,
+            {"name": name, "row_offset": first, "n_docs": n, "n_vectors": rows, "nnz": inv.nnz, "bm25_nnz": bm.nnz,
              "bm25_terms": bm.n_terms, "bm25_len": bm.total_len, "files": files}]
         manifest["n_docs"] = first + n
         manifest["bm25"] = {**self.manifest["bm25"],
@@ -356,8 +375,10 @@ class Index:
         if total != self.n_docs:
             problems.append(f"manifest counts {self.n_docs} documents but its segments hold {total}")
         for s in self.segments:
-            if s.dense.ntotal != s.n_docs or s.sparse.n_docs != s.n_docs:
-                problems.append(f"segment {s.name}: {s.dense.ntotal} dense vectors for {s.n_docs} documents")
+            n_vec = s.n_docs if s.dense_owner is None else len(s.dense_owner)
+            if s.dense.ntotal != n_vec or s.sparse.n_docs != s.n_docs:
+                problems.append(f"segment {s.name}: {s.dense.ntotal} dense vectors, expected {n_vec} for "
+                                f"{s.n_docs} documents")
             if s.bm25.n_docs != s.n_docs:
                 problems.append(f"segment {s.name}: BM25 lengths of {s.bm25.n_docs} documents for {s.n_docs}")
             elif int(np.asarray(s.bm25.doc_len, dtype=np.float64).sum()) != s.bm25.total_len:

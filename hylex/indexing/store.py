@@ -10,40 +10,21 @@ import json
 import os
 import struct
 from pathlib import Path
-import threading
 from typing import Iterable, Sequence
 
-import lmdb
-
 from hylex.corpus import Document
-from hylex.errors import HylexError
+from hylex.utils import close_lmdb, open_lmdb
 
 _ROW = struct.Struct(">Q")
-
-# LMDB refuses to open one environment twice in a process ("already open in this process"), so the stores of
-# one directory (e.g. a writer Index and a reader Index in the same process) share one refcounted environment.
-_ENVS: dict[str, list] = {}  # real path -> [env, readonly, refcount]
-_ENVS_LOCK = threading.Lock()
-
 
 class DocStore:
     def __init__(self, path: str | os.PathLike, readonly: bool = False, map_size: int = 1 << 40):
         self.path = Path(path)
         if not readonly:
             self.path.mkdir(parents=True, exist_ok=True)
-        self._key = os.path.realpath(self.path)
-        with _ENVS_LOCK:
-            entry = _ENVS.get(self._key)
-            if entry is None:
-                # map_size reserves address space only; the file grows with the data.
-                env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, readonly=readonly,
-                                lock=not readonly, readahead=False)
-                entry = _ENVS[self._key] = [env, readonly, 0]
-            elif entry[1] and not readonly:
-                raise HylexError(f"document store {self.path} is open read-only in this process: close it "
-                                 f"before opening it for writing")
-            entry[2] += 1
-        self.env = entry[0]
+        # map_size reserves address space only; the file grows with the data.
+        self.env = open_lmdb(self.path, readonly=readonly, map_size=map_size, max_dbs=2, subdir=True,
+                             readahead=False)
         self._closed = False
         self._docs = self.env.open_db(b"docs", create=not readonly)
         self._ids = self.env.open_db(b"ids", create=not readonly)
@@ -104,14 +85,6 @@ class DocStore:
         self.env.sync(True)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with _ENVS_LOCK:
-            entry = _ENVS.get(self._key)
-            if entry is not None and entry[0] is self.env:
-                entry[2] -= 1
-                if entry[2] > 0:
-                    return
-                del _ENVS[self._key]
-        self.env.close()
+        if not self._closed:
+            self._closed = True
+            close_lmdb(self.env)

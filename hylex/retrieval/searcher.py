@@ -153,10 +153,45 @@ class Searcher:
         """Dense top-k over all segments: float32 (nq, dim) -> (D float32 (nq, k), I int64 global rows)."""
         parts_D, parts_I = [], []
         for seg in self.index.segments:
-            D, I = seg.dense.search(queries, min(k, max(seg.n_docs, 1)))
+            if seg.dense_owner is None:
+                D, I = seg.dense.search(queries, min(k, max(seg.n_docs, 1)))
+            else:
+                D, I = self._dense_maxsim(seg, queries, k)
             parts_D.append(D)
             parts_I.append(np.where(I >= 0, I + seg.row_offset, -1))
         return self._merge(parts_D, parts_I, len(queries), k)
+
+    @staticmethod
+    def _dense_maxsim(seg, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Documents scored by their best chunk: search chunk vectors, keep each document's first (best) hit.
+
+        Exact with an exact FAISS index: once k distinct documents are among the top-k' chunks, no unseen
+        document can beat them (all its chunks score below the k'-th). k' grows until that holds.
+        """
+        owner = np.asarray(seg.dense_owner)
+        total = len(owner)
+        nq = len(queries)
+        D_out = np.full((nq, k), -np.inf, np.float32)
+        I_out = np.full((nq, k), -1, np.int64)
+        todo = np.arange(nq)
+        kk = min(total, k * 4)
+        while len(todo):
+            D, I = seg.dense.search(queries[todo], kk)
+            again = []
+            for r, q in enumerate(todo):
+                valid = I[r] >= 0
+                docs = owner[I[r][valid]]
+                _, first = np.unique(docs, return_index=True)
+                first.sort()
+                if len(first) < k and kk < total:
+                    again.append(q)
+                    continue
+                first = first[:k]
+                D_out[q, :len(first)] = D[r][valid][first]
+                I_out[q, :len(first)] = docs[first]
+            todo = np.asarray(again, dtype=np.int64)
+            kk = min(total, kk * 4)
+        return D_out, I_out
 
     def search_sparse(self, queries: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Sparse top-k over all segments: float32 csr (nq, V) -> (D float32 (nq, k), I int64 global rows)."""
