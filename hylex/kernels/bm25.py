@@ -35,6 +35,8 @@ from hylex.kernels.topk import (
     check_count,
     check_indptr,
     check_k,
+    check_live,
+    check_post_docs,
     jit,
     select_topk_ref,
 )
@@ -80,12 +82,7 @@ def _prepare(q_indptr, q_terms, q_idf, post_indptr, post_docs, post_tf, doc_len,
     n_terms = post_indptr.shape[0] - 1
     if q_terms.size and (q_terms.min() < -1 or q_terms.max() >= n_terms):
         raise ValueError(f"q_terms must be rows of the term table in [0, {n_terms}) or -1 (absent)")
-    raw_docs = np.asarray(post_docs)
-    if raw_docs.dtype != np.int32 and raw_docs.ndim == 1 and raw_docs.size and raw_docs.dtype.kind in "iu":
-        # a narrowing cast could wrap bad ids into range, so check before it (costs no more than the copy)
-        if raw_docs.min() < 0 or raw_docs.max() >= n_docs:
-            raise ValueError(_BAD_MESSAGES[_BAD_DOC].format(n_docs=n_docs))
-    post_docs = as_array("post_docs", raw_docs, "i", 1, np.int32)
+    post_docs = check_post_docs(post_docs, n_docs)
     post_tf = as_array("post_tf", post_tf, "f", 1, np.float32)
     if post_tf.shape[0] != post_docs.shape[0]:
         raise ValueError(f"post_tf and post_docs must have the same length, got {post_tf.shape[0]} and "
@@ -95,15 +92,7 @@ def _prepare(q_indptr, q_terms, q_idf, post_indptr, post_docs, post_tf, doc_len,
     if doc_len.shape != (n_docs,):
         raise ValueError(f"doc_len must have shape (n_docs,) = ({n_docs},), got {doc_len.shape}")
 
-    if live is not None:
-        live = np.asarray(live)
-        if live.shape != (n_docs,):
-            raise ValueError(f"live must have shape (n_docs,) = ({n_docs},), got {live.shape}")
-        if live.dtype == np.bool_:
-            live = live.view(np.uint8)
-        elif live.dtype != np.uint8:
-            raise ValueError(f"live must have dtype bool or uint8, got {live.dtype}")
-        live = np.ascontiguousarray(live)
+    live = check_live(live, n_docs)
     return (q_indptr, q_terms, q_idf, post_indptr, post_docs, post_tf, doc_len, k1, b, avgdl, n_docs, k, live)
 
 

@@ -30,6 +30,8 @@ from hylex.kernels.topk import (
     check_count,
     check_indptr,
     check_k,
+    check_live,
+    check_post_docs,
     jit,
     select_topk_ref,
 )
@@ -54,27 +56,14 @@ def _prepare(q_indptr, q_terms, q_weights, post_indptr, post_docs, post_weights,
         raise ValueError("q_weights must be finite")
 
     post_indptr = as_array("post_indptr", post_indptr, "i", 1, np.int64)
-    raw_docs = np.asarray(post_docs)
-    if raw_docs.dtype != np.int32 and raw_docs.ndim == 1 and raw_docs.size and raw_docs.dtype.kind in "iu":
-        # a narrowing cast could wrap bad ids into range, so check before it (costs no more than the copy)
-        if raw_docs.min() < 0 or raw_docs.max() >= n_docs:
-            raise ValueError(f"post_docs must hold doc ids in [0, n_docs={n_docs})")
-    post_docs = as_array("post_docs", raw_docs, "i", 1, np.int32)
+    post_docs = check_post_docs(post_docs, n_docs)
     post_weights = as_array("post_weights", post_weights, "f", 1, np.float32)
     if post_weights.shape[0] != post_docs.shape[0]:
         raise ValueError(f"post_weights and post_docs must have the same length, got {post_weights.shape[0]} "
                          f"and {post_docs.shape[0]}")
     check_indptr("post_indptr", post_indptr, post_docs.shape[0])
 
-    if live is not None:
-        live = np.asarray(live)
-        if live.shape != (n_docs,):
-            raise ValueError(f"live must have shape (n_docs,) = ({n_docs},), got {live.shape}")
-        if live.dtype == np.bool_:
-            live = live.view(np.uint8)
-        elif live.dtype != np.uint8:
-            raise ValueError(f"live must have dtype bool or uint8, got {live.dtype}")
-        live = np.ascontiguousarray(live)
+    live = check_live(live, n_docs)
     return q_indptr, q_terms, q_weights, post_indptr, post_docs, post_weights, n_docs, k, live
 
 

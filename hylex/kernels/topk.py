@@ -78,6 +78,29 @@ def check_indptr(name: str, indptr: np.ndarray, n: int) -> None:
     if indptr.shape[0] > 1 and np.any(indptr[1:] < indptr[:-1]):
         raise ValueError(f"{name} must be non-decreasing")
 
+def check_post_docs(post_docs: Any, n_docs: int) -> np.ndarray:
+    """Doc ids of postings as int32 (nnz,), checked before a narrowing cast could wrap bad ids into range."""
+    raw = np.asarray(post_docs)
+    if raw.dtype != np.int32 and raw.ndim == 1 and raw.size and raw.dtype.kind in "iu":
+        if raw.min() < 0 or raw.max() >= n_docs:
+            raise ValueError(f"post_docs must hold doc ids in [0, n_docs={n_docs})")
+    return as_array("post_docs", raw, "i", 1, np.int32)
+
+
+def check_live(live: Any, n_docs: int) -> np.ndarray | None:
+    """Optional live mask (n_docs,) bool/uint8 -> contiguous uint8, or None."""
+    if live is None:
+        return None
+    live = np.asarray(live)
+    if live.shape != (n_docs,):
+        raise ValueError(f"live must have shape (n_docs,) = ({n_docs},), got {live.shape}")
+    if live.dtype == np.bool_:
+        live = live.view(np.uint8)
+    elif live.dtype != np.uint8:
+        raise ValueError(f"live must have dtype bool or uint8, got {live.dtype}")
+    return np.ascontiguousarray(live)
+
+
 
 # ---------------------------------------------------------------------------------------------------------
 # size-k heap (numba): the root is the *worst* kept hit, so a candidate only has to beat the root
