@@ -5,7 +5,8 @@ For each model and dataset it builds (or reuses) a hylex index of the corpus wit
 arm (LLM dense, LLM sparse, hylex BM25) and evaluates, with ir_measures on the test qrels:
 
 - ``bm25s``: the peer, bm25s with k1=0.9, b=0.4, English stemming (PyStemmer) and stopwords, same process;
-- each arm alone, and the fusions at their defaults (convex alpha 0.5 = ``hybrid``, RRF k=60);
+- each arm alone, and the fusions at their defaults (convex alpha DEFAULT_ALPHA = ``hybrid``, and 0.5 as in
+  PromptReps; RRF k=60);
 - the fusions with weights chosen on SciFact's **train** qrels only (grid search: convex weights on a 0.1
   simplex grid, RRF k in {10, 30, 60, 100}), then applied unchanged to every test set.
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from hylex.corpus import load_beir, read_corpus, read_qrels, read_queries
 from hylex.retrieval.evaluation import evaluate_run, run_from_results
+from hylex.retrieval.searcher import DEFAULT_ALPHA
 
 ARMS = ("dense", "sparse", "bm25")
 COMBOS = {"dense+sparse": ("dense", "sparse"), "dense+bm25": ("dense", "bm25"), "sparse+bm25": ("sparse", "bm25"),
@@ -157,7 +159,9 @@ def main() -> None:
                 peers_done.add(name)
             arms = Arms(searcher_for(ds), qids, [queries[q] for q in qids], qrels)
             rows = [(a, arms.evaluate(*arms.top[a])) for a in ARMS]
-            rows.append(("dense+sparse convex a=0.5 (default hybrid)", arms.fused(("dense", "sparse"), "convex")))
+            rows.append((f"dense+sparse convex a={DEFAULT_ALPHA} (default hybrid)",
+                         arms.fused(("dense", "sparse"), "convex", [DEFAULT_ALPHA, 1 - DEFAULT_ALPHA])))
+            rows.append(("dense+sparse convex a=0.5 (PromptReps)", arms.fused(("dense", "sparse"), "convex")))
             rows.append(("dense+sparse rrf k=60", arms.fused(("dense", "sparse"), "rrf")))
             rows.append(("dense+sparse+bm25 rrf k=60", arms.fused(("dense", "sparse", "bm25"), "rrf")))
             for (combo, method), v in best.items():

@@ -22,6 +22,10 @@ from hylex.retrieval.results import Results
 
 logger = logging.getLogger(__name__)
 
+# The dense weight of the default dense+sparse convex fusion, chosen on SciFact's *train* queries with the
+# packaged default model (benchmarks/quality.py: 0.3 beat 0.5 there; test qrels were not used).
+DEFAULT_ALPHA = 0.3
+
 MODES = ("dense", "sparse", "bm25", "hybrid")
 FUSIONS = ("convex", "rrf")
 ARMS = ("dense", "sparse", "bm25")
@@ -77,7 +81,7 @@ def fusion_weights(arms: Sequence[str], weights: list[float] | None, fusion: str
                    alpha: float | None) -> list[float]:
     """The weights a hybrid search fuses ``arms`` with: ``weights`` (checked), else the defaults.
 
-    Defaults: convex ``alpha`` (0.5) for dense and ``1 - alpha`` for sparse when the arms are those two, else
+    Defaults: convex ``alpha`` (DEFAULT_ALPHA) for dense and ``1 - alpha`` for sparse when the arms are those two, else
     equal weights summing to 1; rrf all 1.0 (alpha ignored, as before).
     """
     if weights is not None:
@@ -88,7 +92,7 @@ def fusion_weights(arms: Sequence[str], weights: list[float] | None, fusion: str
     if fusion == "rrf":
         return [1.0] * len(arms)
     if set(arms) == {"dense", "sparse"}:
-        a = 0.5 if alpha is None else float(alpha)
+        a = DEFAULT_ALPHA if alpha is None else float(alpha)
         return [a if name == "dense" else 1.0 - a for name in arms]
     if alpha is not None:
         raise HylexError(f"alpha weighs dense against sparse; for arms {', '.join(arms)} pass weights (one per "
@@ -252,7 +256,7 @@ class Searcher:
             mode: ``dense``, ``sparse``, ``bm25`` (one arm) or ``hybrid`` (the ``arms`` fused).
             fusion: ``convex`` (weighted sum of min-max normalised scores) or ``rrf`` (weighted reciprocal rank).
             alpha: dense weight of the convex fusion of the arms dense and sparse (sparse gets ``1 - alpha``), in
-                [0, 1]; default 0.5. For other arms, use ``weights``.
+                [0, 1]; default DEFAULT_ALPHA (0.3). For other arms, use ``weights``.
             rrf_k: the constant of reciprocal rank fusion.
             depth: candidates each arm contributes to fusion (at least k).
             dense: pre-encoded float32 (nq, dim) queries, L2-normalised like the documents.
