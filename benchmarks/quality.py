@@ -1,8 +1,8 @@
 """Retrieval quality on BEIR-layout datasets: hylex's arms and fusions against BM25 (bm25s), in one run.
 
 For each model and dataset it builds (or reuses) a hylex index of the corpus with the given encoder settings
-(encodings come from the encoding cache when present), encodes the queries once, retrieves the top 100 of each
-arm (LLM dense, LLM sparse, hylex BM25) and evaluates, with ir_measures on the test qrels:
+(encodings come from the encoding cache when present), encodes the queries once, retrieves the top DEFAULT_DEPTH (1000)
+of each arm (LLM dense, LLM sparse, hylex BM25), fuses them into a top 100 and evaluates, with ir_measures on the test qrels:
 
 - ``bm25s``: the peer, bm25s with k1=0.9, b=0.4, English stemming (PyStemmer) and stopwords, same process;
 - each arm alone, and the fusions at their defaults (convex alpha DEFAULT_ALPHA = ``hybrid``, and 0.5 as in
@@ -27,7 +27,7 @@ import numpy as np
 
 from hylex.corpus import load_beir, read_corpus, read_qrels, read_queries
 from hylex.retrieval.evaluation import evaluate_run, run_from_results
-from hylex.retrieval.searcher import DEFAULT_ALPHA
+from hylex.retrieval.searcher import DEFAULT_ALPHA, DEFAULT_DEPTH
 
 ARMS = ("dense", "sparse", "bm25")
 COMBOS = {"dense+sparse": ("dense", "sparse"), "dense+bm25": ("dense", "bm25"), "sparse+bm25": ("sparse", "bm25"),
@@ -54,10 +54,10 @@ def bm25s_run(corpus_path: Path, queries: dict[str, str], qids: list[str], k: in
 class Arms:
     """Top-100 (D, I) of each arm for one query set, and evaluation of any fusion of them."""
 
-    def __init__(self, searcher, qids, texts, qrels, depth=100):
+    def __init__(self, searcher, qids, texts, qrels, depth=DEFAULT_DEPTH, k=100):
         from hylex.retrieval.searcher import fuse_arms
 
-        self.searcher, self.qids, self.qrels, self.depth = searcher, qids, qrels, depth
+        self.searcher, self.qids, self.qrels, self.depth, self.k = searcher, qids, qrels, depth, k
         self._fuse = fuse_arms
         t = time.perf_counter()
         q_dense, q_sparse = searcher.encoder.encode_queries(texts)
@@ -66,6 +66,7 @@ class Arms:
                     "bm25": searcher.search_bm25(texts, depth)}
 
     def evaluate(self, D, I) -> dict:
+        D, I = D[:, :self.k], I[:, :self.k]
         docs = self.searcher.index.documents(I.ravel().tolist())
         ids = np.array([None if d is None else d["id"] for d in docs], dtype=object).reshape(I.shape)
         return evaluate_run(run_from_results(self.qids, ids, D), self.qrels)
@@ -73,7 +74,7 @@ class Arms:
     def fused(self, arms, method, weights=None, rrf_k=60.0) -> dict:
         if weights is None:
             weights = [1.0 / len(arms)] * len(arms) if method == "convex" else [1.0] * len(arms)
-        D, I = self._fuse([self.top[a] for a in arms], weights, method, self.depth, rrf_k)
+        D, I = self._fuse([self.top[a] for a in arms], weights, method, self.k, rrf_k)
         return self.evaluate(D, I)
 
 
@@ -159,7 +160,7 @@ def main() -> None:
                 peers_done.add(name)
             arms = Arms(searcher_for(ds), qids, [queries[q] for q in qids], qrels)
             rows = [(a, arms.evaluate(*arms.top[a])) for a in ARMS]
-            rows.append((f"dense+sparse convex a={DEFAULT_ALPHA} (default hybrid)",
+            rows.append((f"dense+sparse convex a={DEFAULT_ALPHA} depth 1000 (default hybrid)",
                          arms.fused(("dense", "sparse"), "convex", [DEFAULT_ALPHA, 1 - DEFAULT_ALPHA])))
             rows.append(("dense+sparse convex a=0.5 (PromptReps)", arms.fused(("dense", "sparse"), "convex")))
             rows.append(("dense+sparse rrf k=60", arms.fused(("dense", "sparse"), "rrf")))

@@ -66,7 +66,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=None,
                    help="dense weight of the convex dense,sparse fusion (default 0.3, chosen on SciFact train)")
     p.add_argument("--rrf-k", type=float, default=60.0)
-    p.add_argument("--depth", type=_positive_int, default=100, help="candidates per arm for hybrid fusion")
+    p.add_argument("--depth", type=_positive_int, default=1000,
+                   help="candidates per arm for hybrid fusion (default 1000, chosen on SciFact train)")
     p.add_argument("--bm25-k1", type=float, default=None, help="BM25 k1 (default: the index's)")
     p.add_argument("--bm25-b", type=float, default=None, help="BM25 b (default: the index's)")
 

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 # The dense weight of the default dense+sparse convex fusion, chosen on SciFact's *train* queries with the
 # packaged default model (benchmarks/quality.py: 0.3 beat 0.5 there; test qrels were not used).
 DEFAULT_ALPHA = 0.3
+# Candidates per arm for fusion, chosen the same way: 1000 beat 100 on SciFact train (min-max over deeper lists).
+DEFAULT_DEPTH = 1000
 
 MODES = ("dense", "sparse", "bm25", "hybrid")
 FUSIONS = ("convex", "rrf")
@@ -242,7 +244,7 @@ class Searcher:
 
     # -- public search -----------------------------------------------------------------------------------
     def search(self, queries: Sequence[str] | str | None = None, *, k: int = 10, mode: str = "hybrid",
-               fusion: str = "convex", alpha: float | None = None, rrf_k: float = 60.0, depth: int = 100,
+               fusion: str = "convex", alpha: float | None = None, rrf_k: float = 60.0, depth: int = DEFAULT_DEPTH,
                dense: np.ndarray | None = None, sparse: sp.spmatrix | None = None,
                bm25_queries: Sequence[str] | None = None, arms: Sequence[str] = DEFAULT_ARMS,
                weights: Sequence[float] | None = None, k1: float | None = None, b: float | None = None,
@@ -258,7 +260,7 @@ class Searcher:
             alpha: dense weight of the convex fusion of the arms dense and sparse (sparse gets ``1 - alpha``), in
                 [0, 1]; default DEFAULT_ALPHA (0.3). For other arms, use ``weights``.
             rrf_k: the constant of reciprocal rank fusion.
-            depth: candidates each arm contributes to fusion (at least k).
+            depth: candidates each arm contributes to fusion (at least k); default DEFAULT_DEPTH (1000).
             dense: pre-encoded float32 (nq, dim) queries, L2-normalised like the documents.
             sparse: pre-encoded float32 csr (nq, vocab_size) queries.
             bm25_queries: the query texts for the bm25 arm when the queries are passed pre-encoded.
