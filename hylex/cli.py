@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, POOLINGS, PROMPTS
 from hylex.errors import HylexError
 
 logger = logging.getLogger("hylex")
@@ -43,9 +44,20 @@ def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) ->
         g.add_argument("--model", default="smollm2-135m",
                        help="packaged model name (smollm2-135m, qwen2.5-0.5b), .gguf file, model folder or hub id")
         g.add_argument("--max-length", type=_positive_int, default=512, help="tokens per text incl. the prompt")
-        g.add_argument("--sparse-topk", type=int, default=128, help="vocabulary entries kept per text")
-        g.add_argument("--pooling", default="last", choices=["last", "mean"])
-        g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+        g.add_argument("--prompt", default="promptreps", choices=list(PROMPTS))
+        g.add_argument("--pooling", default="last", choices=list(POOLINGS))
+        g.add_argument("--sparse-topk", type=int, default=128, help="vocabulary entries kept per text (0: all)")
+        g.add_argument("--expansion", type=int, default=0, help="expansion terms beyond the text's own words")
+        g.add_argument("--no-own-words", action="store_true",
+                       help="sparse weights on any alphanumeric token, not only the text's own words")
+        g.add_argument("--stopwords", default="english",
+                       help="stopword list: english, none, or a comma-separated list of words")
+        g.add_argument("--long-docs", default="truncate", choices=list(LONG_DOCS),
+                       help="documents longer than --max-length: truncate, or chunk and aggregate")
+        g.add_argument("--chunk-overlap", type=int, default=64, help="tokens shared by consecutive chunks")
+        g.add_argument("--dense-agg", default="first", choices=list(DENSE_AGGS),
+                       help="dense vector of a chunked document: first chunk, mean, or maxsim at query time")
+        g.add_argument("--dtype", default="auto", choices=list(DTYPES))
     g.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     g.add_argument("--batch-tokens", type=_positive_int, default=16384, help="padded tokens per forward pass")
@@ -90,8 +102,12 @@ def _encoder_kwargs(args) -> dict:
 def _make_encoder(args):
     from hylex.engine.encoder import Encoder
 
-    return Encoder(args.model, max_length=args.max_length, sparse_topk=args.sparse_topk, pooling=args.pooling,
-                   dtype=args.dtype, **_encoder_kwargs(args))
+    stop = args.stopwords if args.stopwords in ("english", "none") else \
+        [w.strip() for w in args.stopwords.split(",") if w.strip()]
+    return Encoder(args.model, prompt=args.prompt, pooling=args.pooling, max_length=args.max_length,
+                   sparse_topk=args.sparse_topk, expansion=args.expansion, own_words=not args.no_own_words,
+                   stopwords=stop, long_docs=args.long_docs, chunk_overlap=args.chunk_overlap,
+                   dense_agg=args.dense_agg, dtype=args.dtype, **_encoder_kwargs(args))
 
 
 def _print_hits(res, queries: list[str], as_json: bool) -> None:
@@ -196,8 +212,9 @@ def cmd_demo(args) -> int:
     work = Path(args.workdir) if args.workdir else cache_dir(args.cache_dir) / "demo"
     index_dir = work / f"stdlib-{args.limit}"
     docs = stdlib_corpus(limit=args.limit)
-    args.model, args.max_length, args.sparse_topk, args.pooling, args.dtype = "smollm2-135m", 512, 128, "last", "auto"
-    encoder = _make_encoder(args)
+    from hylex.engine.encoder import Encoder
+
+    encoder = Encoder(**_encoder_kwargs(args))  # the packaged default model and settings
     if (index_dir / MANIFEST).exists():
         try:
             old = json.loads((index_dir / MANIFEST).read_text())

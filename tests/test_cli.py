@@ -233,3 +233,28 @@ def test_search_bad_k(capsys, fake_cli, index_copy, k):
 def test_eval_missing_beir_dir(tmp_path, capsys, fake_cli, index_copy):
     rc, _, err = run(capsys, "eval", tmp_path / "nobeir", "--index", index_copy)
     assert_one_line_error(rc, err, "nobeir", "does not exist")
+
+
+def test_index_passes_encoder_settings(fake_cli, capsys, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    write_jsonl(corpus, make_docs(5))
+    code, _, err = run(capsys, "index", str(corpus), "--index", str(tmp_path / "idx"), "--prompt", "echo",
+                       "--pooling", "mean", "--expansion", "4", "--no-own-words", "--stopwords", "foo, bar",
+                       "--long-docs", "chunk", "--chunk-overlap", "32", "--dense-agg", "mean",
+                       "--max-length", "256", "--sparse-topk", "64")
+    assert code == 0, err
+    args, kwargs = fake_cli[0]
+    assert args == ("smollm2-135m",)
+    assert kwargs["prompt"] == "echo" and kwargs["pooling"] == "mean" and kwargs["expansion"] == 4
+    assert kwargs["own_words"] is False and kwargs["stopwords"] == ["foo", "bar"]
+    assert kwargs["long_docs"] == "chunk" and kwargs["chunk_overlap"] == 32 and kwargs["dense_agg"] == "mean"
+    assert kwargs["max_length"] == 256 and kwargs["sparse_topk"] == 64
+
+
+def test_index_rejects_unknown_setting_choice(fake_cli, capsys, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    write_jsonl(corpus, make_docs(2))
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "index", str(corpus), "--index", str(tmp_path / "idx"), "--pooling", "median")
+    assert e.value.code == 2
+    assert "median" in capsys.readouterr().err

@@ -19,14 +19,11 @@ import torch
 from hylex.engine import lexicon, prompts
 from hylex.engine.cache import EncodingCache, namespace
 from hylex.engine.models import DEFAULT_MODEL, ResolvedModel, cache_dir, resolve_model
+from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, POOLINGS
 from hylex.errors import HylexError, ModelError
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("last", "mean", "eos", "weighted_mean")
-DTYPES = ("auto", "float32", "bfloat16")
-LONG_DOCS = ("truncate", "chunk")
-DENSE_AGGS = ("first", "mean", "maxsim")
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hylex.engine.settings import PROMPTS
+
 _SLOT = "\x00HYLEX_TEXT\x00"
 
 SYSTEM = "You are an AI assistant that can understand human language."
@@ -25,7 +27,6 @@ PROMPTREPS_ASSISTANT = 'The word is: "'
 PROMPTEOL = 'This sentence : "{text}" means in one word:"'
 ECHO = 'Rewrite the sentence: {text}, rewritten sentence: {text}'
 
-PROMPTS = ("promptreps", "prompteol", "echo", "none")
 
 
 @dataclass(frozen=True)
