@@ -50,6 +50,8 @@ def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) ->
         g.add_argument("--expansion", type=int, default=0, help="expansion terms beyond the text's own words")
         g.add_argument("--no-own-words", action="store_true",
                        help="sparse weights on any alphanumeric token, not only the text's own words")
+        g.add_argument("--word-forms", default="bare", choices=["bare", "both"],
+                       help="own-word tokens: the bare word, or also its space-prefixed form (Qwen/Llama-3)")
         g.add_argument("--stopwords", default="english",
                        help="stopword list: english, none, or a comma-separated list of words")
         g.add_argument("--long-docs", default="truncate", choices=list(LONG_DOCS),
@@ -106,6 +108,7 @@ def _make_encoder(args):
         [w.strip() for w in args.stopwords.split(",") if w.strip()]
     return Encoder(args.model, prompt=args.prompt, pooling=args.pooling, max_length=args.max_length,
                    sparse_topk=args.sparse_topk, expansion=args.expansion, own_words=not args.no_own_words,
+                   word_forms=args.word_forms,
                    stopwords=stop, long_docs=args.long_docs, chunk_overlap=args.chunk_overlap,
                    dense_agg=args.dense_agg, dtype=args.dtype, **_encoder_kwargs(args))
 

@@ -158,3 +158,15 @@ def test_word_filter_works_for_any_script(base, text, word):
     assert out.nnz > 0 and set(out.indices.tolist()) <= own
     # a word of that script contributes its own tokens to the allowed set
     assert set(base.tokenizer(word, add_special_tokens=False)["input_ids"]) & own or word not in text
+
+
+def test_word_forms_both_adds_space_prefixed_tokens(base):
+    enc = make(word_forms="both")
+    bare = own_ids(base, TEXT)
+    both = set()
+    for w in words(TEXT, enc._stop):
+        both.update(enc.tokenizer(w, add_special_tokens=False)["input_ids"])
+        both.update(enc.tokenizer(" " + w, add_special_tokens=False)["input_ids"])
+    assert both > bare
+    got = set(enc.encode_documents([TEXT]).sparse[0].indices.tolist())
+    assert got <= both and got - bare  # some weight lands on the space-prefixed spellings

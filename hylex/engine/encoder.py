@@ -52,6 +52,8 @@ class EncoderConfig:
         sparse_topk: vocabulary entries kept per text (0 keeps all of the text's own words).
         own_words: keep sparse weight only on the token ids of the text's own words (PromptReps); off keeps any
             alphanumeric vocabulary entry.
+        word_forms: which spellings of a word count as its own tokens: ``bare`` (the word alone) or ``both``
+            (also after a space: whole-word tokens of Llama-3 / Qwen-style tokenizers).
         expansion: with ``own_words``, also keep this many top vocabulary entries beyond the text's own words
             (alphanumeric tokens only): expansion terms.
         stopwords: stopword list removed from the own-word filter: a name (``english``, ``none``) or a list.
@@ -73,6 +75,7 @@ class EncoderConfig:
     max_length: int = 512
     sparse_topk: int = 128
     own_words: bool = True
+    word_forms: str = "bare"
     expansion: int = 0
     stopwords: str | list = "english"
     long_docs: str = "truncate"
@@ -100,6 +103,9 @@ class EncoderConfig:
             raise HylexError(f"dense_agg {self.dense_agg!r} is unknown: choose one of {', '.join(DENSE_AGGS)}")
         if not isinstance(self.chunk_overlap, int) or not 0 <= self.chunk_overlap < self.max_length // 2:
             raise HylexError(f"chunk_overlap must be an integer in [0, max_length / 2), not {self.chunk_overlap!r}")
+        if self.word_forms not in lexicon.WORD_FORMS:
+            raise HylexError(f"word_forms {self.word_forms!r} is unknown: choose one of "
+                             f"{', '.join(lexicon.WORD_FORMS)}")
         if not isinstance(self.own_words, bool):
             raise HylexError(f"own_words must be true or false, not {self.own_words!r}")
         if self.dtype not in DTYPES:
@@ -268,7 +274,7 @@ class Encoder:
         if self.config.pooling == "eos" and eos is None:
             raise HylexError(f"pooling 'eos' needs a tokenizer with an EOS token; {self.config.model} has none")
         self._eos = eos
-        self._words = lexicon.WordTokenCache(self.tokenizer)
+        self._words = lexicon.WordTokenCache(self.tokenizer, self.config.word_forms)
         self._fallback_mask = self._stop_mask = self._strings = None
         logger.info("loaded %s (%s) in %.1fs: dim %d, vocab %d", self.config.model, self.resolved.path,
                     time.perf_counter() - t0, self.dim, self.vocab_size)

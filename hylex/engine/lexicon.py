@@ -25,11 +25,22 @@ def words(text: str, stopwords: frozenset[str] = ENGLISH_STOPWORDS) -> list[str]
     return list(seen)
 
 
-class WordTokenCache:
-    """Maps words to the token ids they are written with, tokenizing each distinct word once."""
+WORD_FORMS = ("bare", "both")
 
-    def __init__(self, tokenizer, max_size: int = 2_000_000):
+
+class WordTokenCache:
+    """Maps words to the token ids they are written with, tokenizing each distinct word once.
+
+    ``forms="bare"`` tokenizes a word alone (as it follows the prompt's opening quote); ``"both"`` adds the
+    ids of the word after a space, which tokenizers of the Llama-3 / Qwen / GPT-2 family write as one whole-word
+    token where the bare form splits into fragments.
+    """
+
+    def __init__(self, tokenizer, forms: str = "bare", max_size: int = 2_000_000):
+        if forms not in WORD_FORMS:
+            raise ValueError(f"word forms must be one of {', '.join(WORD_FORMS)}, not {forms!r}")
         self.tokenizer = tokenizer
+        self.forms = forms
         self.max_size = max_size
         self._ids: dict[str, tuple[int, ...]] = {}
 
@@ -41,6 +52,9 @@ class WordTokenCache:
             if len(self._ids) + len(unseen) > self.max_size:
                 self._ids.clear()
             encoded = self.tokenizer(unseen, add_special_tokens=False)["input_ids"]
+            if self.forms == "both":
+                spaced = self.tokenizer([" " + w for w in unseen], add_special_tokens=False)["input_ids"]
+                encoded = [list(a) + list(b) for a, b in zip(encoded, spaced)]
             self._ids.update(zip(unseen, (tuple(e) for e in encoded)))
         out = []
         for ws in per_text:
