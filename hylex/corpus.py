@@ -74,36 +74,41 @@ def _check_file(path: PathLike, what: str, fix: str) -> Path:
     return p
 
 
-def _iter_json_objects(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line of the JSONL file ``p``.
+def _iter_lines(p: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each non-blank line of ``p``.
 
     The file is read in binary and decoded line by line so that an invalid UTF-8 byte is reported with its
     line number. A UTF-8 byte order mark on the first line is tolerated.
     """
-    name = p.name
     with p.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise CorpusError(
-                    f"{name} line {lineno}: not valid UTF-8 (byte {exc.start}: {exc.reason}). "
+                    f"{p.name} line {lineno}: not valid UTF-8 (byte {exc.start}: {exc.reason}). "
                     f"Re-encode the file as UTF-8 or remove the line."
                 ) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(
-                    f"{name} line {lineno}: not valid JSON ({exc.msg}). Fix the line or remove it."
-                ) from None
-            if not isinstance(obj, dict):
-                raise CorpusError(
-                    f"{name} line {lineno}: expected a JSON object, got {_json_type(obj)}. "
-                    f"Write one object per line, e.g. {{\"_id\": \"d1\", \"text\": \"...\"}}."
-                )
-            yield lineno, obj
+            if line.strip():
+                yield lineno, line
+
+
+def _iter_json_objects(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of the JSONL file ``p``."""
+    name = p.name
+    for lineno, line in _iter_lines(p):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(
+                f"{name} line {lineno}: not valid JSON ({exc.msg}). Fix the line or remove it."
+            ) from None
+        if not isinstance(obj, dict):
+            raise CorpusError(
+                f"{name} line {lineno}: expected a JSON object, got {_json_type(obj)}. "
+                f"Write one object per line, e.g. {{\"_id\": \"d1\", \"text\": \"...\"}}."
+            )
+        yield lineno, obj
 
 
 def _json_type(value: Any) -> str:
@@ -283,49 +288,39 @@ def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
     name = p.name
     qrels: dict[str, dict[str, int]] = {}
     seen_content = False
-    with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise CorpusError(
-                    f"{name} line {lineno}: not valid UTF-8 (byte {exc.start}: {exc.reason}). "
-                    f"Re-encode the file as UTF-8 or remove the line."
-                ) from None
-            if not line.strip():
-                continue
-            fields = line.rstrip("\r\n").split("\t")
-            if len(fields) == 1:
-                fields = line.split()
-            fields = [f.strip() for f in fields]
-            if not seen_content:
-                seen_content = True
-                if fields and fields[0].lower() in ("query-id", "query_id", "qid", "query"):
-                    continue  # header line
-            if len(fields) == 4:  # TREC qrels: qid iter docid rel
-                qid, _, did, score_text = fields
-            elif len(fields) == 3:
-                qid, did, score_text = fields
-            else:
-                raise CorpusError(
-                    f"{name} line {lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), "
-                    f"got {len(fields)}. Fix the line or remove it."
-                )
-            if not qid or not did:
-                raise CorpusError(
-                    f"{name} line {lineno}: empty query id or corpus id. Fix the line or remove it."
-                )
-            try:
-                score_f = float(score_text)
-                if not score_f.is_integer():
-                    raise ValueError
-                score = int(score_f)
-            except ValueError:
-                raise CorpusError(
-                    f"{name} line {lineno}: score {score_text!r} is not an integer. "
-                    f"Use integer relevance grades (0, 1, 2, ...)."
-                ) from None
-            qrels.setdefault(qid, {})[did] = score
+    for lineno, line in _iter_lines(p):
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) == 1:
+            fields = line.split()
+        fields = [f.strip() for f in fields]
+        if not seen_content:
+            seen_content = True
+            if fields and fields[0].lower() in ("query-id", "query_id", "qid", "query"):
+                continue  # header line
+        if len(fields) == 4:  # TREC qrels: qid iter docid rel
+            qid, _, did, score_text = fields
+        elif len(fields) == 3:
+            qid, did, score_text = fields
+        else:
+            raise CorpusError(
+                f"{name} line {lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), "
+                f"got {len(fields)}. Fix the line or remove it."
+            )
+        if not qid or not did:
+            raise CorpusError(
+                f"{name} line {lineno}: empty query id or corpus id. Fix the line or remove it."
+            )
+        try:
+            score_f = float(score_text)
+            if not score_f.is_integer():
+                raise ValueError
+            score = int(score_f)
+        except ValueError:
+            raise CorpusError(
+                f"{name} line {lineno}: score {score_text!r} is not an integer. "
+                f"Use integer relevance grades (0, 1, 2, ...)."
+            ) from None
+        qrels.setdefault(qid, {})[did] = score
     if not qrels:
         raise CorpusError(
             f"{name} has no relevance judgments. Add lines \"query-id<TAB>corpus-id<TAB>score\" after the header."
