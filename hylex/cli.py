@@ -145,9 +145,9 @@ def cmd_index(args) -> int:
     rep = build_index(docs, args.index, encoder, dense_factory=args.dense_factory, chunk_size=args.chunk_size,
                       segment_size=args.segment_size, bm25=bm25, progress=not args.no_progress)
     tps = rep.tokens / rep.encode_seconds if rep.encode_seconds and rep.tokens else 0.0
+    speed = f", {tps:.0f} tokens/s" if rep.tokens else ""
     print(f"indexed {rep.documents} documents into {rep.index_dir} in {rep.seconds:.1f}s "
-          f"(encode {rep.encode_seconds:.1f}s, {tps:.0f} tokens/s; encoding cache hits {rep.cache_hits}/"
-          f"{rep.documents})")
+          f"(encode {rep.encode_seconds:.1f}s{speed}; encoding cache hits {rep.cache_hits}/{rep.documents})")
     return 0
 
 
@@ -242,6 +242,43 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_stats(args) -> int:
+    from hylex.indexing.index import Index
+
+    with Index.open(args.index) as index:
+        st = index.stats()
+    if args.json:
+        print(json.dumps(st))
+        return 0
+    enc = st["encoder"]
+    print(f"{st['path']}: {st['documents']} documents ({st['deleted']} deleted) in {len(st['segments'])} "
+          f"segment(s), {st['segment_bytes'] / 2**20:.1f} MiB segments + {st['store_bytes'] / 2**20:.1f} MiB "
+          f"documents; format {st['format_version']} (hylex {st['hylex_version']}), updated {st['updated']}")
+    print(f"  encoder: {enc['model_id']} (fingerprint {enc.get('fingerprint')}), dim {enc['dim']}, "
+          f"vocab {enc['vocab_size']}")
+    print("  settings: " + ", ".join(f"{k}={v}" for k, v in sorted(enc.get("settings", {}).items())))
+    print(f"  dense: FAISS {st['dense']['factory']} ({st['dense']['metric']}); bm25: k1 {st['bm25']['k1']}, "
+          f"b {st['bm25']['b']}, {st['bm25']['analyzer']}")
+    for seg in st["segments"]:
+        print(f"  {seg['name']}: {seg['documents']} docs, {seg['dense_vectors']} vectors, {seg['sparse_postings']} "
+              f"sparse / {seg['bm25_postings']} BM25 postings, {seg['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from hylex.indexing.index import Index
+
+    with Index.open(args.index) as index:
+        problems = index.validate()
+    if problems:
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+        print(f"hylex: error: {args.index} has {len(problems)} problem(s); rebuild the index", file=sys.stderr)
+        return 1
+    print(f"{args.index}: ok ({index.n_docs} documents, every file's checksum matches)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hylex import __version__
 
@@ -284,6 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(pe)
     _add_encoder_args(pe, with_settings=False)
     pe.set_defaults(func=cmd_eval)
+
+    pst = sub.add_parser("stats", help="show an index's segments, counts, sizes, model and settings")
+    pst.add_argument("index", help="index directory")
+    pst.add_argument("--json", action="store_true", help="print JSON")
+    pst.set_defaults(func=cmd_stats)
+
+    pv = sub.add_parser("validate", help="check every file of an index (checksums, counts); non-zero exit on a problem")
+    pv.add_argument("index", help="index directory")
+    pv.set_defaults(func=cmd_validate)
 
     pd = sub.add_parser("demo", help="index a sample of Python's own docstrings with the default model and search")
     pd.add_argument("queries", nargs="*", help="queries (default: a few examples)")

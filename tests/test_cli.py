@@ -258,3 +258,26 @@ def test_index_rejects_unknown_setting_choice(fake_cli, capsys, tmp_path):
         run(capsys, "index", str(corpus), "--index", str(tmp_path / "idx"), "--pooling", "median")
     assert e.value.code == 2
     assert "median" in capsys.readouterr().err
+
+
+def test_stats_and_validate(fake_cli, capsys, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    write_jsonl(corpus, make_docs(30))
+    idx = tmp_path / "idx"
+    assert run(capsys, "index", str(corpus), "--index", str(idx), "--segment-size", "10")[0] == 0
+    code, out, _ = run(capsys, "stats", str(idx), "--json")
+    assert code == 0
+    st = json.loads(out)
+    assert st["documents"] == 30 and len(st["segments"]) == 3 and st["encoder"]["model_id"] == "fake"
+    assert sum(s["documents"] for s in st["segments"]) == 30 and all(s["bytes"] > 0 for s in st["segments"])
+    code, out, _ = run(capsys, "stats", str(idx))
+    assert code == 0 and "30 documents" in out and "seg-000002" in out
+    code, out, _ = run(capsys, "validate", str(idx))
+    assert code == 0 and "ok" in out
+    # damage one byte of a segment file (same size): validate names the file and exits non-zero
+    f = idx / "segments" / "seg-000001" / "sparse_weights.npy"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    code, _, err = run(capsys, "validate", str(idx))
+    assert code == 1 and "sparse_weights.npy" in err and "checksum" in err

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hylex.engine.settings import NEUTRAL_SETTINGS
 from hylex.utils import close_lmdb, open_lmdb
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-# Encoder settings added after CACHE_FORMAT 1, with the value that reproduces the encodings made before they
-# existed. A setting at that neutral value is left out of the key, so adding a setting does not orphan the
-# cache; any other value changes the key. Bump CACHE_FORMAT when the encoder's output changes for the same key.
-NEUTRAL_SETTINGS = {"own_words": True, "expansion": 0, "word_forms": "bare"}
+# A setting at its neutral value (hylex.engine.settings.NEUTRAL_SETTINGS) is left out of the key, so adding a
+# setting does not orphan the cache; any other value changes the key. Bump CACHE_FORMAT when the encoder's output
+# changes for the same key.
 # Settings that choose which units (whole text, chunk i) are encoded, not how: a unit's key carries its chunk.
 UNIT_SETTINGS = ("long_docs", "chunk_overlap", "dense_agg")
 _HEADER = struct.Struct("<II")  # dim, nnz

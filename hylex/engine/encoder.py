@@ -19,7 +19,7 @@ import torch
 from hylex.engine import lexicon, prompts
 from hylex.engine.cache import EncodingCache, namespace
 from hylex.engine.models import DEFAULT_MODEL, ResolvedModel, cache_dir, resolve_model
-from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, POOLINGS
+from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, NEUTRAL_SETTINGS, POOLINGS
 from hylex.errors import HylexError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -281,8 +281,10 @@ class Encoder:
 
     def describe(self) -> dict:
         """What an index manifest records about this encoder."""
+        settings = {k: v for k, v in self.config.to_dict().items()
+                    if not (k in NEUTRAL_SETTINGS and NEUTRAL_SETTINGS[k] == v)}
         return {"model_id": self.resolved.model_id, "fingerprint": self.resolved.fingerprint,
-                "dim": self.dim, "vocab_size": self.vocab_size, "settings": self.config.to_dict()}
+                "dim": self.dim, "vocab_size": self.vocab_size, "settings": settings}
 
     # -- public API ------------------------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str]) -> Encoded:

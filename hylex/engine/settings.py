@@ -6,3 +6,8 @@ POOLINGS = ("last", "mean", "eos", "weighted_mean")
 DTYPES = ("auto", "float32", "bfloat16")
 LONG_DOCS = ("truncate", "chunk")
 DENSE_AGGS = ("first", "mean", "maxsim")
+
+# Settings added after the first release of the encoder, with the value that reproduces the encodings made
+# before they existed. A setting at that value is left out of ``Encoder.describe()`` (so manifests and cache
+# keys written before it existed still match); any other value is recorded.
+NEUTRAL_SETTINGS = {"own_words": True, "expansion": 0, "word_forms": "bare"}

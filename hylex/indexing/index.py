@@ -360,6 +360,21 @@ class Index:
     def rows_of(self, ids: Sequence[str]) -> list[int | None]:
         return self.store.rows_of(ids, self.n_docs)
 
+    def stats(self) -> dict:
+        """What the index holds: counts, segments with sizes, encoder model and settings, format."""
+        segs = []
+        for seg in self.manifest["segments"]:
+            segs.append({"name": seg["name"], "documents": int(seg["n_docs"]),
+                         "dense_vectors": int(seg.get("n_vectors", seg["n_docs"])),
+                         "sparse_postings": int(seg["nnz"]), "bm25_postings": int(seg.get("bm25_nnz", 0)),
+                         "bytes": sum(int(f["bytes"]) for f in seg["files"].values())})
+        store_bytes = sum(f.stat().st_size for f in (self.path / "docs.lmdb").iterdir() if f.is_file())
+        return {"path": str(self.path), "format_version": self.manifest["format_version"],
+                "hylex_version": self.manifest["libraries"].get("hylex"), "created": self.manifest["created"],
+                "updated": self.manifest["updated"], "documents": self.n_docs, "deleted": 0,
+                "segments": segs, "segment_bytes": sum(s["bytes"] for s in segs), "store_bytes": store_bytes,
+                "encoder": self.encoder_info, "dense": self.manifest["dense"], "bm25": self.manifest["bm25"]}
+
     def validate(self) -> list[str]:
         """Full check (file checksums, counts); returns a list of problems (empty when sound)."""
         problems = []
