@@ -7,7 +7,6 @@ budget, left padding, sparse pruning and progress bars.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple, Sequence
@@ -564,7 +563,3 @@ class Encoder:
     def decode_terms(self, term_ids: Sequence[int]) -> list[str]:
         """Vocabulary ids -> readable token strings (for explanations and debugging)."""
         return [self.tokenizer.decode([int(t)]) for t in term_ids]
-
-
-def tokens_per_second(stats: EncodeStats) -> float:
-    return stats.tokens / stats.seconds if stats.seconds > 0 else math.nan
