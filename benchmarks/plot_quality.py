@@ -1,6 +1,7 @@
 """Bar chart (PNG) of nDCG@10 per system and dataset from the JSON lines of benchmarks/quality.py.
 
-    python benchmarks/plot_quality.py benchmarks/results/quality.jsonl benchmarks/quality.png
+    python benchmarks/plot_quality.py benchmarks/quality.png benchmarks/results/quality.jsonl \
+        benchmarks/results/quality_qwen.jsonl
 """
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import sys
 from collections import OrderedDict
 
 
-def main(src: str, dst: str) -> None:
+def main(dst: str, *srcs: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(src) if line.strip()]
+    rows = [json.loads(line) for src in srcs for line in open(src) if line.strip()]
     rows = [r for r in rows if "ndcg@10" in r and not r.get("dataset", "").endswith("-train")]
     datasets = list(OrderedDict.fromkeys(r["dataset"] for r in rows))
     systems = list(OrderedDict.fromkeys((r.get("model", ""), r["system"]) for r in rows))
@@ -39,4 +40,4 @@ def main(src: str, dst: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], *sys.argv[2:])
