@@ -81,6 +81,8 @@ from hylex.kernels.topk import (
     check_indptr,
     check_k,
     check_live,
+    check_post_docs,
+    check_queries,
     jit,
     select_topk_ref,
 )
@@ -95,15 +97,6 @@ _BAD_DOCS = "docs must hold doc ids in [0, n_docs={n_docs})"
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _check_docs(docs: Any, n_docs: int) -> np.ndarray:
-    raw = np.asarray(docs)
-    # check before a narrowing cast could wrap bad ids into range
-    if (raw.dtype != np.int32 and raw.ndim == 1 and raw.size and raw.dtype.kind in "iu"
-            and (raw.min() < 0 or raw.max() >= n_docs)):
-        raise ValueError(_BAD_DOCS.format(n_docs=n_docs))
-    return as_array("docs", raw, "i", 1, np.int32)
-
-
 def _check_uint(name: str, a: Any) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim != 1 or a.dtype not in _IMPACT_DTYPES:
@@ -116,20 +109,10 @@ def _prepare(q_indptr, q_terms, q_weights, indptr, docs, impacts, block_indptr, 
     """Validate and convert the inputs of the kernels; raise ValueError on bad input."""
     k = check_k(k)
     n_docs = check_count("n_docs", n_docs, upper=_INT32_MAX)
-    q_indptr = as_array("q_indptr", q_indptr, "i", 1, np.int64)
-    q_terms = as_array("q_terms", q_terms, "i", 1, np.int64)
-    q_weights = as_array("q_weights", q_weights, "f", 1, np.float32)
-    if q_weights.shape[0] != q_terms.shape[0]:
-        raise ValueError(f"q_weights and q_terms must have the same length, got {q_weights.shape[0]} "
-                         f"and {q_terms.shape[0]}")
-    check_indptr("q_indptr", q_indptr, q_terms.shape[0])
-    if q_terms.size and q_terms.min() < 0:
-        raise ValueError("q_terms must be >= 0")
-    if not np.isfinite(q_weights).all():
-        raise ValueError("q_weights must be finite")
+    q_indptr, q_terms, q_weights = check_queries(q_indptr, q_terms, q_weights)
 
     indptr = as_array("indptr", indptr, "i", 1, np.int64)
-    docs = _check_docs(docs, n_docs)
+    docs = check_post_docs(docs, n_docs, "docs")
     impacts = _check_uint("impacts", impacts)
     if impacts.shape[0] != docs.shape[0]:
         raise ValueError(f"impacts and docs must have the same length, got {impacts.shape[0]} and {docs.shape[0]}")

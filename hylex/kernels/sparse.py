@@ -31,6 +31,7 @@ from hylex.kernels.topk import (
     check_indptr,
     check_k,
     check_live,
+    check_queries,
     check_post_docs,
     jit,
     select_topk_ref,
@@ -43,17 +44,7 @@ def _prepare(q_indptr, q_terms, q_weights, post_indptr, post_docs, post_weights,
     """Validate and convert the inputs of :func:`sparse_topk`; raise ValueError on bad input."""
     k = check_k(k)
     n_docs = check_count("n_docs", n_docs, upper=_INT32_MAX)
-    q_indptr = as_array("q_indptr", q_indptr, "i", 1, np.int64)
-    q_terms = as_array("q_terms", q_terms, "i", 1, np.int64)
-    q_weights = as_array("q_weights", q_weights, "f", 1, np.float32)
-    if q_weights.shape[0] != q_terms.shape[0]:
-        raise ValueError(f"q_weights and q_terms must have the same length, got {q_weights.shape[0]} "
-                         f"and {q_terms.shape[0]}")
-    check_indptr("q_indptr", q_indptr, q_terms.shape[0])
-    if q_terms.size and q_terms.min() < 0:
-        raise ValueError("q_terms must be >= 0")
-    if not np.isfinite(q_weights).all():
-        raise ValueError("q_weights must be finite")
+    q_indptr, q_terms, q_weights = check_queries(q_indptr, q_terms, q_weights)
 
     post_indptr = as_array("post_indptr", post_indptr, "i", 1, np.int64)
     post_docs = check_post_docs(post_docs, n_docs)

@@ -78,13 +78,29 @@ def check_indptr(name: str, indptr: np.ndarray, n: int) -> None:
     if indptr.shape[0] > 1 and np.any(indptr[1:] < indptr[:-1]):
         raise ValueError(f"{name} must be non-decreasing")
 
-def check_post_docs(post_docs: Any, n_docs: int) -> np.ndarray:
+def check_post_docs(post_docs: Any, n_docs: int, name: str = "post_docs") -> np.ndarray:
     """Doc ids of postings as int32 (nnz,), checked before a narrowing cast could wrap bad ids into range."""
     raw = np.asarray(post_docs)
     if raw.dtype != np.int32 and raw.ndim == 1 and raw.size and raw.dtype.kind in "iu":
         if raw.min() < 0 or raw.max() >= n_docs:
-            raise ValueError(f"post_docs must hold doc ids in [0, n_docs={n_docs})")
-    return as_array("post_docs", raw, "i", 1, np.int32)
+            raise ValueError(f"{name} must hold doc ids in [0, n_docs={n_docs})")
+    return as_array(name, raw, "i", 1, np.int32)
+
+
+def check_queries(q_indptr: Any, q_terms: Any, q_weights: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ragged weighted queries: int64 pointers, int64 term ids >= 0, finite float32 weights."""
+    q_indptr = as_array("q_indptr", q_indptr, "i", 1, np.int64)
+    q_terms = as_array("q_terms", q_terms, "i", 1, np.int64)
+    q_weights = as_array("q_weights", q_weights, "f", 1, np.float32)
+    if q_weights.shape[0] != q_terms.shape[0]:
+        raise ValueError(f"q_weights and q_terms must have the same length, got {q_weights.shape[0]} "
+                         f"and {q_terms.shape[0]}")
+    check_indptr("q_indptr", q_indptr, q_terms.shape[0])
+    if q_terms.size and q_terms.min() < 0:
+        raise ValueError("q_terms must be >= 0")
+    if not np.isfinite(q_weights).all():
+        raise ValueError("q_weights must be finite")
+    return q_indptr, q_terms, q_weights
 
 
 def check_live(live: Any, n_docs: int) -> np.ndarray | None:
