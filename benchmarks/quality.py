@@ -20,6 +20,7 @@ import argparse
 import itertools
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -32,6 +33,12 @@ from hylex.retrieval.searcher import DEFAULT_ALPHA, DEFAULT_DEPTH
 ARMS = ("dense", "sparse", "bm25")
 COMBOS = {"dense+sparse": ("dense", "sparse"), "dense+bm25": ("dense", "bm25"), "sparse+bm25": ("sparse", "bm25"),
           "dense+sparse+bm25": ("dense", "sparse", "bm25")}
+
+
+def complete(index_dir: Path, n_docs: int) -> bool:
+    """An index built to the end holds every document (a killed build leaves a manifest with fewer)."""
+    mf = Path(index_dir) / "manifest.json"
+    return mf.exists() and json.loads(mf.read_text()).get("n_docs") == n_docs
 
 
 def bm25s_run(corpus_path: Path, queries: dict[str, str], qids: list[str], k: int = 100):
@@ -110,7 +117,6 @@ def main() -> None:
 
     from hylex.engine import Encoder
     from hylex.indexing import build_index
-    from hylex.indexing.index import MANIFEST
     from hylex.retrieval import Searcher
 
     sink = open(args.out, "a") if args.out else None
@@ -132,7 +138,8 @@ def main() -> None:
             if name not in searchers:
                 corpus = Path(ds) / "corpus.jsonl"
                 index_dir = Path(args.work) / f"{name}-{enc.resolved.model_id}-{args.max_length}"
-                if not (index_dir / MANIFEST).exists():
+                if not complete(index_dir, sum(1 for _ in read_corpus(corpus))):
+                    shutil.rmtree(index_dir, ignore_errors=True)  # an interrupted build leaves a partial index
                     rep = build_index(corpus, index_dir, enc, progress=False)
                     emit({"model": model, "dataset": name, "event": "indexed", "documents": rep.documents,
                           "seconds": round(rep.seconds, 1), "encode_seconds": round(rep.encode_seconds, 1),

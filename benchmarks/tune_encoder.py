@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -42,10 +43,9 @@ def main() -> None:
 
     from hylex.engine import Encoder
     from hylex.indexing import build_index
-    from hylex.indexing.index import MANIFEST
     from hylex.retrieval import Searcher
 
-    from quality import Arms, tune  # noqa: E402  (benchmarks/ is the script's directory)
+    from quality import Arms, complete, tune  # noqa: E402  (benchmarks/ is the script's directory)
 
     queries = read_queries(Path(args.data) / "queries.jsonl")
     qrels = read_qrels(Path(args.data) / "qrels" / "train.tsv")
@@ -63,7 +63,8 @@ def main() -> None:
         name = "-".join(f"{k}={v}" for k, v in sorted(setting.items()))
         index_dir = Path(args.work) / f"{enc.resolved.model_id}-{len(sub)}-{name}"
         t = time.perf_counter()
-        if not (index_dir / MANIFEST).exists():
+        if not complete(index_dir, len(sub)):
+            shutil.rmtree(index_dir, ignore_errors=True)  # an interrupted build leaves a partial index
             build_index(sub, index_dir, enc, progress=False)
         build_s = time.perf_counter() - t
         arms = Arms(Searcher(index_dir, encoder=enc), qids, [queries[q] for q in qids], qrels)
