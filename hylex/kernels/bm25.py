@@ -36,6 +36,7 @@ from hylex.kernels.topk import (
     check_indptr,
     check_k,
     check_live,
+    check_queries,
     check_post_docs,
     jit,
     select_topk_ref,
@@ -68,15 +69,8 @@ def _prepare(q_indptr, q_terms, q_idf, post_indptr, post_docs, post_tf, doc_len,
     k1 = _check_scalar("k1", k1, lambda v: v > 0, "> 0")
     b = _check_scalar("b", b, lambda v: 0 <= v <= 1, "in [0, 1]")
     avgdl = _check_scalar("avgdl", avgdl, lambda v: v > 0, "> 0")
-    q_indptr = as_array("q_indptr", q_indptr, "i", 1, np.int64)
-    q_terms = as_array("q_terms", q_terms, "i", 1, np.int64)
-    q_idf = as_array("q_idf", q_idf, "f", 1, np.float32)
-    if q_idf.shape[0] != q_terms.shape[0]:
-        raise ValueError(f"q_idf and q_terms must have the same length, got {q_idf.shape[0]} and "
-                         f"{q_terms.shape[0]}")
-    check_indptr("q_indptr", q_indptr, q_terms.shape[0])
-    if not np.isfinite(q_idf).all():
-        raise ValueError("q_idf must be finite")
+    # term ids here are rows of the segment's term table or -1 (absent): checked against the table below
+    q_indptr, q_terms, q_idf = check_queries(q_indptr, q_terms, q_idf, "q_idf", terms_checked=False)
 
     post_indptr = as_array("post_indptr", post_indptr, "i", 1, np.int64)
     n_terms = post_indptr.shape[0] - 1

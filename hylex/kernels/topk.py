@@ -87,19 +87,21 @@ def check_post_docs(post_docs: Any, n_docs: int, name: str = "post_docs") -> np.
     return as_array(name, raw, "i", 1, np.int32)
 
 
-def check_queries(q_indptr: Any, q_terms: Any, q_weights: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ragged weighted queries: int64 pointers, int64 term ids >= 0, finite float32 weights."""
+def check_queries(q_indptr: Any, q_terms: Any, q_weights: Any, weights_name: str = "q_weights",
+                  terms_checked: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ragged weighted queries: int64 pointers, int64 term ids (>= 0 when ``terms_checked``), finite float32
+    weights (named ``weights_name`` in errors)."""
     q_indptr = as_array("q_indptr", q_indptr, "i", 1, np.int64)
     q_terms = as_array("q_terms", q_terms, "i", 1, np.int64)
-    q_weights = as_array("q_weights", q_weights, "f", 1, np.float32)
+    q_weights = as_array(weights_name, q_weights, "f", 1, np.float32)
     if q_weights.shape[0] != q_terms.shape[0]:
-        raise ValueError(f"q_weights and q_terms must have the same length, got {q_weights.shape[0]} "
+        raise ValueError(f"{weights_name} and q_terms must have the same length, got {q_weights.shape[0]} "
                          f"and {q_terms.shape[0]}")
     check_indptr("q_indptr", q_indptr, q_terms.shape[0])
-    if q_terms.size and q_terms.min() < 0:
+    if terms_checked and q_terms.size and q_terms.min() < 0:
         raise ValueError("q_terms must be >= 0")
     if not np.isfinite(q_weights).all():
-        raise ValueError("q_weights must be finite")
+        raise ValueError(f"{weights_name} must be finite")
     return q_indptr, q_terms, q_weights
 
 
