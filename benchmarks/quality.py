@@ -35,10 +35,21 @@ COMBOS = {"dense+sparse": ("dense", "sparse"), "dense+bm25": ("dense", "bm25"), 
           "dense+sparse+bm25": ("dense", "sparse", "bm25")}
 
 
-def complete(index_dir: Path, n_docs: int) -> bool:
-    """An index built to the end holds every document (a killed build leaves a manifest with fewer)."""
+def complete(index_dir: Path, n_docs: int, encoder=None) -> bool:
+    """An index built to the end (a killed build leaves a manifest with fewer documents), in this hylex's format,
+    with this encoder's model and settings (a changed default must not reuse an index of the old one)."""
+    from hylex.indexing import FORMAT_VERSION
+
     mf = Path(index_dir) / "manifest.json"
-    return mf.exists() and json.loads(mf.read_text()).get("n_docs") == n_docs
+    if not mf.exists():
+        return False
+    m = json.loads(mf.read_text())
+    if m.get("n_docs") != n_docs or m.get("format_version") != FORMAT_VERSION:
+        return False
+    if encoder is not None:
+        mine = encoder.describe()
+        return all(m["encoder"].get(key) == mine[key] for key in ("model_id", "fingerprint", "settings"))
+    return True
 
 
 def bm25s_run(corpus_path: Path, queries: dict[str, str], qids: list[str], k: int = 100):
@@ -138,7 +149,7 @@ def main() -> None:
             if name not in searchers:
                 corpus = Path(ds) / "corpus.jsonl"
                 index_dir = Path(args.work) / f"{name}-{enc.resolved.model_id}-{args.max_length}"
-                if not complete(index_dir, sum(1 for _ in read_corpus(corpus))):
+                if not complete(index_dir, sum(1 for _ in read_corpus(corpus)), enc):
                     shutil.rmtree(index_dir, ignore_errors=True)  # an interrupted build leaves a partial index
                     rep = build_index(corpus, index_dir, enc, progress=False)
                     emit({"model": model, "dataset": name, "event": "indexed", "documents": rep.documents,

@@ -28,6 +28,9 @@ SETTINGS = [
     {"prompt": "none", "pooling": "mean"},
     {"prompt": "promptreps", "pooling": "last", "expansion": 16},
     {"prompt": "promptreps", "pooling": "last", "long_docs": "chunk", "dense_agg": "mean"},
+    {"prompt": "promptreps", "pooling": "last", "sparse_topk": 64},
+    {"prompt": "promptreps", "pooling": "last", "sparse_topk": 256},
+    {"prompt": "promptreps", "pooling": "last", "word_forms": "both"},
 ]
 
 
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/beir/scifact")
     ap.add_argument("--docs", type=int, default=1500)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--max-length", type=int, default=None, help="encoder max_length (default: the encoder's)")
     ap.add_argument("--work", default="benchmarks/.work/tune")
     ap.add_argument("--only", type=int, nargs="*", default=None, help="indexes into SETTINGS")
     ap.add_argument("--out", default=None)
@@ -59,17 +63,18 @@ def main() -> None:
     for i, setting in enumerate(SETTINGS):
         if args.only is not None and i not in args.only:
             continue
-        enc = Encoder(args.model, progress=False, **setting)
+        extra = {} if args.max_length is None else {"max_length": args.max_length}
+        enc = Encoder(args.model, progress=False, **extra, **setting)
         name = "-".join(f"{k}={v}" for k, v in sorted(setting.items()))
         index_dir = Path(args.work) / f"{enc.resolved.model_id}-{len(sub)}-{name}"
         t = time.perf_counter()
-        if not complete(index_dir, len(sub)):
+        if not complete(index_dir, len(sub), enc):
             shutil.rmtree(index_dir, ignore_errors=True)  # an interrupted build leaves a partial index
             build_index(sub, index_dir, enc, progress=False)
         build_s = time.perf_counter() - t
         arms = Arms(Searcher(index_dir, encoder=enc), qids, [queries[q] for q in qids], qrels)
         row = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "model": args.model,
-               "setting": setting, "docs": len(sub), "train_queries": len(qids), "build_seconds": round(build_s, 1)}
+               "setting": setting, "max_length": enc.config.max_length, "docs": len(sub), "train_queries": len(qids), "build_seconds": round(build_s, 1)}
         for a in ("dense", "sparse", "bm25"):
             m = arms.evaluate(*arms.top[a])
             row[a] = {k: round(v, 4) for k, v in m.items()}

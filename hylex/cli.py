@@ -46,7 +46,7 @@ def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) ->
         g.add_argument("--max-length", type=_positive_int, default=512, help="tokens per text incl. the prompt")
         g.add_argument("--prompt", default="promptreps", choices=list(PROMPTS))
         g.add_argument("--pooling", default="last", choices=list(POOLINGS))
-        g.add_argument("--sparse-topk", type=int, default=128, help="vocabulary entries kept per text (0: all)")
+        g.add_argument("--sparse-topk", type=int, default=256, help="vocabulary entries kept per text (0: all)")
         g.add_argument("--expansion", type=int, default=0, help="expansion terms beyond the text's own words")
         g.add_argument("--no-own-words", action="store_true",
                        help="sparse weights on any alphanumeric token, not only the text's own words")
@@ -84,12 +84,20 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    help="candidates per arm for hybrid fusion (default 1000, chosen on SciFact train)")
     p.add_argument("--bm25-k1", type=float, default=None, help="BM25 k1 (default: the index's)")
     p.add_argument("--bm25-b", type=float, default=None, help="BM25 b (default: the index's)")
+    g = p.add_argument_group("approximate sparse search (default: exact)")
+    g.add_argument("--query-cut", type=_positive_int, default=None,
+                   help="search only each query's N heaviest terms (then rescored with the whole query)")
+    g.add_argument("--heap-factor", type=float, default=1.0,
+                   help=">= 1: skip blocks and candidates whose bound is within this factor of the k-th score")
+    g.add_argument("--candidates", type=_positive_int, default=None,
+                   help="documents collected per query before rescoring with the whole query (default k)")
 
 
 def _fusion_kwargs(args) -> dict:
     """The search() arguments of the search options (arms only when given, so the default stays the library's)."""
     out = {"fusion": args.fusion, "alpha": args.alpha, "rrf_k": args.rrf_k, "depth": args.depth,
-           "weights": args.weights, "k1": args.bm25_k1, "b": args.bm25_b}
+           "weights": args.weights, "k1": args.bm25_k1, "b": args.bm25_b, "query_cut": args.query_cut,
+           "heap_factor": args.heap_factor, "candidates": args.candidates}
     if args.arms is not None:
         out["arms"] = args.arms
     return out
@@ -140,10 +148,16 @@ def cmd_index(args) -> int:
                                   ("stopwords", args.bm25_stopwords)) if v is not None} or None
     if bm25 is not None:
         bm25_settings(bm25)  # bad BM25 settings fail before the model loads
+    sparse = {key: v for key, v in (("bits", args.sparse_bits), ("keep_top", args.keep_top),
+                                    ("keep_fraction", args.keep_fraction)) if v is not None} or None
+    if sparse is not None:
+        from hylex.indexing.index import sparse_settings
+
+        sparse_settings(sparse)
     docs = load_documents(args.corpus)  # validate before the model loads: a bad line fails in a second
     encoder = _make_encoder(args)
     rep = build_index(docs, args.index, encoder, dense_factory=args.dense_factory, chunk_size=args.chunk_size,
-                      segment_size=args.segment_size, bm25=bm25, progress=not args.no_progress)
+                      segment_size=args.segment_size, bm25=bm25, sparse=sparse, progress=not args.no_progress)
     tps = rep.tokens / rep.encode_seconds if rep.encode_seconds and rep.tokens else 0.0
     speed = f", {tps:.0f} tokens/s" if rep.tokens else ""
     print(f"indexed {rep.documents} documents into {rep.index_dir} in {rep.seconds:.1f}s "
@@ -152,8 +166,9 @@ def cmd_index(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from hylex.retrieval.searcher import Searcher
+    from hylex.retrieval.searcher import Searcher, check_approx_knobs
 
+    check_approx_knobs(args.query_cut, args.heap_factor, args.candidates)
     s = Searcher(args.index, **_encoder_kwargs(args))
     res = s.search(args.queries, k=args.k, mode=args.mode, with_documents=True, **_fusion_kwargs(args))
     _print_hits(res, args.queries, args.json)
@@ -164,10 +179,18 @@ def cmd_eval(args) -> int:
     from hylex.corpus import load_beir
     from hylex.indexing.bm25 import check_b, check_k1
     from hylex.retrieval.evaluation import evaluate_run, run_from_results, write_trec_run
-    from hylex.retrieval.searcher import DEFAULT_ARMS, Searcher, check_arms, check_weights, fusion_weights
+    from hylex.retrieval.searcher import (
+        DEFAULT_ARMS,
+        Searcher,
+        check_approx_knobs,
+        check_arms,
+        check_weights,
+        fusion_weights,
+    )
 
     # bad search options fail before the model loads and the queries are encoded
     fusion = _fusion_kwargs(args)
+    check_approx_knobs(args.query_cut, args.heap_factor, args.candidates)
     arms = check_arms(fusion.get("arms", DEFAULT_ARMS))
     fusion_weights(arms, None if args.weights is None else check_weights(args.weights, arms), args.fusion,
                    args.alpha)
@@ -299,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--bm25-stemmer", default=None,
                     help="BM25 Snowball stemmer (english, porter, german, ...) or none (default english)")
     pi.add_argument("--bm25-stopwords", default=None, help="BM25 stopwords: english or none (default english)")
+    g = pi.add_argument_group("sparse postings (a new index's storage; default: 16-bit impacts, no pruning)")
+    g.add_argument("--sparse-bits", type=int, choices=[8, 16], default=None, help="impact precision (default 16)")
+    g.add_argument("--keep-top", type=_positive_int, default=None,
+                   help="static pruning: keep each term's N largest postings (approximate, smaller, faster)")
+    g.add_argument("--keep-fraction", type=float, default=None,
+                   help="static pruning: keep this fraction (0, 1] of each term's largest postings")
     _add_encoder_args(pi)
     pi.set_defaults(func=cmd_index)
 

@@ -196,6 +196,16 @@ def brute_force(docs: Sequence[Document], encoder: FakeEncoder) -> tuple[np.ndar
     return enc.dense, enc.sparse
 
 
+# Sparse postings are stored as 16-bit impacts and queries quantized to 16 bits (hylex.kernels.blockmax): sparse
+# scores match the float brute force to about 1e-5 relative, so sparse checks compare with this tolerance.
+SPARSE_ATOL = 2e-4
+
+
+def quantized_sparse(index) -> sp.csr_matrix:
+    """The index's dequantized sparse document weights, float32 csr (n_docs, V), segments stacked in row order."""
+    return sp.vstack([seg.sparse.to_csr() for seg in index.segments], format="csr")
+
+
 def assert_valid_topk(D: np.ndarray, I: np.ndarray, full: np.ndarray, k: int, *, positive_only: bool = False,
                       atol: float = 1e-5) -> None:
     """Check (D, I) is a correct top-k of the score matrix ``full`` (nq, n_docs), allowing any order of ties.

@@ -427,14 +427,17 @@ def test_cli_eval_arms(tmp_path, capsys, fake_cli):
     assert_one_line_error(rc, err, "arm 'dense' is given twice")
 
 
-# -- (e) indexes of format 1 ----------------------------------------------------------------------------------------
-def test_format_1_index_is_refused_with_rebuild_hint(index_copy):
+# -- (e) indexes of older formats ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_format_index_is_refused_with_rebuild_hint(index_copy, version):
     mf = index_copy / "manifest.json"
     m = json.loads(mf.read_text())
-    m["format_version"] = 1
-    del m["bm25"]
+    m["format_version"] = version
+    if version == 1:
+        del m["bm25"]
     mf.write_text(json.dumps(m))
-    with pytest.raises(IndexFormatError, match=r"format version 1, which has no BM25 postings.*reads version 2"
+    what = "float sparse postings, no BM25" if version == 1 else "float sparse postings"
+    with pytest.raises(IndexFormatError, match=rf"format version {version} \({what}\).*reads version 3"
                                                r".*rebuild the index"):
         Index.open(index_copy)
     with pytest.raises(IndexFormatError, match="rebuild"):

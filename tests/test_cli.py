@@ -275,9 +275,29 @@ def test_stats_and_validate(fake_cli, capsys, tmp_path):
     code, out, _ = run(capsys, "validate", str(idx))
     assert code == 0 and "ok" in out
     # damage one byte of a segment file (same size): validate names the file and exits non-zero
-    f = idx / "segments" / "seg-000001" / "sparse_weights.npy"
+    f = idx / "segments" / "seg-000001" / "impact_impacts.npy"
     data = bytearray(f.read_bytes())
     data[-1] ^= 0xFF
     f.write_bytes(bytes(data))
     code, _, err = run(capsys, "validate", str(idx))
-    assert code == 1 and "sparse_weights.npy" in err and "checksum" in err
+    assert code == 1 and "impact_impacts.npy" in err and "checksum" in err
+
+
+def test_sparse_storage_and_approximate_search_flags(fake_cli, capsys, tmp_path, corpus_writer, docs):
+    corpus = corpus_writer(docs)
+    ix = tmp_path / "ix"
+    rc, out, err = run(capsys, "index", corpus, "--index", ix, "--sparse-bits", 8, "--keep-top", 4)
+    assert rc == 0, err
+    with Index.open(ix) as index:
+        assert index.manifest["sparse"]["bits"] == 8 and index.manifest["sparse"]["keep_top"] == 4
+    rc, out, err = run(capsys, "search", ix, "star galaxy telescope", "-k", 3, "--mode", "sparse", "--query-cut", 2,
+                       "--candidates", 20, "--json")
+    assert rc == 0, err
+    hits = json.loads(out)[0]["hits"]
+    assert len(hits) == 3 and hits[0]["metadata"]["topic"] == "astronomy"
+    # bad knobs fail in one line before any encoding
+    rc, out, err = run(capsys, "search", ix, "star", "--heap-factor", 0.5)
+    assert_one_line_error(rc, err, "heap_factor must be a number >= 1")
+    rc, out, err = run(capsys, "index", corpus, "--index", tmp_path / "ix2", "--keep-fraction", 2)
+    assert_one_line_error(rc, err, "keep_fraction must be None or a number in (0, 1]")
+    assert not (tmp_path / "ix2").exists()

@@ -14,7 +14,8 @@ import pytest
 import scipy.sparse as sp
 
 import hylex
-from conftest import FakeEncoder, assert_same_results, assert_valid_topk, brute_force, make_docs
+from conftest import (SPARSE_ATOL, FakeEncoder, assert_same_results, assert_valid_topk, brute_force, make_docs,
+                      quantized_sparse)
 from hylex.corpus import Document
 from hylex.errors import HylexError, IndexFormatError
 from hylex.indexing import FORMAT_VERSION, Index, build_index
@@ -24,7 +25,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-SEG_FILES = {"dense.faiss", "sparse_indptr.npy", "sparse_docs.npy", "sparse_weights.npy", "bm25_terms.npy",
+SEG_FILES = {"dense.faiss", *(f"impact_{a}.npy" for a in ("indptr", "docs", "impacts", "block_indptr", "block_max",
+                                                          "block_first", "block_last", "term_scale", "fwd_indptr",
+                                                          "fwd_terms", "fwd_impacts")), "impact_meta.json", "bm25_terms.npy",
              "bm25_indptr.npy", "bm25_docs.npy", "bm25_tf.npy", "bm25_doclen.npy"}
 
 
@@ -60,7 +63,7 @@ def _snapshot(path, queries):
 def test_manifest_fields(built_index, docs, fake_encoder):
     with Index.open(built_index) as ix:
         m = ix.manifest
-        assert m["format"] == "hylex-index" and m["format_version"] == FORMAT_VERSION == 2
+        assert m["format"] == "hylex-index" and m["format_version"] == FORMAT_VERSION == 3
         assert m["libraries"]["hylex"] == hylex.__version__
         assert "faiss" in m["libraries"] and "numpy" in m["libraries"]
         assert m["encoder"] == fake_encoder.describe()
@@ -120,7 +123,10 @@ def test_dense_and_sparse_equal_brute_force(built_index, docs, fake_encoder, que
             D, I = s.search_dense(qd, k)
             assert_valid_topk(D, I, qd @ X.T, k)
             D, I = s.search_sparse(qs, k)
-            assert_valid_topk(D, I, (qs @ S.T).toarray(), k, positive_only=True)
+            assert_valid_topk(D, I, (qs @ quantized_sparse(ix).T).toarray(), k, positive_only=True, atol=SPARSE_ATOL)
+            # the quantized weights are within half a step of the encoder's
+            step = ix.manifest["sparse"]["max_weight"] / 65535
+            assert abs(quantized_sparse(ix) - S).max() <= step / 2 + 1e-7
         # the public API returns the same rows as the arms, with ids
         r = s.search(None, k=10, mode="sparse", sparse=qs)
         full = (qs @ S.T).toarray()
@@ -128,7 +134,7 @@ def test_dense_and_sparse_equal_brute_force(built_index, docs, fake_encoder, que
             for j, (row, i) in enumerate(zip(r.rows[q], r.ids[q])):
                 if row >= 0:
                     assert i == docs[row].id
-                    assert r.scores[q, j] == pytest.approx(full[q, row], abs=1e-5)
+                    assert r.scores[q, j] == pytest.approx(full[q, row], abs=SPARSE_ATOL)
                 else:
                     assert i is None
 
@@ -188,7 +194,7 @@ def test_invalid_factory_names_it_and_creates_nothing(tmp_path, docs, fake_encod
 def test_validate_reports_corrupted_file(index_copy, queries):
     with Index.open(index_copy) as ix:
         assert ix.validate() == []
-    f = index_copy / "segments" / "seg-000000" / "sparse_weights.npy"
+    f = index_copy / "segments" / "seg-000000" / "impact_impacts.npy"
     size = f.stat().st_size
     data = bytearray(f.read_bytes())
     for i in range(size - 8, size):
@@ -198,10 +204,10 @@ def test_validate_reports_corrupted_file(index_copy, queries):
     with Index.open(index_copy) as ix:  # sizes still match: opening works, validate finds the damage
         problems = ix.validate()
     assert len(problems) == 1
-    assert "sparse_weights.npy" in problems[0] and "checksum" in problems[0]
+    assert "impact_impacts.npy" in problems[0] and "checksum" in problems[0]
 
 
-@pytest.mark.parametrize("fname", ["dense.faiss", "sparse_docs.npy"])
+@pytest.mark.parametrize("fname", ["dense.faiss", "impact_docs.npy"])
 def test_truncated_file_refuses_open(index_copy, fname):
     f = index_copy / "segments" / "seg-000000" / fname
     data = f.read_bytes()
@@ -387,3 +393,42 @@ def test_create_refuses_existing_and_nonempty(built_index, tmp_path, fake_encode
     with pytest.raises(HylexError, match="lacks 'settings'"):
         Index.create(tmp_path / "new", {"model_id": "m", "dim": 4, "vocab_size": 5})
     assert not (tmp_path / "new").exists()
+
+
+# -- sparse storage settings ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg,msg", [
+    ({"bits": 12}, "sparse bits must be 8 or 16"),
+    ({"block_size": 0}, "block_size must be an integer >= 1"),
+    ({"keep_top": 0}, "keep_top must be None or an integer >= 1"),
+    ({"keep_fraction": 1.5}, r"keep_fraction must be None or a number in \(0, 1\]"),
+    ({"max_weight": -1.0}, "max_weight must be None or a finite number > 0"),
+    ({"quantum": 3}, "unknown sparse setting 'quantum'"),
+])
+def test_bad_sparse_settings_are_refused_before_writing(tmp_path, fake_encoder, cfg, msg):
+    with pytest.raises(HylexError, match=msg):
+        Index.create(tmp_path / "ix", fake_encoder.describe(), sparse=cfg)
+    assert not (tmp_path / "ix").exists()
+
+
+def test_sparse_settings_are_recorded_and_used(tmp_path, docs, fake_encoder, queries):
+    _, _, qs = queries
+    build_index(docs, tmp_path / "ix", fake_encoder, sparse={"bits": 8, "keep_top": 5}, progress=False)
+    with Index.open(tmp_path / "ix") as ix:
+        assert ix.manifest["sparse"]["bits"] == 8 and ix.manifest["sparse"]["keep_top"] == 5
+        seg = ix.segments[0].sparse
+        assert seg.impacts.dtype == np.uint8
+        assert np.diff(np.asarray(seg.indptr)).max() <= 5  # statically pruned lists
+        # the forward index keeps every posting: stored weights equal the unpruned ones
+        S = fake_encoder.encode_documents([d.full_text for d in docs]).sparse
+        assert quantized_sparse(ix).nnz == sp.csr_matrix(S).nnz
+    # adding with other sparse settings is refused, the index untouched
+    with pytest.raises(HylexError, match="stores sparse postings with"):
+        build_index(make_docs(3, prefix="x"), tmp_path / "ix", fake_encoder, sparse={"bits": 16}, progress=False)
+
+
+def test_sparse_weight_above_max_weight_is_refused(tmp_path, docs, fake_encoder):
+    enc = fake_encoder.encode_documents([d.full_text for d in docs[:5]])
+    with Index.create(tmp_path / "ix", fake_encoder.describe(), sparse={"max_weight": 0.01}) as ix:
+        with pytest.raises(HylexError, match="exceeds this index's max_weight 0.01"):
+            ix.add(docs[:5], enc.dense, enc.sparse)
+        assert ix.n_docs == 0 and ix.validate() == []

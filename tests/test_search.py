@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import FakeEncoder, brute_force
+from conftest import SPARSE_ATOL, FakeEncoder, brute_force
 from hylex.errors import HylexError
 from hylex.indexing import Index
 from hylex.kernels import fuse_ref
@@ -95,6 +95,11 @@ def test_empty_sparse_query_gives_no_hits(searcher):
     ({"alpha": -0.1}, r"alpha must be in \[0, 1\]"),
     ({"alpha": 1.5}, r"alpha must be in \[0, 1\]"),
     ({"alpha": float("nan")}, r"alpha must be in \[0, 1\]"),
+    ({"query_cut": 0}, "query_cut must be None or an integer >= 1"),
+    ({"query_cut": 2.5}, "query_cut must be None or an integer >= 1"),
+    ({"heap_factor": 0.5}, "heap_factor must be a number >= 1"),
+    ({"heap_factor": float("inf")}, "heap_factor must be a number >= 1"),
+    ({"candidates": 0}, "candidates must be None or an integer >= 1"),
 ])
 def test_bad_arguments(searcher, queries, kwargs, msg):
     _, qd, qs = queries
@@ -128,6 +133,10 @@ def test_bad_query_vectors(searcher, queries):
         searcher.search(None, mode="sparse", dense=qd)
     with pytest.raises(HylexError, match="query 1 is empty"):
         searcher.search(["fine", "  "])
+    with pytest.raises(HylexError, match="finite weights >= 0"):
+        neg = qs.copy()
+        neg.data[0] = -1.0
+        searcher.search(None, mode="sparse", sparse=neg)
     # a 1-D dense query is one query
     assert searcher.search(None, mode="dense", dense=qd[0], k=2).shape == (1, 2)
 
@@ -152,18 +161,18 @@ def test_plain_tuple_encoder_works(built_index, fake_encoder, queries):
 
 
 # -- fusion ------------------------------------------------------------------------------------------------------
-def _check_hybrid_follows_arm(hyb, arm_D, arm_I, full, k):
+def _check_hybrid_follows_arm(hyb, arm_D, arm_I, full, k, atol=1e-5):
     """Hybrid hits also in the arm's list keep the arm's order; the hybrid top-k are the arm's top-k."""
     for q in range(hyb.shape[0]):
         in_arm = set(arm_I[q][arm_I[q] >= 0].tolist())
         common = [r for r in hyb.rows[q] if r in in_arm]
         s = full[q, common]
-        assert (np.diff(s) <= 1e-5).all(), f"query {q}: hybrid order disagrees with the arm"
+        assert (np.diff(s) <= atol).all(), f"query {q}: hybrid order disagrees with the arm"
         # the hybrid's hits with a positive fused score are exactly the arm's best (up to ties)
         pos = hyb.rows[q][hyb.scores[q] > 1e-6]
         if len(pos):
             np.testing.assert_allclose(np.sort(full[q, pos])[::-1], np.sort(arm_D[q][arm_I[q] >= 0])[::-1][:len(pos)],
-                                       atol=1e-5)
+                                       atol=atol)
 
 
 def test_convex_alpha_extremes_follow_one_arm(searcher, docs, fake_encoder, queries):
@@ -178,7 +187,7 @@ def test_convex_alpha_extremes_follow_one_arm(searcher, docs, fake_encoder, quer
     np.testing.assert_allclose(np.sort((qd @ X.T)[np.arange(len(qd))[:, None], h1.rows], axis=1),
                                np.sort(dense.scores, axis=1), atol=1e-5)
     h0 = searcher.search(None, k=k, mode="hybrid", alpha=0.0, depth=depth, dense=qd, sparse=qs)
-    _check_hybrid_follows_arm(h0, Ds, Is, (qs @ S.T).toarray(), k)
+    _check_hybrid_follows_arm(h0, Ds, Is, (qs @ S.T).toarray(), k, atol=SPARSE_ATOL)
     # the two extremes differ somewhere (they really pick one arm each)
     assert h0.ids.tolist() != h1.ids.tolist()
     # the convex result equals the reference fusion of the arms
@@ -237,3 +246,31 @@ def test_topical_queries_find_their_topic(searcher, docs, queries):
         right = [by_id[r.ids[q, 0]].metadata["topic"] == text.split()[0] for q, text in enumerate(texts)]
         # sparse and hybrid get every topic; a 32-d random projection blurs a few for dense
         assert sum(right) >= (15 if mode == "dense" else 20), (mode, right)
+
+
+# -- approximate sparse search -------------------------------------------------------------------------------------
+def test_approximate_sparse_returns_exact_scores(searcher, queries, docs):
+    """query_cut / candidates / heap_factor may miss hits but never mis-score one: each returned score is the
+    exact search's score of that document, and at the extremes the approximate search is the exact one."""
+    _, _, qs = queries
+    n = len(docs)
+    De, Ie = searcher.search_sparse(qs, n)  # every hit, exact
+    exact = [{int(r): float(d) for r, d in zip(Ie[q], De[q]) if r >= 0} for q in range(qs.shape[0])]
+    D10, I10 = searcher.search_sparse(qs, 10)
+    for kw in ({"query_cut": 1}, {"query_cut": 2, "candidates": 30}, {"heap_factor": 1.5},
+               {"query_cut": 3, "heap_factor": 1.2, "candidates": 20}):
+        D, I = searcher.search_sparse(qs, 10, **kw)
+        assert D.shape == I.shape == (qs.shape[0], 10)
+        for q in range(qs.shape[0]):
+            hits = I[q][I[q] >= 0]
+            assert len(set(hits.tolist())) == len(hits)
+            for r, d in zip(hits, D[q][: len(hits)]):
+                assert d == exact[q][int(r)], (kw, q, r)
+            assert (np.diff(D[q][: len(hits)]) <= 0).all()
+    # all terms kept and every document a candidate: the exact result
+    D, I = searcher.search_sparse(qs, 10, query_cut=10_000, candidates=n)
+    np.testing.assert_array_equal(I, I10)
+    np.testing.assert_array_equal(D, D10)
+    # the public API passes the knobs through
+    r = searcher.search(None, k=10, mode="sparse", sparse=qs, query_cut=10_000, candidates=n)
+    np.testing.assert_array_equal(r.rows, I10)

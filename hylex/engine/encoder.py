@@ -72,7 +72,7 @@ class EncoderConfig:
     prompt: str = "promptreps"
     pooling: str = "last"
     max_length: int = 512
-    sparse_topk: int = 128
+    sparse_topk: int = 256  # chosen on SciFact train (benchmarks/README.md): 256 beat 128 and 64
     own_words: bool = True
     word_forms: str = "bare"
     expansion: int = 0

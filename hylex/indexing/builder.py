@@ -14,7 +14,7 @@ from hylex.corpus import Document, read_corpus
 from hylex.errors import CorpusError, HylexError
 from hylex.indexing.bm25 import bm25_settings
 from hylex.indexing.dense import DEFAULT_FACTORY
-from hylex.indexing.index import MANIFEST, Index
+from hylex.indexing.index import MANIFEST, Index, sparse_settings
 from hylex.indexing.protocols import TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -58,13 +58,14 @@ def check_encoder_matches(index: Index, encoder: TextEncoder) -> None:
 
 def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.PathLike, encoder: TextEncoder,
                 *, dense_factory: str = DEFAULT_FACTORY, chunk_size: int = 256, segment_size: int = 100_000,
-                bm25: dict | None = None, progress: bool = True) -> BuildReport:
+                bm25: dict | None = None, sparse: dict | None = None, progress: bool = True) -> BuildReport:
     """Index ``corpus`` (a JSONL path or documents) into ``index_dir``, creating it or adding to it.
 
     Every document is validated, and ids checked against the index, before any encoding or writing. Each
     ``segment_size`` documents are committed as one segment; encodings go through the encoder's cache, so an
     interrupted run re-done costs only the commits. ``bm25`` sets a new index's BM25 arm (see
-    :meth:`Index.create`); given for an existing index, it must equal the index's settings.
+    :meth:`Index.create`); given for an existing index, it must equal the index's settings. ``sparse`` likewise
+    sets how sparse postings are stored (:func:`hylex.indexing.index.sparse_settings`).
     """
     from tqdm.auto import tqdm
 
@@ -75,6 +76,7 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
     if chunk_size <= 0 or segment_size <= 0:
         raise HylexError("chunk_size and segment_size must be positive")
     bm25_cfg = bm25_settings(bm25) if bm25 is not None else None
+    sparse_cfg = sparse_settings(sparse) if sparse is not None else None
     path = Path(index_dir)
     if (path / MANIFEST).exists():
         index = Index.open(path, writable=True)
@@ -85,11 +87,16 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
                 if mine != bm25_cfg:
                     raise HylexError(f"index {path} has BM25 settings {mine}, not {bm25_cfg}: leave the BM25 "
                                      f"settings out to add to it, or index into a new directory")
+            if sparse_cfg is not None:
+                mine = {key: index.manifest["sparse"].get(key) for key in sparse_cfg}
+                if mine != sparse_cfg:
+                    raise HylexError(f"index {path} stores sparse postings with {mine}, not {sparse_cfg}: leave the "
+                                     f"sparse settings out to add to it, or index into a new directory")
         except BaseException:
             index.close()  # release the writer lock and the store: the index stays usable
             raise
     else:
-        index = Index.create(path, encoder.describe(), dense_factory, bm25=bm25)
+        index = Index.create(path, encoder.describe(), dense_factory, bm25=bm25, sparse=sparse)
     report = BuildReport(index_dir=str(path))
     try:
         present = [d.id for d, r in zip(docs, index.rows_of([d.id for d in docs])) if r is not None]

@@ -12,10 +12,12 @@ Layout (CSC by term; V terms, nnz postings, nb blocks):
 * ``block_max`` (impacts' dtype) (nb,): the largest impact in the block;
 * ``block_first`` / ``block_last`` int32 (nb,): the block's first and last doc id.
 
-Quantization uses ONE global scale for the whole index: ``scale = float32(max_weight / (2**bits - 1))`` and
-``impact = clip(rint(weight / scale), 0, 2**bits - 1)``, so ``|weight - impact * scale| <= scale / 2`` (up to
-float32 rounding of the product). The dequantized weight every kernel scores with is the float32 product
-``float32(impact) * float32(scale)``.
+Quantization is per term by default: ``term_scale[t] = float32(max weight of t / (2**bits - 1))`` and
+``impact = clip(rint(weight / term_scale[t]), 0, 2**bits - 1)``, so ``|weight - impact * term_scale[t]| <=
+term_scale[t] / 2``: every term keeps ``bits`` of precision relative to its own largest weight (one global scale
+loses rare heavy terms' neighbours in the rounding). The kernels fold ``term_scale`` into the query weights, so
+it costs nothing per posting. With ``max_weight`` every term shares one fixed scale instead, so that separately built
+indexes (the segments of one hylex index) give a weight the same impact and their scores are comparable exactly.
 
 Static pruning (Seismic's idea, approximate): with ``keep_top`` and/or ``keep_fraction`` only the largest
 postings of each term are indexed (``keep_top`` postings, or ``ceil(keep_fraction * len)``; with both, the
@@ -34,12 +36,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from hylex.kernels.blockmax import impact_topk_approx, impact_topk_exact
+from hylex.kernels.blockmax import DEFAULT_WINDOW, impact_topk_approx, impact_topk_exact
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_FILE = "impact_meta.json"
-ARRAYS = ("indptr", "docs", "impacts", "block_indptr", "block_max", "block_first", "block_last")
+ARRAYS = ("indptr", "docs", "impacts", "block_indptr", "block_max", "block_first", "block_last", "term_scale")
 FILES = tuple(f"impact_{name}.npy" for name in ARRAYS)
+FWD_ARRAYS = ("fwd_indptr", "fwd_terms", "fwd_impacts")
+FWD_FILES = tuple(f"impact_{name}.npy" for name in FWD_ARRAYS)
 _DTYPES = {8: np.uint8, 16: np.uint16}
 
 
@@ -53,19 +57,20 @@ class ImpactIndex:
     """Quantized postings of one segment, partitioned in fixed-size blocks with per-block maxima."""
 
     def __init__(self, indptr: np.ndarray, docs: np.ndarray, impacts: np.ndarray, block_indptr: np.ndarray,
-                 block_max: np.ndarray, block_first: np.ndarray, block_last: np.ndarray, *, bits: int,
-                 scale: float, block_size: int, n_docs: int, keep_fraction: float | None = None,
+                 block_max: np.ndarray, block_first: np.ndarray, block_last: np.ndarray, term_scale: np.ndarray,
+                 *, bits: int, block_size: int, n_docs: int, keep_fraction: float | None = None,
                  keep_top: int | None = None):
         self.indptr, self.docs, self.impacts = indptr, docs, impacts
         self.block_indptr, self.block_max = block_indptr, block_max
         self.block_first, self.block_last = block_first, block_last
+        self.term_scale = term_scale
         self.bits = int(bits)
-        self.scale = float(np.float32(scale))
         self.block_size = int(block_size)
         self.n_docs = int(n_docs)
         self.keep_fraction = None if keep_fraction is None else float(keep_fraction)
         self.keep_top = None if keep_top is None else int(keep_top)
         self.vocab_size = len(indptr) - 1
+        self.fwd_indptr = self.fwd_terms = self.fwd_impacts = None  # the optional forward index
 
     # -----------------------------------------------------------------------------------------------------
     # building
@@ -73,7 +78,7 @@ class ImpactIndex:
 
     @classmethod
     def from_csr(cls, matrix: Any, bits: int = 8, block_size: int = 64, *, keep_fraction: float | None = None,
-                 keep_top: int | None = None) -> "ImpactIndex":
+                 keep_top: int | None = None, forward: bool = True, max_weight: float | None = None) -> "ImpactIndex":
         """Build from doc x vocab weights, csr (n_docs, V) with finite weights >= 0.
 
         Args:
@@ -82,6 +87,11 @@ class ImpactIndex:
             block_size: postings per block, >= 1.
             keep_fraction: optional in (0, 1]: keep the ``ceil(keep_fraction * len)`` largest postings per term.
             keep_top: optional >= 1: keep at most the ``keep_top`` largest postings per term.
+            max_weight: None for per-term scales from the data; a number for ONE fixed scale
+                ``max_weight / (2**bits - 1)`` for every term, so that indexes built from different document sets
+                (segments) quantize a weight identically. Weights above it are rejected.
+            forward: also keep a forward index (every posting, doc by doc: ``fwd_indptr`` int64 (n_docs+1,),
+                ``fwd_terms`` uint16/uint32, ``fwd_impacts``) so approximate searches rescore with whole queries.
         """
         if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)) or bits not in _DTYPES:
             raise ValueError(f"bits must be 8 or 16, got {bits!r}")
@@ -110,35 +120,58 @@ class ImpactIndex:
         docs = csc.indices.astype(np.int32)
         term = np.repeat(np.arange(V, dtype=np.int64), np.diff(indptr))
 
+        # quantize every posting with its term's scale (a term's largest weight survives any static pruning,
+        # so pruning does not change the scales)
+        maxq = 2 ** bits - 1
+        term_max = np.zeros(V, dtype=np.float64)
+        if w.size:
+            starts = np.flatnonzero(np.diff(indptr) > 0)
+            term_max[starts] = np.maximum.reduceat(w.astype(np.float64), indptr[starts])
+        if max_weight is None:
+            term_scale = (term_max / maxq).astype(np.float32)
+        else:
+            if isinstance(max_weight, bool) or not isinstance(max_weight, (int, float, np.integer, np.floating)) \
+                    or not (np.isfinite(max_weight) and max_weight > 0):
+                raise ValueError(f"max_weight must be None or a finite number > 0, got {max_weight!r}")
+            if w.size and float(w.max()) > float(max_weight):
+                raise ValueError(f"a sparse weight ({float(w.max()):.6g}) exceeds max_weight={max_weight}: the fixed "
+                                 f"quantization scale cannot represent it")
+            term_scale = np.full(V, np.float32(float(max_weight) / maxq), dtype=np.float32)
+        ts = term_scale[term].astype(np.float64)
+        qf = np.zeros(w.size, dtype=np.float64)
+        np.divide(w.astype(np.float64), ts, out=qf, where=ts > 0)
+        q = np.clip(np.rint(qf), 0, maxq).astype(_DTYPES[bits])
+        nz = q > 0
+        docs, q, term, w = docs[nz], q[nz], term[nz], w[nz]
+        fwd = None
+        if forward:
+            order = np.lexsort((term, docs))
+            fwd_indptr = np.concatenate(([0], np.cumsum(np.bincount(docs, minlength=n_docs)))).astype(np.int64)
+            fwd = (fwd_indptr, term[order].astype(np.uint16 if V <= 65536 else np.uint32), q[order])
+
         if (keep_top is not None or keep_fraction is not None) and w.size:
-            lens = np.diff(indptr)
+            lens = np.bincount(term, minlength=V)
             keep_n = lens.copy()
             if keep_top is not None:
                 keep_n = np.minimum(keep_n, keep_top)
             if keep_fraction is not None:
                 # the 1e-9 slack keeps e.g. 0.3 * 10 from becoming 4 through float rounding
                 keep_n = np.minimum(keep_n, np.maximum(1, np.ceil(keep_fraction * lens - 1e-9)).astype(np.int64))
+            starts = np.concatenate(([0], np.cumsum(lens)))
             order = np.lexsort((docs, -w, term))  # by term, weight descending, doc ascending
-            rank = np.arange(w.size, dtype=np.int64) - indptr[term[order]]
+            rank = np.arange(w.size, dtype=np.int64) - starts[term[order]]
             mask = np.zeros(w.size, dtype=bool)
             mask[order] = rank < keep_n[term[order]]
-            docs, w, term = docs[mask], w[mask], term[mask]
-
-        maxq = 2 ** bits - 1
-        max_w = float(w.max()) if w.size else 0.0
-        scale = float(np.float32(max_w / maxq))
-        if scale > 0:
-            q = np.clip(np.rint(w.astype(np.float64) / scale), 0, maxq).astype(_DTYPES[bits])
-        else:
-            q = np.zeros(w.size, dtype=_DTYPES[bits])
-        nz = q > 0
-        docs, q, term = docs[nz], q[nz], term[nz]
+            docs, q, term = docs[mask], q[mask], term[mask]
         indptr = np.concatenate(([0], np.cumsum(np.bincount(term, minlength=V)))).astype(np.int64)
-        return cls._with_blocks(indptr, docs, q, term, bits=bits, scale=scale, block_size=block_size,
-                                n_docs=n_docs, keep_fraction=keep_fraction, keep_top=keep_top)
+        out = cls._with_blocks(indptr, docs, q, term, term_scale, bits=bits, block_size=block_size,
+                               n_docs=n_docs, keep_fraction=keep_fraction, keep_top=keep_top)
+        if fwd is not None:
+            out.fwd_indptr, out.fwd_terms, out.fwd_impacts = fwd
+        return out
 
     @classmethod
-    def _with_blocks(cls, indptr, docs, impacts, term, **meta) -> "ImpactIndex":
+    def _with_blocks(cls, indptr, docs, impacts, term, term_scale, **meta) -> "ImpactIndex":
         B = meta["block_size"]
         lens = np.diff(indptr)
         nb = -(-lens // B)
@@ -155,7 +188,7 @@ class ImpactIndex:
             block_first = np.zeros(0, np.int32)
             block_last = np.zeros(0, np.int32)
         return cls(indptr, np.ascontiguousarray(docs, dtype=np.int32), np.ascontiguousarray(impacts),
-                   block_indptr, block_max, block_first, block_last, **meta)
+                   block_indptr, block_max, block_first, block_last, term_scale, **meta)
 
     # -----------------------------------------------------------------------------------------------------
     # properties and conversions
@@ -171,26 +204,44 @@ class ImpactIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the index arrays (what :meth:`save` writes, less the .npy headers and the JSON)."""
-        return int(sum(np.asarray(getattr(self, name)).nbytes for name in ARRAYS))
+        """Bytes of the index arrays, forward index included (what :meth:`save` writes, less the .npy headers and
+        the JSON)."""
+        names = ARRAYS + (FWD_ARRAYS if self.has_forward else ())
+        return int(sum(np.asarray(getattr(self, name)).nbytes for name in names))
+
+    @property
+    def has_forward(self) -> bool:
+        return self.fwd_indptr is not None
+
+    @property
+    def forward(self) -> tuple | None:
+        """``(fwd_indptr, fwd_terms, fwd_impacts)`` or None."""
+        return (self.fwd_indptr, self.fwd_terms, self.fwd_impacts) if self.has_forward else None
 
     def meta(self) -> dict:
-        return {"format": FORMAT_VERSION, "bits": self.bits, "scale": self.scale, "block_size": self.block_size,
+        return {"format": FORMAT_VERSION, "bits": self.bits, "block_size": self.block_size,
                 "n_docs": self.n_docs, "vocab_size": self.vocab_size, "nnz": self.nnz,
-                "keep_fraction": self.keep_fraction, "keep_top": self.keep_top}
+                "keep_fraction": self.keep_fraction, "keep_top": self.keep_top, "forward": self.has_forward}
 
     def kernel_args(self) -> tuple:
         """The index arguments of the :mod:`hylex.kernels.blockmax` kernels, in their order:
-        ``indptr, docs, impacts, block_indptr, block_max, block_first, block_last, scale, block_size, n_docs``."""
+        ``indptr, docs, impacts, block_indptr, block_max, block_first, block_last, term_scale, block_size,
+        n_docs``."""
         return (self.indptr, self.docs, self.impacts, self.block_indptr, self.block_max, self.block_first,
-                self.block_last, self.scale, self.block_size, self.n_docs)
+                self.block_last, self.term_scale, self.block_size, self.n_docs)
 
     def dequantized(self) -> np.ndarray:
-        """float32 (nnz,) weights the kernels score with: ``float32(impact) * float32(scale)``."""
-        return np.asarray(self.impacts).astype(np.float32) * np.float32(self.scale)
+        """float32 (nnz,) dequantized weights ``impact * term_scale[term]`` (in posting order)."""
+        term = np.repeat(np.arange(self.vocab_size), np.diff(np.asarray(self.indptr)))
+        return np.asarray(self.impacts).astype(np.float32) * np.asarray(self.term_scale)[term]
 
     def to_csr(self) -> sp.csr_matrix:
-        """Dequantized doc x vocab float32 csr (n_docs, V)."""
+        """Dequantized doc x vocab float32 csr (n_docs, V): every posting when there is a forward index, else the
+        (possibly statically pruned) inverted postings."""
+        if self.has_forward:
+            terms = np.asarray(self.fwd_terms).astype(np.int64)
+            data = np.asarray(self.fwd_impacts).astype(np.float32) * np.asarray(self.term_scale)[terms]
+            return sp.csr_matrix((data, terms, np.asarray(self.fwd_indptr)), shape=(self.n_docs, self.vocab_size))
         csc = sp.csc_matrix((self.dequantized(), np.asarray(self.docs), np.asarray(self.indptr)),
                             shape=(self.n_docs, self.vocab_size))
         return csc.tocsr()
@@ -200,18 +251,22 @@ class ImpactIndex:
     # -----------------------------------------------------------------------------------------------------
 
     def search(self, queries: Any, k: int, live: np.ndarray | None = None, *, query_cut: int | None = None,
-               heap_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by dot product with the dequantized weights. ``queries`` csr (nq, V') -> (D, I local rows).
+               heap_factor: float = 1.0, candidates: int | None = None,
+               window: int = DEFAULT_WINDOW) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by dot product with the quantized weights. ``queries`` csr (nq, V') float >= 0 -> (D float32,
+        I int64 local rows), each (nq, k).
 
         Exact (:func:`~hylex.kernels.blockmax.impact_topk_exact`) with the defaults; otherwise approximate
-        (:func:`~hylex.kernels.blockmax.impact_topk_approx`). Query terms beyond the vocabulary are ignored.
+        (:func:`~hylex.kernels.blockmax.impact_topk_approx`: ``query_cut``, ``heap_factor``, and with a forward
+        index ``candidates`` docs rescored with the whole query). Query terms beyond the vocabulary are ignored.
         """
-        q = sp.csr_matrix(queries, dtype=np.float32)
-        q.sort_indices()
+        q = sp.csr_matrix(queries, dtype=np.float32, copy=True)
+        q.sum_duplicates()  # a term given twice counts once with the summed weight (also sorts the terms)
         args = (q.indptr.astype(np.int64), q.indices.astype(np.int64), q.data) + self.kernel_args()
-        if query_cut is None and heap_factor == 1.0:
-            return impact_topk_exact(*args, k, live)
-        return impact_topk_approx(*args, k, live, query_cut=query_cut, heap_factor=heap_factor)
+        if query_cut is None and heap_factor == 1.0 and candidates is None:
+            return impact_topk_exact(*args, k, live, window=window)
+        return impact_topk_approx(*args, k, live, query_cut=query_cut, heap_factor=heap_factor, window=window,
+                                  forward=self.forward, candidates=candidates)
 
     # -----------------------------------------------------------------------------------------------------
     # persistence
@@ -221,10 +276,11 @@ class ImpactIndex:
         """Write the arrays as ``.npy`` (no pickle) and ``impact_meta.json``; returns the file names."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        for name, fname in zip(ARRAYS, FILES):
+        pairs = list(zip(ARRAYS, FILES)) + (list(zip(FWD_ARRAYS, FWD_FILES)) if self.has_forward else [])
+        for name, fname in pairs:
             np.save(d / fname, np.ascontiguousarray(getattr(self, name)), allow_pickle=False)
         (d / META_FILE).write_text(json.dumps(self.meta(), indent=1, sort_keys=True))
-        return list(FILES) + [META_FILE]
+        return [f for _, f in pairs] + [META_FILE]
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> "ImpactIndex":
@@ -242,12 +298,21 @@ class ImpactIndex:
         if V != meta["vocab_size"] or len(arrays["block_indptr"]) != V + 1 or int(arrays["indptr"][-1]) != meta["nnz"]:
             raise ValueError(f"impact index arrays in {d} do not match its metadata")
         kf, kt = meta.get("keep_fraction"), meta.get("keep_top")
-        return cls(**arrays, bits=bits, scale=float(meta["scale"]), block_size=int(meta["block_size"]),
-                   n_docs=int(meta["n_docs"]), keep_fraction=kf, keep_top=kt)
+        if arrays["term_scale"].dtype != np.float32 or len(arrays["term_scale"]) != V:
+            raise ValueError(f"impact term scales in {d} do not match its metadata")
+        out = cls(**arrays, bits=bits, block_size=int(meta["block_size"]),
+                  n_docs=int(meta["n_docs"]), keep_fraction=kf, keep_top=kt)
+        if meta.get("forward"):
+            fwd = [np.load(d / fname, mmap_mode=mode, allow_pickle=False) for fname in FWD_FILES]
+            if (len(fwd[0]) != out.n_docs + 1 or fwd[0].dtype != np.int64 or len(fwd[1]) != len(fwd[2])
+                    or fwd[2].dtype != _DTYPES[bits] or int(fwd[0][-1]) != len(fwd[1])):
+                raise ValueError(f"forward index arrays in {d} do not match its metadata")
+            out.fwd_indptr, out.fwd_terms, out.fwd_impacts = fwd
+        return out
 
     def __repr__(self) -> str:
         return (f"ImpactIndex(n_docs={self.n_docs}, vocab_size={self.vocab_size}, nnz={self.nnz}, bits={self.bits}, "
-                f"block_size={self.block_size}, n_blocks={self.n_blocks}, scale={self.scale:.6g})")
+                f"block_size={self.block_size}, n_blocks={self.n_blocks})")
 
 
 __all__ = ["FILES", "META_FILE", "ImpactIndex"]

@@ -6,8 +6,8 @@ Layout::
                                  BM25 settings (analyzer, k1, b) and total length, segments with their files'
                                  sizes and sha256
     DIR/docs.lmdb/               documents, metadata, external id <-> global row
-    DIR/segments/seg-000000/     dense.faiss, sparse_indptr.npy, sparse_docs.npy, sparse_weights.npy,
-                                 bm25_terms.npy, bm25_indptr.npy, bm25_docs.npy, bm25_tf.npy, bm25_doclen.npy
+    DIR/segments/seg-000000/     dense.faiss, impact_*.npy + impact_meta.json (quantized sparse postings in blocks
+                                 and the forward index, :mod:`hylex.indexing.impact`), bm25_terms.npy, bm25_indptr.npy, bm25_docs.npy, bm25_tf.npy, bm25_doclen.npy
     DIR/.lock                    held by the one writer
 
 Global rows are ``segment.row_offset + local row``. BM25 postings are per segment and keyed by term hashes;
@@ -37,7 +37,7 @@ from hylex.corpus import Document
 from hylex.errors import HylexError, IndexFormatError
 from hylex.indexing.bm25 import Bm25Postings, bm25_settings
 from hylex.indexing.dense import DEFAULT_FACTORY, DenseIndex
-from hylex.indexing.inverted import InvertedIndex
+from hylex.indexing.impact import ImpactIndex
 from hylex.indexing.store import DocStore
 from hylex.text import Bm25Analyzer
 from hylex.utils import sha256_file
@@ -45,7 +45,7 @@ from hylex.utils import sha256_file
 logger = logging.getLogger(__name__)
 
 FORMAT = "hylex-index"
-FORMAT_VERSION = 2  # 2: BM25 postings per segment
+FORMAT_VERSION = 3  # 2: BM25 postings per segment; 3: quantized block-max sparse postings + forward index
 MANIFEST = "manifest.json"
 OWNER_FILE = "dense_owner.npy"
 
@@ -90,7 +90,7 @@ class Segment:
     row_offset: int
     n_docs: int
     dense: DenseIndex
-    sparse: InvertedIndex
+    sparse: ImpactIndex
     bm25: Bm25Postings
     # int32 (n_vectors,): the local document row of each dense vector when documents have several (maxsim
     # over chunks); None when vector i is document i.
@@ -122,8 +122,11 @@ class Index:
     # -- creation / opening ------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike, encoder: dict, dense_factory: str = DEFAULT_FACTORY,
-               bm25: dict | None = None) -> "Index":
+               bm25: dict | None = None, sparse: dict | None = None) -> "Index":
         """Create an empty index at ``path`` for vectors from ``encoder`` (an ``Encoder.describe()`` dict).
+
+        ``sparse``: how sparse postings are stored, ``{"bits": 8|16, "block_size", "keep_top", "keep_fraction"}``
+        (defaults: 16-bit impacts, blocks of 64, no static pruning; see :func:`sparse_settings`).
 
         ``bm25``: the BM25 arm's settings, ``{"k1", "b", "stemmer", "stopwords"}`` or ``{"k1", "b", "analyzer"}``
         (defaults: k1 0.9, b 0.4, English stemming and stopwords); k1 and b are the defaults of searches.
@@ -141,6 +144,7 @@ class Index:
         # Validate the factory string and the BM25 settings now, before anything is written.
         _check_factory(int(encoder["dim"]), dense_factory)
         bm25_cfg = bm25_settings(bm25)
+        sparse_cfg = sparse_settings(sparse)
         p.mkdir(parents=True, exist_ok=True)
         (p / "segments").mkdir(exist_ok=True)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -148,7 +152,7 @@ class Index:
             "format": FORMAT, "format_version": FORMAT_VERSION, "created": now, "updated": now,
             "libraries": _library_versions(), "encoder": encoder,
             "dense": {"factory": dense_factory, "metric": "inner_product", "dim": int(encoder["dim"])},
-            "sparse": {"vocab_size": int(encoder["vocab_size"]), "dtype": "float32"},
+            "sparse": {"vocab_size": int(encoder["vocab_size"]), "format": "impact", **sparse_cfg},
             "bm25": {**bm25_cfg, "idf": "lucene", "total_len": 0},
             "n_docs": 0, "next_segment": 0, "segments": [],
         }
@@ -174,8 +178,9 @@ class Index:
             raise IndexFormatError(f"{p} is not a hylex index (manifest format is "
                                    f"{manifest.get('format') if isinstance(manifest, dict) else None!r}): "
                                    f"pass a directory made by `hylex index`")
-        if manifest.get("format_version") == 1:
-            raise IndexFormatError(f"{p} has index format version 1, which has no BM25 postings; this hylex "
+        if manifest.get("format_version") in (1, 2):
+            raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')} (float sparse "
+                                   f"postings{'' if manifest.get('format_version') == 2 else ', no BM25'}); this hylex "
                                    f"({hylex.__version__}) reads version {FORMAT_VERSION}: rebuild the index "
                                    f"(`hylex index CORPUS --index NEW_DIR`) or use the hylex version that wrote it "
                                    f"({manifest.get('libraries', {}).get('hylex')})")
@@ -219,7 +224,7 @@ class Index:
         d = self.path / "segments" / seg["name"]
         return Segment(seg["name"], int(seg["row_offset"]), int(seg["n_docs"]),
                        DenseIndex.load(d / "dense.faiss", self.manifest["dense"]["factory"], mmap=mmap),
-                       InvertedIndex.load(d, int(seg["n_docs"]), mmap=mmap),
+                       _load_sparse(d, int(seg["n_docs"]), mmap),
                        Bm25Postings.load(d, mmap=mmap, total_len=seg["bm25_len"]),
                        np.load(d / OWNER_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
                        if OWNER_FILE in seg["files"] else None)
@@ -291,6 +296,10 @@ class Index:
         sparse = sp.csr_matrix(sparse, dtype=np.float32)
         if sparse.nnz and (not np.isfinite(sparse.data).all() or (sparse.data < 0).any()):
             raise HylexError("sparse weights must be finite and non-negative: check the encoder output")
+        mw = self.manifest["sparse"].get("max_weight")
+        if sparse.nnz and mw is not None and float(sparse.data.max()) > mw:
+            raise HylexError(f"a sparse weight ({float(sparse.data.max()):.6g}) exceeds this index's max_weight "
+                             f"{mw}: create the index with a larger sparse max_weight")
         ids = [d.id for d in docs]
         if len(set(ids)) != n:
             seen, dup = set(), None
@@ -320,7 +329,10 @@ class Index:
         DenseIndex.build(dense, self.manifest["dense"]["factory"]).save(tmp / "dense.faiss")
         if dense_owner is not None and rows != n:
             np.save(tmp / OWNER_FILE, dense_owner.astype(np.int32), allow_pickle=False)
-        inv = InvertedIndex.from_csr(sparse)
+        cfg = self.manifest["sparse"]
+        inv = ImpactIndex.from_csr(sparse, bits=cfg["bits"], block_size=cfg["block_size"], keep_top=cfg["keep_top"],
+                                   keep_fraction=cfg["keep_fraction"], forward=True,
+                                   max_weight=cfg.get("max_weight"))
         inv.save(tmp)
         bm = Bm25Postings.from_tokens(self.bm25_analyzer.analyze([d.full_text for d in docs]))
         bm.save(tmp)
@@ -370,6 +382,7 @@ class Index:
                          "bytes": sum(int(f["bytes"]) for f in seg["files"].values())})
         store_bytes = sum(f.stat().st_size for f in (self.path / "docs.lmdb").iterdir() if f.is_file())
         return {"path": str(self.path), "format_version": self.manifest["format_version"],
+                "sparse": self.manifest["sparse"],
                 "hylex_version": self.manifest["libraries"].get("hylex"), "created": self.manifest["created"],
                 "updated": self.manifest["updated"], "documents": self.n_docs, "deleted": 0,
                 "segments": segs, "segment_bytes": sum(s["bytes"] for s in segs), "store_bytes": store_bytes,
@@ -406,6 +419,50 @@ class Index:
         if self.store.count() < self.n_docs:
             problems.append(f"document store holds {self.store.count()} documents, manifest {self.n_docs}")
         return problems
+
+
+# 16-bit impacts on one fixed scale (16 / 65535 ~ 2.4e-4 per step): every segment quantizes a weight the same way,
+# so a multi-segment index scores exactly like one built at once. log(1 + relu(logit)) stays far below 16.
+SPARSE_DEFAULTS = {"bits": 16, "block_size": 64, "keep_top": None, "keep_fraction": None, "max_weight": 16.0}
+
+
+def sparse_settings(cfg: dict | None) -> dict:
+    """Checked sparse storage settings: ``bits`` 8 or 16 (impact precision per term), ``block_size`` >= 1
+    (postings per block-max block), ``keep_top`` None or >= 1 and ``keep_fraction`` None or in (0, 1] (static
+    pruning of each term's postings: approximate, smaller, faster; exact searches are then exact over the kept
+    postings only), ``max_weight`` a number > 0 (one fixed quantization scale ``max_weight / (2**bits - 1)``,
+    larger weights are refused) or None (per-term scales from each segment's own data: finer, but scores then
+    depend slightly on how documents fall into segments)."""
+    out = dict(SPARSE_DEFAULTS)
+    for key, v in (cfg or {}).items():
+        if key not in out:
+            raise HylexError(f"unknown sparse setting {key!r}: use {', '.join(SPARSE_DEFAULTS)}")
+        out[key] = v
+    if out["bits"] not in (8, 16) or isinstance(out["bits"], bool):
+        raise HylexError(f"sparse bits must be 8 or 16, got {out['bits']!r}")
+    if isinstance(out["block_size"], bool) or not isinstance(out["block_size"], int) or out["block_size"] < 1:
+        raise HylexError(f"sparse block_size must be an integer >= 1, got {out['block_size']!r}")
+    kt = out["keep_top"]
+    if kt is not None and (isinstance(kt, bool) or not isinstance(kt, int) or kt < 1):
+        raise HylexError(f"keep_top must be None or an integer >= 1, got {kt!r}")
+    kf = out["keep_fraction"]
+    if kf is not None and (isinstance(kf, bool) or not isinstance(kf, (int, float)) or not 0 < kf <= 1):
+        raise HylexError(f"keep_fraction must be None or a number in (0, 1], got {kf!r}")
+    mw = out["max_weight"]
+    if mw is not None and (isinstance(mw, bool) or not isinstance(mw, (int, float)) or not 0 < mw < float("inf")):
+        raise HylexError(f"max_weight must be None or a finite number > 0, got {mw!r}")
+    return out
+
+
+def _load_sparse(d: Path, n_docs: int, mmap: bool) -> ImpactIndex:
+    try:
+        sparse = ImpactIndex.load(d, mmap=mmap)
+    except (ValueError, OSError, KeyError) as e:
+        raise IndexFormatError(f"sparse postings in {d} cannot be read ({e}): the index is damaged, rebuild it") from e
+    if sparse.n_docs != n_docs:
+        raise IndexFormatError(f"sparse postings in {d} hold {sparse.n_docs} documents, the manifest says {n_docs}: "
+                               f"the index is damaged, rebuild it")
+    return sparse
 
 
 def _check_factory(dim: int, factory: str) -> None:

@@ -115,6 +115,18 @@ def fuse_arms(arms: list[tuple[np.ndarray, np.ndarray]], weights: Sequence[float
     return fuse(I_all, D_all, np.asarray(weights, np.float32), method, k, rrf_k)
 
 
+def check_approx_knobs(query_cut, heap_factor, candidates) -> None:
+    if query_cut is not None and (isinstance(query_cut, bool) or not isinstance(query_cut, (int, np.integer))
+                                  or query_cut < 1):
+        raise HylexError(f"query_cut must be None or an integer >= 1 (query terms searched), got {query_cut!r}")
+    if isinstance(heap_factor, bool) or not isinstance(heap_factor, (int, float, np.integer, np.floating)) or \
+            not (np.isfinite(heap_factor) and heap_factor >= 1):
+        raise HylexError(f"heap_factor must be a number >= 1 (1 is exact), got {heap_factor!r}")
+    if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer))
+                                   or candidates < 1):
+        raise HylexError(f"candidates must be None or an integer >= 1, got {candidates!r}")
+
+
 class Searcher:
     """Search one index. Text queries need an encoder: given, or loaded from the index's recorded settings.
 
@@ -199,11 +211,19 @@ class Searcher:
             kk = min(total, kk * 4)
         return D_out, I_out
 
-    def search_sparse(self, queries: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sparse top-k over all segments: float32 csr (nq, V) -> (D float32 (nq, k), I int64 global rows)."""
+    def search_sparse(self, queries: sp.csr_matrix, k: int, *, query_cut: int | None = None,
+                      heap_factor: float = 1.0, candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse top-k over all segments: float32 csr (nq, V) >= 0 -> (D float32 (nq, k), I int64 global rows).
+
+        Exact by default (block-max MaxScore over the quantized postings). ``query_cut`` (search only each
+        query's heaviest terms), ``heap_factor`` (>= 1, prune bounds within that factor of the k-th score) and
+        ``candidates`` (docs collected per query, then rescored with the whole query) make it approximate and
+        faster: see :mod:`hylex.kernels.blockmax`.
+        """
         parts_D, parts_I = [], []
         for seg in self.index.segments:
-            D, I = seg.sparse.search(queries, k)
+            D, I = seg.sparse.search(queries, k, query_cut=query_cut, heap_factor=heap_factor,
+                                     candidates=candidates)
             parts_D.append(D)
             parts_I.append(np.where(I >= 0, I + seg.row_offset, -1))
         return self._merge(parts_D, parts_I, queries.shape[0], k)
@@ -248,6 +268,7 @@ class Searcher:
                dense: np.ndarray | None = None, sparse: sp.spmatrix | None = None,
                bm25_queries: Sequence[str] | None = None, arms: Sequence[str] = DEFAULT_ARMS,
                weights: Sequence[float] | None = None, k1: float | None = None, b: float | None = None,
+               query_cut: int | None = None, heap_factor: float = 1.0, candidates: int | None = None,
                with_documents: bool = False) -> Results:
         """Search by query texts or by pre-encoded queries.
 
@@ -268,6 +289,8 @@ class Searcher:
             weights: for ``hybrid``, one weight >= 0 per arm. Default: convex ``[alpha, 1 - alpha]`` for dense and
                 sparse, else equal weights summing to 1; rrf all 1.0.
             k1, b: BM25 parameters (default: the index's, set when it was built).
+            query_cut, heap_factor, candidates: approximate sparse search (see :meth:`search_sparse`); the
+                defaults are exact.
             with_documents: attach the stored documents of the hits.
         Returns:
             :class:`Results` with arrays of shape (nq, k).
@@ -285,6 +308,7 @@ class Searcher:
             weights = check_weights(weights, arms)
         k1 = None if k1 is None else check_k1(k1)
         b = None if b is None else check_b(b)
+        check_approx_knobs(query_cut, heap_factor, candidates)
         used = arms if mode == "hybrid" else (mode,)
         if mode == "hybrid":
             weights = fusion_weights(arms, weights, fusion, alpha)
@@ -294,7 +318,8 @@ class Searcher:
             if name == "dense":
                 return self.search_dense(q_dense, depth_)
             if name == "sparse":
-                return self.search_sparse(q_sparse, depth_)
+                return self.search_sparse(q_sparse, depth_, query_cut=query_cut, heap_factor=heap_factor,
+                                          candidates=candidates)
             return self.search_bm25(q_texts, depth_, k1=k1, b=b)
 
         if mode != "hybrid":
@@ -344,6 +369,9 @@ class Searcher:
             if not sp.issparse(sparse):
                 raise HylexError("sparse queries must be a scipy.sparse matrix (n, vocab_size)")
             sparse = sp.csr_matrix(sparse, dtype=np.float32)
+            if sparse.nnz and (not np.isfinite(sparse.data).all() or sparse.data.min() < 0):
+                raise HylexError("sparse queries must have finite weights >= 0 (the encoder's log(1 + relu) "
+                                 "weights are)")
             if sparse.shape[1] != self.index.vocab_size:
                 raise HylexError(f"sparse queries have {sparse.shape[1]} columns, the index's vocabulary has "
                                  f"{self.index.vocab_size}")
