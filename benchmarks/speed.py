@@ -314,7 +314,7 @@ def main() -> None:
                 dir_bytes(s.index.path / "segments", "bm25_"))
         for v in hy.values():
             v[0].index.close()
-        del w, X, Q, E, Qd
+        del w
         gc.collect()
 
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), file=sys.stderr)

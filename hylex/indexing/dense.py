@@ -20,6 +20,23 @@ def gpu_available() -> bool:
     return bool(get and get() > 0)
 
 
+def to_gpu(index: "faiss.Index") -> "faiss.Index":
+    """The index on every visible GPU when faiss-gpu sees one and supports its type, else the index itself.
+
+    FAISS has GPU versions of Flat, IVF-Flat and IVF-PQ; HNSW (and anything the conversion refuses) stays on
+    the CPU. Searching a GPU copy gives the same results as the CPU index (Flat: up to float rounding).
+    """
+    if not gpu_available() or "HNSW" in type(index).__name__:
+        return index
+    try:
+        gpu = faiss.index_cpu_to_all_gpus(index)
+    except (RuntimeError, AttributeError) as e:  # a type without a GPU version
+        logger.info("FAISS %s stays on the CPU: %s", type(index).__name__, str(e).splitlines()[0] if str(e) else e)
+        return index
+    logger.info("FAISS %s searches on %d GPU(s)", type(index).__name__, faiss.get_num_gpus())
+    return gpu
+
+
 class DenseIndex:
     """A FAISS index with inner-product metric over L2-normalised vectors (so scores are cosines)."""
 
@@ -86,4 +103,4 @@ class DenseIndex:
             index = faiss.read_index(str(path), flags)
         except RuntimeError:  # not every index type supports mmap: read it into memory instead
             index = faiss.read_index(str(path))
-        return cls(index, factory)
+        return cls(to_gpu(index), factory)
