@@ -22,8 +22,9 @@ Systems and the call timed:
 * ``seismic`` (pyseismic-lsr ``batch_search``), ``qdrant-sparse`` (exact), ``scipy`` (exact ``Q @ X.T``);
 * ``hylex-dense`` ``Searcher.search_dense`` vs ``faiss`` (the raw ``index.search`` on the same FAISS index) and
   ``qdrant-dense``;
-* ``hylex-hybrid`` ``Searcher.search(mode="hybrid", fusion="rrf", depth=100)`` with ids (LMDB lookups included)
-  vs ``qdrant-hybrid`` (two prefetches of 100 fused by RRF);
+* ``hylex-hybrid`` ``Searcher.search(mode="hybrid", fusion="rrf", depth=100)`` with ids (LMDB lookups included),
+  dense arm FAISS Flat (exact) or HNSW32 (efSearch 64), vs ``qdrant-hybrid`` (two prefetches of 100, sparse
+  exact and dense HNSW m16, fused by RRF);
 * real workloads only: ``hylex-bm25`` ``Searcher.search_bm25`` vs ``bm25s`` (numba backend), from query texts.
 
     python benchmarks/speed.py --workloads synthetic scifact vaswani --reps 3 --threads 1 2 \\
@@ -288,6 +289,16 @@ def main() -> None:
         run("hylex-hybrid", {"dense": "Flat", "sparse": "exact", "depth": 100, "fusion": "rrf", "ids": True},
             lambda: _rows(s.search(None, k=K, mode="hybrid", fusion="rrf", depth=100, dense=Qd, sparse=Q)),
             truth_hybrid, None, None)
+        # the same hybrid with an HNSW dense arm, as Qdrant's (FAISS HNSW32, efSearch 64 set on the loaded index)
+        import faiss
+
+        sh, hsecs = build_hylex(work / f"{wname}-hylex-hnsw", w, "HNSW32", {"max_weight": None})
+        faiss.ParameterSpace().set_index_parameter(sh.index.segments[0].dense.index, "efSearch", 64)
+        run("hylex-hybrid", {"dense": "HNSW32 efSearch 64", "sparse": "exact", "depth": 100, "fusion": "rrf",
+                             "ids": True},
+            lambda: _rows(sh.search(None, k=K, mode="hybrid", fusion="rrf", depth=100, dense=Qd, sparse=Q)),
+            truth_hybrid, round(hsecs, 1), dir_bytes(sh.index.path / "segments"))
+        sh.index.close()
         if "qdrant" not in args.skip:
             qh = peers.QdrantHybrid(workdir=work / f"{wname}-qdrant-hybrid", threads=max(args.threads))
             shutil.rmtree(qh.workdir, ignore_errors=True)
