@@ -15,7 +15,7 @@ Index layout (built by :class:`hylex.indexing.impact.ImpactIndex`; V terms, nnz 
 The kernels trust the block arrays to describe the postings (the wrappers check shapes and block counts, not
 every block's maximum); wrong maxima or unsorted docs give wrong results, never out-of-bounds accesses.
 
-Queries are flattened ragged arrays as in :mod:`hylex.kernels.sparse`: ``q_indptr`` int64 (nq+1,), ``q_terms``
+Queries are flattened ragged arrays: ``q_indptr`` int64 (nq+1,), ``q_terms``
 int (total,) >= 0 (ids >= V are ignored), ``q_weights`` float32 (total,) finite and >= 0.
 
 **Integer scores.** The term scales are folded into the query: ``v_t = w_t * term_scale[t]``, and each
