@@ -4,7 +4,7 @@ Layout (CSC by term; V terms, nnz postings, nb blocks):
 
 * ``indptr`` int64 (V+1,): term t's postings are ``indptr[t]:indptr[t+1]``;
 * ``docs`` int32 (nnz,): local doc rows, strictly ascending within a term;
-* ``impacts`` uint8 or uint16 (nnz,): quantized weights, ``weight ~= impact * scale``, never 0 (a posting whose
+* ``impacts`` uint8 or uint16 (nnz,): quantized weights, ``weight ~= impact * term_scale[t]``, never 0 (a posting whose
   weight rounds to 0 adds nothing to any score and is dropped);
 * ``block_indptr`` int64 (V+1,): term t's blocks are ``block_indptr[t]:block_indptr[t+1]``; block ``b`` of term t
   holds the ``block_size`` consecutive postings from ``indptr[t] + (b - block_indptr[t]) * block_size`` (the last
@@ -23,8 +23,12 @@ Static pruning (Seismic's idea, approximate): with ``keep_top`` and/or ``keep_fr
 postings of each term are indexed (``keep_top`` postings, or ``ceil(keep_fraction * len)``; with both, the
 smaller count), chosen on the unquantized weights, ties by doc id ascending. Both are recorded.
 
-Saved as ``.npy`` files (memory-mapped on load, no pickle) plus ``impact_meta.json`` with bits, scale,
-block_size, n_docs, vocab_size and the pruning options.
+* ``term_scale`` float32 (V,): each term's dequantization factor;
+* optional forward index ``fwd_indptr`` int64 (n_docs+1,), ``fwd_terms`` uint16/uint32, ``fwd_impacts``: every
+  quantized posting doc by doc (static pruning does not touch it), for rescoring and for reading weights back.
+
+Saved as ``.npy`` files (memory-mapped on load, no pickle) plus ``impact_meta.json`` with the format, bits,
+block_size, n_docs, vocab_size, nnz, the pruning options and whether a forward index is present.
 """
 from __future__ import annotations
 
