@@ -191,10 +191,12 @@ def main() -> None:
         truth_sparse = ref.search(Q, K)[1]
         truth_dense = np.argsort(-(Qd @ E.T), axis=1, kind="stable")[:, :K]  # exact inner products
 
-        def run(system: str, setting: dict, search, truth, build_s=None, nbytes=None, rss=None, threads=None):
+        def run(system: str, setting: dict, search, truth, build_s=None, nbytes=None, rss=None, threads=None,
+                adapters=()):
+            """Time ``search`` at each thread count (``adapters``: peers whose ``threads`` follow it)."""
             for n in threads or args.threads:
                 set_threads(n)
-                for obj in getattr(run, "adapters", []):
+                for obj in adapters:
                     obj.threads = n
                 secs, (D, I) = timed(search, args.reps)
                 emit({**base, "system": system, "setting": setting, "threads": n,
@@ -231,12 +233,10 @@ def main() -> None:
             se.build(X)
             secs = time.perf_counter() - t
             rss = round(rss_mb() - r0, 1)
-            run.adapters = [se]
             for qc, hf in ((5, 0.9), (10, 0.8), (10, 0.9), (15, 0.9), (20, 1.0)):
                 se.query_kw.update(query_cut=qc, heap_factor=hf)
                 run("seismic", {"exact": False, "query_cut": qc, "heap_factor": hf}, lambda: se.search(Q, K),
-                    truth_sparse, round(secs, 1), se.index_bytes(), rss)
-            run.adapters = []
+                    truth_sparse, round(secs, 1), se.index_bytes(), rss, adapters=[se])
             del se
             gc.collect()
 
@@ -263,10 +263,8 @@ def main() -> None:
             t = time.perf_counter()
             fd.build(E)
             fsecs = time.perf_counter() - t
-            run.adapters = [fd]
             run("faiss", {"factory": factory, "efSearch": ef}, lambda: fd.search(Qd, K), truth_dense,
-                round(fsecs, 1), fd.index_bytes())
-            run.adapters = []
+                round(fsecs, 1), fd.index_bytes(), adapters=[fd])
         if "qdrant" not in args.skip:
             qdd = peers.QdrantDense(workdir=work / f"{wname}-qdrant-dense", threads=max(args.threads))
             shutil.rmtree(qdd.workdir, ignore_errors=True)
@@ -317,10 +315,8 @@ def main() -> None:
             bm.build(w["doc_texts"])
             bsecs = time.perf_counter() - t
             truth_bm25 = bm.search(texts, K)[1]
-            run.adapters = [bm]
             run("bm25s", {"backend": bm.params.get("backend")}, lambda: bm.search(texts, K), truth_bm25,
-                round(bsecs, 1), bm.index_bytes())
-            run.adapters = []
+                round(bsecs, 1), bm.index_bytes(), adapters=[bm])
             run("hylex-bm25", {}, lambda: s.search_bm25(texts, K), truth_bm25, None,
                 dir_bytes(s.index.path / "segments", "bm25_"))
         for v in hy.values():

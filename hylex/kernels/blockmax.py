@@ -311,7 +311,6 @@ def _impact_topk_kernel(q_indptr, q_terms, qi, indptr, docs, impacts, block_indp
     are dealt round-robin to ``n_chunks`` chunks (one per thread), each allocating its buffers once."""
     nq = q_indptr.shape[0] - 1
     n_terms = indptr.shape[0] - 1
-    exact = heap_factor == 1.0
     for c in prange(n_chunks):
         acc = np.zeros(window, dtype=np.int64)
         bits = np.zeros((window + 63) >> 6, dtype=np.uint64)  # which acc entries a window touched
@@ -464,7 +463,7 @@ def _impact_topk_kernel(q_indptr, q_terms, qi, indptr, docs, impacts, block_indp
                         size = _heap_push(heap_s, heap_d, size, k, s, np.int64(base + j))
                         if size == k:
                             theta = heap_s[0]
-                            thr = theta if exact else np.int64(math.floor(heap_factor * np.float64(theta)))
+                            thr = _prune_threshold(theta, heap_factor)
                     base = end
                     continue
                 # 3. accumulated docs in id order: complete when every list is essential, else candidates
@@ -489,7 +488,7 @@ def _impact_topk_kernel(q_indptr, q_terms, qi, indptr, docs, impacts, block_indp
                                 size = _heap_push(heap_s, heap_d, size, k, s, np.int64(base + j))
                                 if size == k:
                                     theta = heap_s[0]
-                                    thr = theta if exact else np.int64(math.floor(heap_factor * np.float64(theta)))
+                                    thr = _prune_threshold(theta, heap_factor)
                         elif s + rest > thr:
                             slot[j] = nc
                             cand[nc] = j
@@ -540,7 +539,7 @@ def _impact_topk_kernel(q_indptr, q_terms, qi, indptr, docs, impacts, block_indp
                     if cs[c2] > theta:
                         size = _heap_push(heap_s, heap_d, size, k, cs[c2], np.int64(base + cand[c2]))
                         theta = heap_s[0]
-                        thr = theta if exact else np.int64(math.floor(heap_factor * np.float64(theta)))
+                        thr = _prune_threshold(theta, heap_factor)
                 base = end
             _heap_drain(heap_s, heap_d, size, out_S[q], out_I[q])
 
@@ -604,6 +603,13 @@ def _check_forward(forward: Any, n_docs: int, n_terms: int, impacts_dtype: np.dt
     if fwd_terms.size and (int(fwd_terms.min()) < 0 or int(fwd_terms.max()) >= n_terms):
         raise ValueError(f"fwd_terms must hold term ids in [0, {n_terms})")
     return fwd_indptr, fwd_terms, fwd_impacts
+
+
+def _prune_threshold(theta, heap_factor):
+    """The bound a window, list or candidate must exceed: theta itself (exact), or floor(heap_factor * theta)."""
+    if heap_factor == 1.0:
+        return theta
+    return np.int64(math.floor(heap_factor * np.float64(theta)))
 
 
 def _rescore_kernel(q_indptr, q_terms, qi, fwd_indptr, fwd_terms, fwd_impacts, n_terms, cand, k, n_chunks, out_S,
@@ -749,5 +755,6 @@ def forward_rescore_ref(q_indptr: Any, q_terms: Any, q_weights: Any, term_scale:
 # ---------------------------------------------------------------------------------------------------------
 
 _seek = jit(_seek)
+_prune_threshold = jit(_prune_threshold)
 _impact_topk_nb = jit(_impact_topk_kernel, parallel=True)
 _rescore_nb = jit(_rescore_kernel, parallel=True)
