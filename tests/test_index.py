@@ -447,6 +447,7 @@ def test_dense_index_moves_to_gpu_when_one_is_visible(monkeypatch, tmp_path):
         calls.append(type(index).__name__)
         return index
 
+    monkeypatch.setenv("HYLEX_FAISS_GPU", "1")  # skip the probe search: it runs in a child process
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", fake_to_gpus, raising=False)
     x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
@@ -457,3 +458,30 @@ def test_dense_index_moves_to_gpu_when_one_is_visible(monkeypatch, tmp_path):
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
     DenseIndex.load(tmp_path / "Flat.faiss", "Flat")
     assert len(calls) == 2  # no GPU visible: untouched
+
+
+def test_dense_index_stays_on_cpu_when_the_gpu_probe_fails(monkeypatch, tmp_path, caplog):
+    """A faiss-gpu that sees a GPU it has no kernels for (PyPI wheels stop at compute capability 8.9: no H100)
+    aborts the process on its first search. hylex probes in a child process first and stays on the CPU. Here
+    the child has faiss-cpu, so its probe fails for real; HYLEX_FAISS_GPU=0 skips GPUs altogether."""
+    import faiss
+
+    from hylex.indexing import dense
+    from hylex.indexing.dense import DenseIndex
+
+    calls = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda ix: calls.append(ix) or ix, raising=False)
+    monkeypatch.setattr(dense, "_gpu_probe", {})
+    monkeypatch.delenv("HYLEX_FAISS_GPU", raising=False)
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    DenseIndex.build(x, "Flat").save(tmp_path / "f.faiss")
+    with caplog.at_level("WARNING", logger="hylex.indexing.dense"):
+        loaded = DenseIndex.load(tmp_path / "f.faiss")
+    assert calls == [] and type(loaded.index).__name__ == "IndexFlatIP"
+    assert "cannot search on them" in caplog.text and "HYLEX_FAISS_GPU=0" in caplog.text
+    assert dense.gpu_available() is False  # cached: no second child process
+    monkeypatch.setenv("HYLEX_FAISS_GPU", "0")
+    monkeypatch.setattr(dense, "_probe_gpu", lambda: pytest.fail("probe must not run with HYLEX_FAISS_GPU=0"))
+    monkeypatch.setattr(dense, "_gpu_probe", {})
+    assert dense.gpu_available() is False

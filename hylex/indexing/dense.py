@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 
 import faiss
 import numpy as np
@@ -14,10 +16,56 @@ logger = logging.getLogger(__name__)
 DEFAULT_FACTORY = "Flat"
 
 
+GPU_ENV = "HYLEX_FAISS_GPU"
+
+# Run in a child process: a faiss-gpu build without kernels for the visible GPU (the PyPI faiss-gpu-cu12 wheels
+# stop at compute capability 8.9, so no Hopper H100/H200) aborts the whole process on its first search, which
+# no exception handler can catch.
+_PROBE = """
+import faiss, numpy as np
+x = np.random.default_rng(0).standard_normal((256, 16)).astype("float32")
+index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(16))
+index.add(x)
+D, I = index.search(x[:8], 1)
+raise SystemExit(0 if (I[:, 0] == np.arange(8)).all() else 3)
+"""
+_gpu_probe: dict[tuple, bool] = {}
+
+
+def _probe_gpu() -> tuple[bool, str]:
+    try:
+        r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, str(e)
+    lines = [x for x in (r.stderr or "").splitlines() if x.strip()]
+    return r.returncode == 0, (lines[-1] if lines else f"exit status {r.returncode}")
+
+
 def gpu_available() -> bool:
-    """True when this FAISS build has GPU support and a GPU is visible (faiss-gpu installed)."""
+    """True when FAISS can search on a GPU here: faiss-gpu installed, a GPU visible, and a probe search on it
+    (run once per process, in a child process) succeeds.
+
+    ``$HYLEX_FAISS_GPU``: ``0`` never uses the GPU, ``1`` uses it without the probe, ``auto`` (default) probes.
+    """
+    setting = os.environ.get(GPU_ENV, "auto").strip().lower()
+    if setting in ("0", "off", "false", "no"):
+        return False
     get = getattr(faiss, "get_num_gpus", None)
-    return bool(get and get() > 0)
+    n = int(get()) if get else 0
+    if n == 0:
+        return False
+    if setting in ("1", "on", "true", "yes"):
+        return True
+    key = (faiss.__file__, n)
+    if key not in _gpu_probe:
+        ok, why = _probe_gpu()
+        if not ok:
+            logger.warning("faiss-gpu sees %d GPU(s) but cannot search on them (%s): dense search stays on the "
+                           "CPU. The PyPI faiss-gpu wheels support compute capability 7.0-8.9; for other GPUs "
+                           "use a faiss-gpu build for them (conda, or from source). Set %s=0 to skip this check",
+                           n, why, GPU_ENV)
+        _gpu_probe[key] = ok
+    return _gpu_probe[key]
 
 
 def to_gpu(index: "faiss.Index") -> "faiss.Index":
