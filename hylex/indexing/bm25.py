@@ -111,6 +111,43 @@ class Bm25Postings:
         return bm25_topk(q_indptr, q_rows, q_idf, self.indptr, self.docs, self.tf, self.doc_len, k1, b, avgdl,
                          self.n_docs, k, live)
 
+    def subset(self, keep: np.ndarray) -> "Bm25Postings":
+        """The postings of the documents where ``keep`` (bool (n_docs,)) holds, renumbered 0.. in order: equal to
+        :meth:`from_tokens` over those documents alone (terms absent from them are dropped)."""
+        keep = np.asarray(keep, dtype=bool)
+        new_row = np.cumsum(keep) - 1
+        docs = np.asarray(self.docs)
+        on = keep[docs]
+        counts = np.add.reduceat(on.astype(np.int64), np.asarray(self.indptr)[:-1]) if len(docs) else \
+            np.zeros(self.n_terms, np.int64)
+        counts[np.diff(np.asarray(self.indptr)) == 0] = 0  # reduceat gives the next value for empty ranges
+        used = counts > 0
+        indptr = np.zeros(int(used.sum()) + 1, dtype=np.int64)
+        np.cumsum(counts[used], out=indptr[1:])
+        doc_len = np.asarray(self.doc_len)[keep]
+        return Bm25Postings(np.asarray(self.terms)[used], indptr, new_row[docs[on]].astype(np.int32),
+                            np.asarray(self.tf)[on], doc_len.astype(np.float32),
+                            total_len=int(np.asarray(doc_len, dtype=np.float64).sum()))
+
+    @classmethod
+    def concat(cls, parts: Sequence["Bm25Postings"]) -> "Bm25Postings":
+        """One segment's postings from several, documents renumbered in order (part 0's first): equal to
+        :meth:`from_tokens` over all their documents."""
+        offsets = np.concatenate([[0], np.cumsum([p.n_docs for p in parts])]).astype(np.int64)
+        hashes = np.concatenate([np.repeat(np.asarray(p.terms), np.diff(np.asarray(p.indptr))) for p in parts]
+                                + [np.zeros(0, np.uint64)])
+        docs = np.concatenate([np.asarray(p.docs, dtype=np.int64) + o for p, o in zip(parts, offsets)]
+                              + [np.zeros(0, np.int64)])
+        tf = np.concatenate([np.asarray(p.tf) for p in parts] + [np.zeros(0, np.float32)])
+        order = np.lexsort((docs, hashes))
+        hashes, docs, tf = hashes[order], docs[order], tf[order]
+        terms, counts = np.unique(hashes, return_counts=True)
+        indptr = np.zeros(len(terms) + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        doc_len = np.concatenate([np.asarray(p.doc_len) for p in parts] + [np.zeros(0, np.float32)])
+        return cls(terms.astype(np.uint64), indptr, docs.astype(np.int32), tf.astype(np.float32),
+                   doc_len.astype(np.float32), total_len=sum(p.total_len for p in parts))
+
     def save(self, directory: str | os.PathLike) -> list[str]:
         d = Path(directory)
         for name, arr in zip(FILES, (self.terms, self.indptr, self.docs, self.tf, self.doc_len)):
@@ -132,42 +169,64 @@ def lucene_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
                     dtype=np.float64)
 
 
-def bm25_search(parts: Sequence[tuple[int, Bm25Postings]], query_terms: Sequence[Sequence[str]], k: int,
+def deleted_df(postings: "Bm25Postings", deleted: np.ndarray) -> np.ndarray:
+    """Per term of the segment's table, how many of the ``deleted`` (bool (n_docs,)) documents hold it: int32
+    (n_terms,). Subtracted from the document frequencies so that BM25 statistics count live documents only."""
+    docs = np.asarray(postings.docs)
+    hit = np.asarray(deleted, dtype=bool)[docs].astype(np.int64)
+    csum = np.concatenate([[0], np.cumsum(hit)])
+    indptr = np.asarray(postings.indptr)
+    return (csum[indptr[1:]] - csum[indptr[:-1]]).astype(np.int32)
+
+
+def bm25_search(parts: Sequence[tuple], query_terms: Sequence[Sequence[str]], k: int,
                 k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> tuple[np.ndarray, np.ndarray]:
     """BM25 top-k over several segments with global statistics.
 
     Args:
-        parts: ``(row_offset, postings)`` of every segment of the index.
+        parts: per segment of the index ``(row_offset, postings)``, or ``(row_offset, postings, allowed,
+            deleted)`` where ``allowed`` is None or a mask (n_docs,) of the documents that may be hits (live and
+            passing a filter) and ``deleted`` is None or ``(deleted_df, deleted_len, n_deleted)``: what the
+            segment's deleted documents contribute to the statistics (see :func:`deleted_df`), taken out of them.
         query_terms: each query's analyzed terms; a repeated term counts once per occurrence (as in bm25s).
         k: hits per query, >= 1.
         k1, b: the BM25 parameters.
 
     Returns:
         D float32 (nq, k), I int64 (nq, k) global rows (``row_offset + local row``); only docs sharing a term
-        with the query are hits; missing slots hold ``I == -1``, ``D == -inf``.
+        with the query are hits; missing slots hold ``I == -1``, ``D == -inf``. Statistics (N, document
+        frequencies, average length) are those of the live documents of every segment, whatever ``allowed``.
     """
     k1, b = check_k1(k1), check_b(b)
+    parts = [tuple(p) + (None,) * (4 - len(p)) for p in parts]
     nq = len(query_terms)
     D_out = np.full((nq, k), -np.inf, np.float32)
     I_out = np.full((nq, k), -1, np.int64)
-    n_total = sum(p.n_docs for _, p in parts)
-    len_total = sum(p.total_len for _, p in parts)
-    if nq == 0 or n_total == 0 or len_total == 0:  # no document has a term: nothing can match
+    n_total = sum(p.n_docs - (dl[2] if dl else 0) for _, p, _, dl in parts)
+    len_total = sum(p.total_len - (dl[1] if dl else 0) for _, p, _, dl in parts)
+    if nq == 0 or n_total <= 0 or len_total <= 0:  # no live document has a term: nothing can match
         return D_out, I_out
     q_indptr = np.zeros(nq + 1, dtype=np.int64)
     np.cumsum([len(q) for q in query_terms], out=q_indptr[1:])
     hashes = term_hashes(t for q in query_terms for t in q)
-    rows = [p.lookup(hashes) for _, p in parts]
+    rows = [p.lookup(hashes) for _, p, _, _ in parts]
     df = np.zeros(hashes.shape, dtype=np.int64)
-    for (_, p), r in zip(parts, rows):
+    for (_, p, _, dl), r in zip(parts, rows):
         df += p.df(hashes, r)
+        if dl is not None:
+            hit = r >= 0
+            df[hit] -= np.asarray(dl[0])[r[hit]]
     idf = lucene_idf(df, n_total).astype(np.float32)
     avgdl = len_total / n_total
     parts_D, parts_I = [], []
-    for (offset, p), r in zip(parts, rows):
-        D, I = p.search(q_indptr, r, idf, k1, b, avgdl, k)
+    for (offset, p, allowed, _), r in zip(parts, rows):
+        if allowed is not None and not np.any(allowed):
+            continue
+        D, I = p.search(q_indptr, r, idf, k1, b, avgdl, k, allowed)
         parts_D.append(D)
         parts_I.append(np.where(I >= 0, I + offset, -1))
+    if not parts_D:
+        return D_out, I_out
     if len(parts_D) == 1:
         return parts_D[0], parts_I[0]
     return merge_topk(np.concatenate(parts_D, 1), np.concatenate(parts_I, 1), k)

@@ -124,20 +124,100 @@ class DenseIndex:
             index.add(x)
         return cls(index, factory)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: (D float32 (nq, k), I int64 (nq, k)) with ``I == -1`` for a missing hit."""
+    def search(self, queries: np.ndarray, k: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: (D float32 (nq, k), I int64 (nq, k)) with ``I == -1`` for a missing hit.
+
+        ``allowed``: optional bool (ntotal,) mask; only those vectors can be hits (tombstones, filters). It is
+        applied inside FAISS's search (an ``IDSelectorBitmap``), before top-k selection; where an approximate
+        index still comes back with fewer than ``min(k, allowed.sum())`` hits, those queries are searched
+        exhaustively (IVF with every list probed; others on the allowed vectors' stored copies).
+        """
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        nq = len(q)
+        empty = (np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64))
         if self.ntotal == 0:
-            return (np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))
-        D, I = self.index.search(q, k)
+            return empty
+        if allowed is None:
+            D, I = self.index.search(q, k)
+            D[I < 0] = -np.inf
+            return D, I
+        allowed = np.asarray(allowed, dtype=bool)
+        n_ok = int(allowed.sum())
+        if n_ok == 0:
+            return empty
+        if n_ok == self.ntotal:
+            return self.search(q, k)
+        params = _selector_params(self.index, allowed)
+        if params is None:  # an index type without selector support (GPU indexes, wrappers): over-fetch
+            D, I = self._overfetch(q, k, allowed)
+        else:
+            D, I = self.index.search(q, k, params=params[0])
         D[I < 0] = -np.inf
+        short = np.flatnonzero((I >= 0).sum(1) < min(k, n_ok))
+        if len(short):
+            D[short], I[short] = self._exhaustive(q[short], k, allowed)
         return D, I
+
+    def _overfetch(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nq = len(q)
+        D_out = np.full((nq, k), -np.inf, np.float32)
+        I_out = np.full((nq, k), -1, np.int64)
+        todo, kk = np.arange(nq), min(self.ntotal, 4 * k)
+        while len(todo):
+            D, I = self.index.search(q[todo], kk)
+            again = []
+            for r, qi in enumerate(todo):
+                ok = (I[r] >= 0) & allowed[np.maximum(I[r], 0)]
+                if ok.sum() < k and kk < self.ntotal:
+                    again.append(qi)
+                    continue
+                n = min(k, int(ok.sum()))
+                D_out[qi, :n], I_out[qi, :n] = D[r][ok][:n], I[r][ok][:n]
+            todo, kk = np.asarray(again, dtype=np.int64), min(self.ntotal, kk * 4)
+        return D_out, I_out
+
+    def _exhaustive(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.flatnonzero(allowed)
+        ivf = _ivf(self.index)
+        if ivf is not None:
+            params = _selector_params(self.index, allowed, nprobe=ivf.nlist)
+            if params is not None:
+                D, I = self.index.search(q, k, params=params[0])
+                D[I < 0] = -np.inf
+                return D, I
+        vecs = self.reconstruct(ids)
+        if vecs is None:
+            return self._overfetch(q, k, allowed)
+        scores = q @ vecs.T
+        kk = min(k, len(ids))
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+        D = np.full((len(q), k), -np.inf, np.float32)
+        I = np.full((len(q), k), -1, np.int64)
+        D[:, :kk] = np.take_along_axis(scores, top, 1)
+        I[:, :kk] = ids[top]
+        return D, I
+
+    def vectors(self) -> np.ndarray | None:
+        """Every stored vector, float32 (ntotal, d), or None where the index type cannot give them back."""
+        ivf = _ivf(self.index)
+        try:
+            if ivf is not None:
+                ivf.make_direct_map()
+            return self.index.reconstruct_n(0, self.ntotal)
+        except RuntimeError:
+            return None
 
     def reconstruct(self, rows: np.ndarray) -> np.ndarray | None:
         """Stored vectors of local ``rows`` (float32 (n, d)), or None where the index type cannot return them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return np.zeros((0, self.dim), np.float32)
+        ivf = _ivf(self.index)
         try:
-            return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else \
-                np.zeros((0, self.dim), np.float32)
+            if ivf is not None:
+                ivf.make_direct_map()
+            return self.index.reconstruct_batch(rows)
         except RuntimeError:
             return None
 
@@ -152,3 +232,30 @@ class DenseIndex:
         except RuntimeError:  # not every index type supports mmap: read it into memory instead
             index = faiss.read_index(str(path))
         return cls(to_gpu(index), factory)
+
+
+def _ivf(index: "faiss.Index"):
+    try:
+        return faiss.extract_index_ivf(index)
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def _selector_params(index: "faiss.Index", allowed: np.ndarray, nprobe: int | None = None):
+    """FAISS search parameters restricting hits to ``allowed`` (bool (ntotal,)), or None where the index type
+    does not take a selector. Returns ``(params, selector, bitmap)``: params hold raw pointers to the other two,
+    which must stay referenced until the search returns."""
+    bits = np.packbits(allowed, bitorder="little")  # IDSelectorBitmap reads bit i at byte i >> 3, bit i & 7
+    sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+    name = type(index).__name__
+    if "Gpu" in name:
+        return None
+    if isinstance(index, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=index.hnsw.efSearch)
+    elif isinstance(index, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe or index.nprobe, max_codes=index.max_codes)
+    elif isinstance(index, faiss.IndexFlat):
+        params = faiss.SearchParameters(sel=sel)
+    else:
+        return None
+    return params, sel, bits

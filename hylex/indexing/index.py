@@ -10,12 +10,22 @@ Layout::
                                  and the forward index, :mod:`hylex.indexing.impact`), bm25_terms.npy, bm25_indptr.npy, bm25_docs.npy, bm25_tf.npy, bm25_doclen.npy
     DIR/.lock                    held by the one writer
 
-Global rows are ``segment.row_offset + local row``. BM25 postings are per segment and keyed by term hashes;
-their global statistics are summed over segments at query time (:mod:`hylex.indexing.bm25`). A commit writes
-the new segment's files (fsynced, under a temporary name, then renamed), then the documents (one LMDB
-transaction), then replaces the manifest atomically: a crash at any point leaves the previous manifest, which
-names only complete segments, and rows it does not count are ignored and cleaned on the next commit. Deletions
-(tombstones) and merges add fields without changing what is here.
+    DIR/segments/seg-000000/deleted-G.npy, bm25_deleted-G.npy
+                                 the segment's tombstones as of generation G (int32 local rows) and what they
+                                 take out of BM25's document frequencies (int32 per term of the segment)
+
+Global rows are ``segment.row_offset + local row``; row numbers only grow (``next_row``): a merge writes the
+live documents of its segments as a new segment at fresh rows. BM25 postings are per segment and keyed by term
+hashes; their global statistics are summed over segments at query time minus the deleted documents'
+(:mod:`hylex.indexing.bm25`), so they are exactly those of the live documents.
+
+Commit protocol (every add, upsert, delete and merge): new segment files and tombstone files are written under
+new names and fsynced, then the documents (one LMDB transaction, synced), then the manifest is replaced
+atomically (write, fsync, rename, fsync the directory). The manifest is the commit point: a crash before it
+leaves the previous manifest, which names only complete files; the store's rows it does not cover are ignored
+and cleaned by the next writer. Files a commit supersedes (merged segments, old tombstones, their documents)
+are listed as ``garbage`` and removed by the next commit, so a reader that opened the previous manifest keeps a
+consistent snapshot meanwhile.
 """
 from __future__ import annotations
 
@@ -23,6 +33,7 @@ import datetime as _dt
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -35,7 +46,7 @@ import scipy.sparse as sp
 import hylex
 from hylex.corpus import Document
 from hylex.errors import HylexError, IndexFormatError
-from hylex.indexing.bm25 import Bm25Postings, bm25_settings
+from hylex.indexing.bm25 import Bm25Postings, bm25_settings, deleted_df
 from hylex.indexing.dense import DEFAULT_FACTORY, DenseIndex
 from hylex.indexing.impact import ImpactIndex
 from hylex.indexing.store import DocStore
@@ -45,9 +56,13 @@ from hylex.utils import sha256_file
 logger = logging.getLogger(__name__)
 
 FORMAT = "hylex-index"
-FORMAT_VERSION = 3  # 2: BM25 postings per segment; 3: quantized block-max sparse postings + forward index
+FORMAT_VERSION = 4  # 2: BM25 per segment; 3: quantized block-max sparse postings; 4: tombstones, merges
+READABLE_VERSIONS = (3, 4)  # a version-3 directory is read as version 4 without deletions (and written as 4)
+READABLE = " and ".join(map(str, READABLE_VERSIONS))
 MANIFEST = "manifest.json"
 OWNER_FILE = "dense_owner.npy"
+RAW_DENSE_FILE = "dense_raw.npy"  # float32 vectors, kept where the FAISS index cannot give them back exactly
+MERGE_DEFAULTS = {"auto": True, "factor": 10, "max_deleted": 0.5}
 
 
 def _library_versions() -> dict:
@@ -95,6 +110,35 @@ class Segment:
     # int32 (n_vectors,): the local document row of each dense vector when documents have several (maxsim
     # over chunks); None when vector i is document i.
     dense_owner: np.ndarray | None = None
+    # bool (n_docs,) tombstones, or None when no document of the segment is deleted
+    deleted: np.ndarray | None = None
+    # what the deleted documents take out of BM25's statistics: (deleted df per term, deleted length, count)
+    bm25_deleted: tuple | None = None
+
+    @property
+    def n_deleted(self) -> int:
+        return 0 if self.deleted is None else int(self.deleted.sum())
+
+    @property
+    def n_live(self) -> int:
+        return self.n_docs - self.n_deleted
+
+    @property
+    def live(self) -> np.ndarray | None:
+        """bool (n_docs,) live documents, or None when all are."""
+        return None if self.deleted is None else ~self.deleted
+
+    def allowed(self, mask: np.ndarray | None) -> np.ndarray | None:
+        """Live documents that also pass ``mask`` (bool (n_docs,) or None): None when every document may hit."""
+        if mask is None:
+            return self.live
+        return mask if self.deleted is None else (mask & ~self.deleted)
+
+    def vector_mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        """A document mask as a mask over the segment's dense vectors."""
+        if allowed is None or self.dense_owner is None:
+            return allowed
+        return allowed[np.asarray(self.dense_owner)]
 
 
 class Index:
@@ -110,6 +154,8 @@ class Index:
         self._lock_fd = None
         self.store = None
         self._analyzer: Bm25Analyzer | None = None
+        self._offsets: np.ndarray | None = None  # segments' first rows, for row -> segment lookups
+        self.columns_cache: dict = {}  # (segment name, field) -> metadata column, see hylex.retrieval.filters
         if writable:
             self._acquire_lock()
         try:
@@ -122,7 +168,7 @@ class Index:
     # -- creation / opening ------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike, encoder: dict, dense_factory: str = DEFAULT_FACTORY,
-               bm25: dict | None = None, sparse: dict | None = None) -> "Index":
+               bm25: dict | None = None, sparse: dict | None = None, merge: dict | None = None) -> "Index":
         """Create an empty index at ``path`` for vectors from ``encoder`` (an ``Encoder.describe()`` dict).
 
         ``sparse``: how sparse postings are stored, ``{"bits": 8|16, "block_size", "keep_top", "keep_fraction"}``
@@ -130,6 +176,8 @@ class Index:
 
         ``bm25``: the BM25 arm's settings, ``{"k1", "b", "stemmer", "stopwords"}`` or ``{"k1", "b", "analyzer"}``
         (defaults: k1 0.9, b 0.4, English stemming and stopwords); k1 and b are the defaults of searches.
+
+        ``merge``: the automatic merge policy ``{"auto", "factor", "max_deleted"}`` (see :func:`merge_settings`).
         """
         p = Path(path)
         if (p / MANIFEST).exists():
@@ -145,6 +193,7 @@ class Index:
         _check_factory(int(encoder["dim"]), dense_factory)
         bm25_cfg = bm25_settings(bm25)
         sparse_cfg = sparse_settings(sparse)
+        merge_cfg = merge_settings(merge)
         p.mkdir(parents=True, exist_ok=True)
         (p / "segments").mkdir(exist_ok=True)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -154,7 +203,8 @@ class Index:
             "dense": {"factory": dense_factory, "metric": "inner_product", "dim": int(encoder["dim"])},
             "sparse": {"vocab_size": int(encoder["vocab_size"]), "format": "impact", **sparse_cfg},
             "bm25": {**bm25_cfg, "idf": "lucene", "total_len": 0},
-            "n_docs": 0, "next_segment": 0, "segments": [],
+            "n_docs": 0, "next_row": 0, "next_segment": 0, "generation": 0, "segments": [], "garbage": [],
+            "merge": merge_cfg,
         }
         _write_json_atomic(p / MANIFEST, manifest)
         return cls(p, manifest, writable=True)
@@ -181,13 +231,16 @@ class Index:
         if manifest.get("format_version") in (1, 2):
             raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')} (float sparse "
                                    f"postings{'' if manifest.get('format_version') == 2 else ', no BM25'}); this hylex "
-                                   f"({hylex.__version__}) reads version {FORMAT_VERSION}: rebuild the index "
+                                   f"({hylex.__version__}) reads versions {READABLE}: rebuild the index "
                                    f"(`hylex index CORPUS --index NEW_DIR`) or use the hylex version that wrote it "
                                    f"({manifest.get('libraries', {}).get('hylex')})")
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format_version") not in READABLE_VERSIONS:
             raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')}, this hylex "
-                                   f"({hylex.__version__}) reads version {FORMAT_VERSION}: rebuild the index or "
+                                   f"({hylex.__version__}) reads versions {READABLE}: rebuild the index or "
                                    f"use the hylex version that wrote it ({manifest.get('libraries', {}).get('hylex')})")
+        if manifest["format_version"] == 3:  # no deletions or merges yet: the same data, read as version 4
+            manifest = {**manifest, "format_version": FORMAT_VERSION, "next_row": int(manifest["n_docs"]),
+                        "generation": 0, "garbage": [], "merge": dict(MERGE_DEFAULTS)}
         for seg in manifest["segments"]:
             for fname, meta in seg["files"].items():
                 f = p / "segments" / seg["name"] / fname
@@ -222,17 +275,30 @@ class Index:
 
     def _load_segment(self, seg: dict, mmap: bool) -> Segment:
         d = self.path / "segments" / seg["name"]
+        files = seg["files"]
+        deleted = bm25_deleted = None
+        if seg.get("deleted_file"):
+            rows = np.load(d / seg["deleted_file"], allow_pickle=False)
+            deleted = np.zeros(int(seg["n_docs"]), dtype=bool)
+            deleted[rows] = True
+            bm25_deleted = (np.load(d / seg["bm25_deleted_file"], allow_pickle=False),
+                            int(seg["bm25_deleted_len"]), int(len(rows)))
         return Segment(seg["name"], int(seg["row_offset"]), int(seg["n_docs"]),
                        DenseIndex.load(d / "dense.faiss", self.manifest["dense"]["factory"], mmap=mmap),
                        _load_sparse(d, int(seg["n_docs"]), mmap),
                        Bm25Postings.load(d, mmap=mmap, total_len=seg["bm25_len"]),
                        np.load(d / OWNER_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
-                       if OWNER_FILE in seg["files"] else None)
+                       if OWNER_FILE in files else None, deleted, bm25_deleted)
 
     # -- properties ------------------------------------------------------------------------------------------
     @property
     def n_docs(self) -> int:
+        """Live documents (deleted ones excluded)."""
         return int(self.manifest["n_docs"])
+
+    @property
+    def n_deleted(self) -> int:
+        return sum(s.n_deleted for s in self.segments)
 
     @property
     def dim(self) -> int:
@@ -261,20 +327,20 @@ class Index:
     def bm25_b(self) -> float:
         return float(self.manifest["bm25"]["b"])
 
-    # -- writing ---------------------------------------------------------------------------------------------
-    def add(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix,
-            dense_owner: np.ndarray | None = None) -> int:
-        """Commit ``docs`` with their encodings as one new segment; returns the segment's first global row.
-
-        ``dense`` float32 (n, dim), or (m, dim) chunk vectors with ``dense_owner`` int (m,) giving each vector's
-        document (0..n-1, ascending, every document at least once); ``sparse`` float32 csr (n, vocab_size).
-        Everything is validated before anything is written; on return the batch is durable.
-        """
+    # -- validation of a batch ---------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
         if not self.writable:
-            raise HylexError(f"index {self.path} is open read-only: open it with writable=True to add documents")
+            raise HylexError(f"index {self.path} is open read-only: open it with writable=True to change it")
+
+    def _check_batch(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix,
+                     dense_owner: np.ndarray | None) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray | None]:
         n = len(docs)
         if n == 0:
             raise HylexError("no documents to add: pass at least one document")
+        bad = next((i for i, d in enumerate(docs) if not isinstance(d, Document)), None)
+        if bad is not None:
+            raise HylexError(f"document {bad} is a {type(docs[bad]).__name__}, not a hylex.corpus.Document: build "
+                             f"documents with Document(id, text, title, metadata)")
         dense = np.asarray(dense, dtype=np.float32)
         rows = n
         if dense_owner is not None:
@@ -300,25 +366,180 @@ class Index:
         if sparse.nnz and mw is not None and float(sparse.data.max()) > mw:
             raise HylexError(f"a sparse weight ({float(sparse.data.max()):.6g}) exceeds this index's max_weight "
                              f"{mw}: create the index with a larger sparse max_weight")
-        ids = [d.id for d in docs]
-        if len(set(ids)) != n:
-            seen, dup = set(), None
-            for i in ids:
-                if i in seen:
-                    dup = i
-                    break
-                seen.add(i)
-            raise HylexError(f"document id {dup!r} appears twice in the batch: ids must be unique")
-        existing = [i for i, r in zip(ids, self.store.rows_of(ids, self.n_docs)) if r is not None]
-        if existing:
-            raise HylexError(f"{len(existing)} document id(s) are already in the index (first: {existing[0]!r}): "
-                             f"ids must be unique; index into a new directory to rebuild")
+        seen: set[str] = set()
+        for d in docs:
+            if d.id in seen:
+                raise HylexError(f"document id {d.id!r} appears twice in the batch: ids must be unique")
+            seen.add(d.id)
+        return dense, sparse, dense_owner
 
-        # Rows beyond the manifest were left by an interrupted commit: clear them before reusing the rows.
-        dropped = self.store.truncate(self.n_docs)
-        if dropped:
-            logger.warning("dropped %d uncommitted documents left by an interrupted commit", dropped)
+    # -- writing ---------------------------------------------------------------------------------------------
+    def add(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix,
+            dense_owner: np.ndarray | None = None) -> int:
+        """Commit new ``docs`` with their encodings as one new segment; returns the segment's first global row.
+
+        ``dense`` float32 (n, dim), or (m, dim) chunk vectors with ``dense_owner`` int (m,) giving each vector's
+        document (0..n-1, ascending, every document at least once); ``sparse`` float32 csr (n, vocab_size).
+        Ids already in the index are refused (use :meth:`upsert` to replace documents). Everything is validated
+        before anything is written; on return the batch is durable.
+        """
+        return self._add(docs, dense, sparse, dense_owner, replace=False)
+
+    def upsert(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix,
+               dense_owner: np.ndarray | None = None) -> int:
+        """Like :meth:`add`, but a document whose id is already live replaces it, in the same commit (the old
+        version is deleted). Returns the new segment's first global row."""
+        return self._add(docs, dense, sparse, dense_owner, replace=True)
+
+    def _add(self, docs, dense, sparse, dense_owner, replace: bool) -> int:
+        self._check_writable()
+        docs = list(docs)
+        dense, sparse, dense_owner = self._check_batch(docs, dense, sparse, dense_owner)
+        old = self.rows_of([d.id for d in docs])
+        existing = [(d.id, r) for d, r in zip(docs, old) if r is not None]
+        if existing and not replace:
+            raise HylexError(f"{len(existing)} document id(s) are already in the index (first: {existing[0][0]!r}): "
+                             f"ids must be unique; upsert to replace them, or index into a new directory")
+        self._prepare_write()
+        first = int(self.manifest["next_row"])
+        name, entry, seg_n = self._write_segment(first, dense, dense_owner, sparse_csr=sparse,
+                                                 bm25=Bm25Postings.from_tokens(
+                                                     self.bm25_analyzer.analyze([d.full_text for d in docs])))
+        self.store.put(first, docs)
+        self.store.sync()
+        self._publish(new=[entry], deletes=self._group_rows([r for _, r in existing]))
+        logger.info("committed segment %s: %d documents (%d replaced)", name, seg_n, len(existing))
+        self._auto_merge()
+        return first
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete the live documents with these external ids (ids not in the index are ignored); returns how
+        many were deleted. Durable on return, like every commit."""
+        self._check_writable()
+        if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
+            raise HylexError("ids must be a list of document id strings")
+        return self.delete_rows([r for r in self.rows_of(list(ids)) if r is not None])
+
+    def delete_rows(self, rows: Sequence[int]) -> int:
+        """Delete documents by global row (e.g. the rows a filter matched); returns how many live ones went."""
+        self._check_writable()
+        rows = sorted({int(r) for r in rows if r is not None and self.is_live(int(r))})
+        if not rows:
+            return 0
+        self._prepare_write()
+        self._publish(deletes=self._group_rows(rows))
+        logger.info("deleted %d documents", len(rows))
+        self._auto_merge()
+        return len(rows)
+
+    def merge(self, names: Sequence[str] | None = None) -> str | None:
+        """Merge segments (default: all, when there are several or any has deletions) into one new segment of
+        their live documents, dropping the deleted ones. Returns the new segment's name (None if nothing to do)."""
+        self._check_writable()
+        segs = self.segments if names is None else [s for s in self.segments if s.name in set(names)]
+        if names is not None and len(segs) != len(set(names)):
+            unknown = sorted(set(names) - {s.name for s in self.segments})
+            raise HylexError(f"no segment named {', '.join(unknown)} in {self.path}: see `hylex stats`")
+        if not segs or (len(segs) == 1 and segs[0].n_deleted == 0):
+            return None
+        self._prepare_write()
+        return self._merge(segs)
+
+    def _merge(self, segs: list[Segment]) -> str | None:
+        first = int(self.manifest["next_row"])
+        dense_parts, owner_parts, sparse_parts, bm_parts, blobs, ids = [], [], [], [], [], []
+        n_out = 0
+        for seg in segs:
+            keep = np.ones(seg.n_docs, bool) if seg.deleted is None else ~seg.deleted
+            vecs = self._segment_vectors(seg)
+            if seg.dense_owner is None:
+                dense_parts.append(vecs[keep])
+                owner_parts.append(np.arange(int(keep.sum())) + n_out)
+            else:
+                owner = np.asarray(seg.dense_owner)
+                on = keep[owner]
+                dense_parts.append(vecs[on])
+                owner_parts.append((np.cumsum(keep) - 1)[owner[on]] + n_out)
+            sparse_parts.append(seg.sparse.to_csr()[keep])
+            bm_parts.append(seg.bm25.subset(keep))
+            local = np.flatnonzero(keep)
+            raw = self.store.get_raw((local + seg.row_offset).tolist())
+            if any(r is None for r in raw):
+                raise IndexFormatError(f"the document store lacks documents of segment {seg.name}: the index is "
+                                       f"damaged (`hylex validate {self.path}`)")
+            blobs.extend(raw)
+            ids.extend(json.loads(b)["id"] for b in raw)
+            n_out += len(local)
+        drop = [s.name for s in segs]
+        if n_out == 0:  # every document was deleted: the segments just go
+            self._publish(drop=drop)
+            return None
+        owner = np.concatenate(owner_parts)
+        chunked = any(s.dense_owner is not None for s in segs)
+        name, entry, _ = self._write_segment(first, np.concatenate(dense_parts), owner if chunked else None,
+                                             sparse_csr=sp.vstack(sparse_parts, format="csr"),
+                                             bm25=Bm25Postings.concat(bm_parts))
+        self.store.put(first, blobs, ids)
+        self.store.sync()
+        self._publish(new=[entry], drop=drop)
+        logger.info("merged %d segments into %s: %d live documents", len(segs), name, n_out)
+        return name
+
+    def _segment_vectors(self, seg: Segment) -> np.ndarray:
+        d = self.path / "segments" / seg.name
+        if (d / RAW_DENSE_FILE).exists():
+            return np.load(d / RAW_DENSE_FILE, mmap_mode="r", allow_pickle=False)
+        vecs = seg.dense.vectors()
+        if vecs is None:
+            raise HylexError(f"FAISS {self.manifest['dense']['factory']!r} cannot give back the vectors of "
+                             f"segment {seg.name}, so it cannot be merged")
+        return vecs
+
+    def _auto_merge(self) -> None:
+        cfg = self.manifest.get("merge", MERGE_DEFAULTS)
+        if not cfg.get("auto", True):
+            return
+        for _ in range(64):  # each round removes segments; the bound only guards against a policy bug
+            group = merge_candidates([(s.name, s.n_live, s.n_deleted) for s in self.segments], cfg["factor"],
+                                     cfg["max_deleted"])
+            if not group:
+                return
+            self._merge([s for s in self.segments if s.name in set(group)])
+
+    # -- the commit protocol -----------------------------------------------------------------------------------
+    def _prepare_write(self) -> None:
+        """Before a commit: remove what the last commits left for later (garbage) and what an interrupted
+        commit left (store rows past ``next_row``, temporary or unlisted segment directories)."""
+        garbage = self.manifest.get("garbage", [])
+        ranges = [tuple(r) for g in garbage for r in g.get("rows", [])]
+        dropped = self.store.drop(ranges) if ranges else 0
+        dropped_tail = self.store.truncate(int(self.manifest["next_row"]))
+        if dropped_tail:
+            logger.warning("dropped %d uncommitted documents left by an interrupted commit", dropped_tail)
+        listed = {s["name"] for s in self.manifest["segments"]}
+        for d in (self.path / "segments").iterdir():
+            if d.name not in listed:
+                shutil.rmtree(d, ignore_errors=True)
+        for g in garbage:
+            for seg_name, fname in g.get("files", []):
+                if seg_name in listed:
+                    try:
+                        (self.path / "segments" / seg_name / fname).unlink()
+                    except FileNotFoundError:
+                        pass
+        if garbage:
+            self.store.sync()
+            manifest = {**self.manifest, "garbage": []}
+            _write_json_atomic(self.path / MANIFEST, manifest)
+            self.manifest = manifest
+            logger.debug("removed the garbage of earlier commits (%d stored documents)", dropped)
+
+    def _write_segment(self, first_row: int, dense: np.ndarray, dense_owner: np.ndarray | None, *,
+                       sparse_csr: sp.csr_matrix, bm25: Bm25Postings) -> tuple[str, dict, int]:
+        """Write a new segment's files (fsynced, renamed into place); returns (name, manifest entry, n_docs)."""
+        n = sparse_csr.shape[0]
         seq = int(self.manifest["next_segment"])
+        self.manifest = {**self.manifest, "next_segment": seq + 1}  # never reuse a name, even if this fails
         name = f"seg-{seq:06d}"
         final = self.path / "segments" / name
         tmp = self.path / "segments" / f".{name}.tmp"
@@ -326,82 +547,165 @@ class Index:
         if final.exists():  # an interrupted commit renamed it but never reached the manifest
             shutil.rmtree(final)
         tmp.mkdir(parents=True)
-        DenseIndex.build(dense, self.manifest["dense"]["factory"]).save(tmp / "dense.faiss")
-        if dense_owner is not None and rows != n:
-            np.save(tmp / OWNER_FILE, dense_owner.astype(np.int32), allow_pickle=False)
+        built = DenseIndex.build(dense, self.manifest["dense"]["factory"])
+        built.save(tmp / "dense.faiss")
+        if len(dense) and not _exact_copy(built, dense):  # lossy codes (PQ, SQ): keep the vectors for merges
+            np.save(tmp / RAW_DENSE_FILE, np.ascontiguousarray(dense, dtype=np.float32), allow_pickle=False)
+        if dense_owner is not None and len(dense_owner) != n:
+            np.save(tmp / OWNER_FILE, np.asarray(dense_owner, dtype=np.int32), allow_pickle=False)
         cfg = self.manifest["sparse"]
-        inv = ImpactIndex.from_csr(sparse, bits=cfg["bits"], block_size=cfg["block_size"], keep_top=cfg["keep_top"],
-                                   keep_fraction=cfg["keep_fraction"], forward=True,
+        inv = ImpactIndex.from_csr(sparse_csr, bits=cfg["bits"], block_size=cfg["block_size"],
+                                   keep_top=cfg["keep_top"], keep_fraction=cfg["keep_fraction"], forward=True,
                                    max_weight=cfg.get("max_weight"))
         inv.save(tmp)
-        bm = Bm25Postings.from_tokens(self.bm25_analyzer.analyze([d.full_text for d in docs]))
-        bm.save(tmp)
-        files = {}
-        for f in sorted(tmp.iterdir()):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-        _fsync_dir(tmp)
+        bm25.save(tmp)
+        files = _seal(tmp)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        entry = {"name": name, "row_offset": first_row, "n_docs": n, "n_vectors": len(dense), "nnz": inv.nnz,
+                 "bm25_nnz": bm25.nnz, "bm25_terms": bm25.n_terms, "bm25_len": bm25.total_len, "files": files}
+        return name, entry, n
 
-        first = self.n_docs
-        self.store.put(first, docs)
-        self.store.sync()
+    def _group_rows(self, rows: Sequence[int]) -> dict[str, np.ndarray]:
+        """Global rows -> {segment name: local rows}."""
+        out: dict[str, list[int]] = {}
+        for r in rows:
+            seg = self._segment_of(int(r))
+            if seg is not None:
+                out.setdefault(seg.name, []).append(int(r) - seg.row_offset)
+        return {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
+
+    def _publish(self, new: Sequence[dict] = (), deletes: dict[str, np.ndarray] | None = None,
+                 drop: Sequence[str] = ()) -> None:
+        """Write tombstone files for ``deletes``, then replace the manifest: the commit point."""
+        gen = int(self.manifest.get("generation", 0)) + 1
+        by_name = {s.name: s for s in self.segments}
+        garbage = {"files": [], "rows": [], "segments": list(drop)}
+        entries = []
+        for entry in self.manifest["segments"]:
+            if entry["name"] in drop:
+                garbage["rows"].append([int(entry["row_offset"]), int(entry["row_offset"]) + int(entry["n_docs"])])
+                continue
+            local = (deletes or {}).get(entry["name"])
+            if local is not None and len(local):
+                seg = by_name[entry["name"]]
+                deleted = np.zeros(seg.n_docs, bool) if seg.deleted is None else seg.deleted.copy()
+                deleted[local] = True
+                entry = self._write_tombstones(entry, seg, deleted, gen, garbage)
+            entries.append(entry)
+        entries.extend(new)
         manifest = dict(self.manifest)
-        manifest["segments"] = list(self.manifest["segments"]) + [
-            {"name": name, "row_offset": first, "n_docs": n, "n_vectors": rows, "nnz": inv.nnz, "bm25_nnz": bm.nnz,
-             "bm25_terms": bm.n_terms, "bm25_len": bm.total_len, "files": files}]
-        manifest["n_docs"] = first + n
-        manifest["bm25"] = {**self.manifest["bm25"],
-                            "total_len": int(self.manifest["bm25"]["total_len"]) + bm.total_len}
-        manifest["next_segment"] = seq + 1
+        manifest["segments"] = entries
+        manifest["next_row"] = max([int(self.manifest["next_row"])] +
+                                   [int(e["row_offset"]) + int(e["n_docs"]) for e in new])
+        manifest["n_docs"] = sum(int(e["n_docs"]) - int(e.get("deleted", 0)) for e in entries)
+        manifest["bm25"] = {**self.manifest["bm25"], "total_len": sum(
+            int(e["bm25_len"]) - int(e.get("bm25_deleted_len", 0)) for e in entries)}
+        manifest["generation"] = gen
+        manifest["garbage"] = list(self.manifest.get("garbage", [])) + \
+            ([garbage] if any(garbage.values()) else [])
         manifest["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        manifest["libraries"] = _library_versions()
         _write_json_atomic(self.path / MANIFEST, manifest)
+        before = {e["name"]: e for e in self.manifest["segments"]}
         self.manifest = manifest
-        self.segments.append(self._load_segment(manifest["segments"][-1], mmap=True))
-        logger.info("committed segment %s: %d documents, %d sparse and %d BM25 postings", name, n, inv.nnz, bm.nnz)
-        return first
+        loaded = {s.name: s for s in self.segments}
+        # unchanged entries are the very same dicts: reload only new segments and those with new tombstones
+        self.segments = [loaded[e["name"]] if before.get(e["name"]) is e else self._load_segment(e, mmap=True)
+                         for e in entries]
+        self._offsets = None
+        self._columns_cache_drop(drop)
+
+    def _write_tombstones(self, entry: dict, seg: Segment, deleted: np.ndarray, gen: int, garbage: dict) -> dict:
+        d = self.path / "segments" / entry["name"]
+        del_name, df_name = f"deleted-{gen:06d}.npy", f"bm25_deleted-{gen:06d}.npy"
+        rows = np.flatnonzero(deleted).astype(np.int32)
+        df = deleted_df(seg.bm25, deleted)
+        del_len = int(np.asarray(seg.bm25.doc_len, dtype=np.float64)[deleted].sum())
+        files = dict(entry["files"])
+        for fname, arr in ((del_name, rows), (df_name, df)):
+            with open(d / fname, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            files[fname] = {"bytes": (d / fname).stat().st_size, "sha256": sha256_file(d / fname)}
+        _fsync_dir(d)
+        for old in (entry.get("deleted_file"), entry.get("bm25_deleted_file")):
+            if old:
+                files.pop(old, None)
+                garbage["files"].append([entry["name"], old])
+        return {**entry, "files": files, "deleted": int(len(rows)), "deleted_file": del_name,
+                "bm25_deleted_file": df_name, "bm25_deleted_len": del_len}
 
     # -- reading ---------------------------------------------------------------------------------------------
+    def _segment_of(self, row: int) -> Segment | None:
+        offsets = self._offsets
+        if offsets is None:
+            self._offsets = offsets = np.array([s.row_offset for s in self.segments], dtype=np.int64)
+        i = int(np.searchsorted(offsets, row, side="right")) - 1
+        if i < 0:
+            return None
+        seg = self.segments[i]
+        return seg if row < seg.row_offset + seg.n_docs else None
+
+    def is_live(self, row: int) -> bool:
+        """Whether a global row holds a live document of this snapshot."""
+        seg = self._segment_of(int(row))
+        return seg is not None and (seg.deleted is None or not seg.deleted[int(row) - seg.row_offset])
+
     def documents(self, rows: Sequence[int]) -> list[dict | None]:
-        """Stored documents ``{id, title, text, metadata}`` of global rows (None for -1 / missing)."""
-        return [None if r is None or r < 0 or r >= self.n_docs else d
-                for r, d in zip(rows, self.store.get([int(r) if r is not None else -1 for r in rows]))]
+        """Stored documents ``{id, title, text, metadata}`` of global rows (None for -1 / not live)."""
+        rows = [int(r) if r is not None and r >= 0 and self.is_live(int(r)) else -1 for r in rows]
+        return self.store.get(rows)
 
     def rows_of(self, ids: Sequence[str]) -> list[int | None]:
-        return self.store.rows_of(ids, self.n_docs)
+        """The live global row of each external id (None where the id is not live)."""
+        out = []
+        for rows in self.store.rows(ids):
+            out.append(next((r for r in reversed(rows) if self.is_live(r)), None))
+        return out
+
+    def get(self, ids: Sequence[str]) -> list[dict | None]:
+        """The live stored documents of external ids (None where absent)."""
+        return self.documents([-1 if r is None else r for r in self.rows_of(ids)])
 
     def stats(self) -> dict:
         """What the index holds: counts, segments with sizes, encoder model and settings, format."""
         segs = []
         for seg in self.manifest["segments"]:
-            segs.append({"name": seg["name"], "documents": int(seg["n_docs"]),
+            segs.append({"name": seg["name"], "documents": int(seg["n_docs"]) - int(seg.get("deleted", 0)),
+                         "deleted": int(seg.get("deleted", 0)), "first_row": int(seg["row_offset"]),
                          "dense_vectors": int(seg.get("n_vectors", seg["n_docs"])),
                          "sparse_postings": int(seg["nnz"]), "bm25_postings": int(seg.get("bm25_nnz", 0)),
                          "bytes": sum(int(f["bytes"]) for f in seg["files"].values())})
         store_bytes = sum(f.stat().st_size for f in (self.path / "docs.lmdb").iterdir() if f.is_file())
         return {"path": str(self.path), "format_version": self.manifest["format_version"],
-                "sparse": self.manifest["sparse"],
+                "generation": self.manifest.get("generation", 0), "sparse": self.manifest["sparse"],
                 "hylex_version": self.manifest["libraries"].get("hylex"), "created": self.manifest["created"],
-                "updated": self.manifest["updated"], "documents": self.n_docs, "deleted": 0,
-                "segments": segs, "segment_bytes": sum(s["bytes"] for s in segs), "store_bytes": store_bytes,
+                "updated": self.manifest["updated"], "documents": self.n_docs,
+                "deleted": sum(s["deleted"] for s in segs), "segments": segs,
+                "segment_bytes": sum(s["bytes"] for s in segs), "store_bytes": store_bytes,
+                "merge": self.manifest.get("merge", MERGE_DEFAULTS),
                 "encoder": self.encoder_info, "dense": self.manifest["dense"], "bm25": self.manifest["bm25"]}
 
     def validate(self) -> list[str]:
-        """Full check (file checksums, counts); returns a list of problems (empty when sound)."""
+        """Full check (file checksums, counts, the document store); returns a list of problems (empty when
+        sound)."""
         problems = []
-        total = 0
+        live = 0
         for seg in self.manifest["segments"]:
             for fname, meta in seg["files"].items():
                 f = self.path / "segments" / seg["name"] / fname
                 if not f.exists():
                     problems.append(f"{f}: missing")
+                elif f.stat().st_size != meta["bytes"]:
+                    problems.append(f"{f}: {f.stat().st_size} bytes, the manifest says {meta['bytes']} (truncated "
+                                    f"or damaged)")
                 elif sha256_file(f) != meta["sha256"]:
                     problems.append(f"{f}: checksum mismatch (damaged)")
-            total += int(seg["n_docs"])
-        if total != self.n_docs:
-            problems.append(f"manifest counts {self.n_docs} documents but its segments hold {total}")
+            live += int(seg["n_docs"]) - int(seg.get("deleted", 0))
+        if live != self.n_docs:
+            problems.append(f"manifest counts {self.n_docs} live documents but its segments hold {live}")
         for s in self.segments:
             n_vec = s.n_docs if s.dense_owner is None else len(s.dense_owner)
             if s.dense.ntotal != n_vec or s.sparse.n_docs != s.n_docs:
@@ -412,13 +716,35 @@ class Index:
             elif int(np.asarray(s.bm25.doc_len, dtype=np.float64).sum()) != s.bm25.total_len:
                 problems.append(f"segment {s.name}: BM25 document lengths sum to other than the manifest's "
                                 f"{s.bm25.total_len}")
-        bm25_total = sum(int(seg["bm25_len"]) for seg in self.manifest["segments"])
+            if s.deleted is not None:
+                df = deleted_df(s.bm25, s.deleted)
+                if not np.array_equal(df, s.bm25_deleted[0]):
+                    problems.append(f"segment {s.name}: the deleted documents' BM25 frequencies do not match "
+                                    f"its tombstones")
+            stored = self.store.get_raw(range(s.row_offset, s.row_offset + s.n_docs))
+            missing = [s.row_offset + i for i, v in enumerate(stored)
+                       if v is None and (s.deleted is None or not s.deleted[i])]
+            if missing:
+                problems.append(f"segment {s.name}: the document store lacks {len(missing)} of its live documents "
+                                f"(first row {missing[0]})")
+            else:
+                bad = [json.loads(v)["id"] for i, v in enumerate(stored) if v is not None
+                       and (s.deleted is None or not s.deleted[i])
+                       and self.rows_of([json.loads(v)["id"]])[0] != s.row_offset + i]
+                if bad:
+                    problems.append(f"segment {s.name}: {len(bad)} live documents are not their id's live row "
+                                    f"(first {bad[0]!r}): an id is live twice")
+        bm25_total = sum(int(seg["bm25_len"]) - int(seg.get("bm25_deleted_len", 0))
+                         for seg in self.manifest["segments"])
         if bm25_total != int(self.manifest["bm25"]["total_len"]):
             problems.append(f"manifest's BM25 total length {self.manifest['bm25']['total_len']} is not its "
-                            f"segments' sum {bm25_total}")
-        if self.store.count() < self.n_docs:
-            problems.append(f"document store holds {self.store.count()} documents, manifest {self.n_docs}")
+                            f"segments' live sum {bm25_total}")
         return problems
+
+    # metadata columns for filters, built lazily per segment (segments are immutable) by hylex.retrieval.filters
+    def _columns_cache_drop(self, names: Sequence[str]) -> None:
+        for key in [k for k in self.columns_cache if k[0] in set(names)]:
+            del self.columns_cache[key]
 
 
 # 16-bit impacts on one fixed scale (16 / 65535 ~ 2.4e-4 per step): every segment quantizes a weight the same way,
@@ -473,3 +799,59 @@ def _check_factory(dim: int, factory: str) -> None:
     except RuntimeError as e:
         raise HylexError(f"FAISS cannot build index {factory!r}: {str(e).splitlines()[0]}. Use a valid "
                          f"index-factory string such as Flat, HNSW32, IVF256,Flat or IVF256,PQ16") from e
+
+
+def merge_settings(cfg: dict | None) -> dict:
+    """Checked automatic merge policy: ``auto`` (merge after each commit when the policy asks), ``factor`` >= 2
+    (segments whose live sizes share a power of ``factor`` are merged once ``factor`` of them exist: each
+    document is rewritten about log_factor(N) times), ``max_deleted`` in (0, 1] (a segment with more than this
+    fraction deleted is rewritten without them)."""
+    out = dict(MERGE_DEFAULTS)
+    for key, v in (cfg or {}).items():
+        if key not in out:
+            raise HylexError(f"unknown merge setting {key!r}: use {', '.join(MERGE_DEFAULTS)}")
+        out[key] = v
+    if not isinstance(out["auto"], bool):
+        raise HylexError(f"merge auto must be true or false, got {out['auto']!r}")
+    f = out["factor"]
+    if isinstance(f, bool) or not isinstance(f, int) or f < 2:
+        raise HylexError(f"merge factor must be an integer >= 2, got {f!r}")
+    md = out["max_deleted"]
+    if isinstance(md, bool) or not isinstance(md, (int, float)) or not 0 < md <= 1:
+        raise HylexError(f"merge max_deleted must be a number in (0, 1], got {md!r}")
+    return out
+
+
+def merge_candidates(segs: Sequence[tuple[str, int, int]], factor: int, max_deleted: float) -> list[str]:
+    """The segments the policy merges next, from ``(name, live, deleted)`` per segment (empty: none).
+
+    A segment with no live document, or more than ``max_deleted`` of its documents deleted, is rewritten
+    alone; otherwise the smallest tier (live size ``floor(log_factor(live))``) holding ``factor`` segments is
+    merged whole."""
+    for name, live, deleted in segs:
+        if live == 0 or deleted / (live + deleted) > max_deleted:
+            return [name]
+    tiers: dict[int, list[str]] = {}
+    for name, live, _ in segs:
+        tiers.setdefault(int(math.log(max(live, 1), factor) + 1e-9), []).append(name)
+    for tier in sorted(tiers):
+        if len(tiers[tier]) >= factor:
+            return tiers[tier]
+    return []
+
+
+def _exact_copy(index: DenseIndex, vectors: np.ndarray) -> bool:
+    """Whether the FAISS index gives back the first vectors bit for bit (Flat, HNSW, IVF-Flat do; PQ/SQ not)."""
+    got = index.reconstruct(np.arange(min(len(vectors), 16)))
+    return got is not None and np.array_equal(got, vectors[:len(got)])
+
+
+def _seal(directory: Path) -> dict:
+    """fsync every file of a new segment directory; their sizes and sha256 for the manifest."""
+    files = {}
+    for f in sorted(directory.iterdir()):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+    _fsync_dir(directory)
+    return files

@@ -18,6 +18,7 @@ from hylex.indexing.bm25 import bm25_search, check_b, check_k1
 from hylex.indexing.index import Index
 from hylex.indexing.protocols import TextEncoder
 from hylex.kernels import fuse, merge_topk
+from hylex.retrieval.filters import FilterEvaluator, check_filter
 from hylex.retrieval.results import Results
 
 logger = logging.getLogger(__name__)
@@ -167,34 +168,49 @@ class Searcher:
         return self._encoder
 
     # -- arms --------------------------------------------------------------------------------------------
-    def search_dense(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Dense top-k over all segments: float32 (nq, dim) -> (D float32 (nq, k), I int64 global rows)."""
+    def allowed(self, filter: dict | str | None = None) -> list[np.ndarray | None]:
+        """Per segment, the documents a search may return: live ones passing ``filter`` (bool (n_docs,)), or
+        None where every document may."""
+        masks = FilterEvaluator(self.index).masks(filter)
+        return [seg.allowed(None if masks is None else masks[i]) for i, seg in enumerate(self.index.segments)]
+
+    def search_dense(self, queries: np.ndarray, k: int, *, filter: dict | str | None = None,
+                     allowed: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Dense top-k over all segments: float32 (nq, dim) -> (D float32 (nq, k), I int64 global rows).
+
+        ``filter``: a metadata filter (:mod:`hylex.retrieval.filters`); deleted documents never hit. ``allowed``:
+        the result of :meth:`allowed`, when the caller has it.
+        """
+        allowed = self.allowed(filter) if allowed is None else allowed
         parts_D, parts_I = [], []
-        for seg in self.index.segments:
+        for seg, ok in zip(self.index.segments, allowed):
+            if ok is not None and not ok.any():
+                continue
             if seg.dense_owner is None:
-                D, I = seg.dense.search(queries, min(k, max(seg.n_docs, 1)))
+                D, I = seg.dense.search(queries, min(k, max(seg.n_docs, 1)), ok)
             else:
-                D, I = self._dense_maxsim(seg, queries, k)
+                D, I = self._dense_maxsim(seg, queries, k, seg.vector_mask(ok))
             parts_D.append(D)
             parts_I.append(np.where(I >= 0, I + seg.row_offset, -1))
         return self._merge(parts_D, parts_I, len(queries), k)
 
     @staticmethod
-    def _dense_maxsim(seg, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _dense_maxsim(seg, queries: np.ndarray, k: int,
+                      vec_ok: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Documents scored by their best chunk: search chunk vectors, keep each document's first (best) hit.
 
         Exact with an exact FAISS index: once k distinct documents are among the top-k' chunks, no unseen
         document can beat them (all its chunks score below the k'-th). k' grows until that holds.
         """
         owner = np.asarray(seg.dense_owner)
-        total = len(owner)
+        total = len(owner) if vec_ok is None else int(vec_ok.sum())
         nq = len(queries)
         D_out = np.full((nq, k), -np.inf, np.float32)
         I_out = np.full((nq, k), -1, np.int64)
         todo = np.arange(nq)
         kk = min(total, k * 4)
-        while len(todo):
-            D, I = seg.dense.search(queries[todo], kk)
+        while len(todo) and kk > 0:
+            D, I = seg.dense.search(queries[todo], kk, vec_ok)
             again = []
             for r, q in enumerate(todo):
                 valid = I[r] >= 0
@@ -212,35 +228,43 @@ class Searcher:
         return D_out, I_out
 
     def search_sparse(self, queries: sp.csr_matrix, k: int, *, query_cut: int | None = None,
-                      heap_factor: float = 1.0, candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      heap_factor: float = 1.0, candidates: int | None = None, filter: dict | str | None = None,
+                      allowed: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sparse top-k over all segments: float32 csr (nq, V) >= 0 -> (D float32 (nq, k), I int64 global rows).
 
         Exact by default (block-max MaxScore over the quantized postings). ``query_cut`` (search only each
         query's heaviest terms), ``heap_factor`` (>= 1, prune bounds within that factor of the k-th score) and
         ``candidates`` (docs collected per query, then rescored with the whole query) make it approximate and
-        faster: see :mod:`hylex.kernels.blockmax`.
+        faster: see :mod:`hylex.kernels.blockmax`. ``filter`` / ``allowed`` as in :meth:`search_dense`.
         """
+        allowed = self.allowed(filter) if allowed is None else allowed
         parts_D, parts_I = [], []
-        for seg in self.index.segments:
-            D, I = seg.sparse.search(queries, k, query_cut=query_cut, heap_factor=heap_factor,
+        for seg, ok in zip(self.index.segments, allowed):
+            if ok is not None and not ok.any():
+                continue
+            D, I = seg.sparse.search(queries, k, ok, query_cut=query_cut, heap_factor=heap_factor,
                                      candidates=candidates)
             parts_D.append(D)
             parts_I.append(np.where(I >= 0, I + seg.row_offset, -1))
         return self._merge(parts_D, parts_I, queries.shape[0], k)
 
     def search_bm25(self, query_texts: Sequence[str], k: int, k1: float | None = None,
-                    b: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    b: float | None = None, *, filter: dict | str | None = None,
+                    allowed: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """BM25 top-k over all segments with global statistics -> (D float32 (nq, k), I int64 global rows).
 
         Queries are analyzed like the documents (the index's analyzer); ``k1``/``b`` default to the index's.
-        Only documents sharing a term with the query are hits.
+        Only documents sharing a term with the query are hits. Statistics are those of all live documents
+        (a filter narrows the hits, not the statistics).
         """
         texts = self._texts(query_texts, "query_texts")
         k = check_k(k)
         k1 = self.index.bm25_k1 if k1 is None else check_k1(k1)
         b = self.index.bm25_b if b is None else check_b(b)
+        allowed = self.allowed(filter) if allowed is None else allowed
         terms = self.index.bm25_analyzer.analyze(texts)
-        return bm25_search([(seg.row_offset, seg.bm25) for seg in self.index.segments], terms, k, k1, b)
+        return bm25_search([(seg.row_offset, seg.bm25, ok, seg.bm25_deleted)
+                            for seg, ok in zip(self.index.segments, allowed)], terms, k, k1, b)
 
     @staticmethod
     def _texts(texts, name: str) -> list[str]:
@@ -269,7 +293,7 @@ class Searcher:
                bm25_queries: Sequence[str] | None = None, arms: Sequence[str] = DEFAULT_ARMS,
                weights: Sequence[float] | None = None, k1: float | None = None, b: float | None = None,
                query_cut: int | None = None, heap_factor: float = 1.0, candidates: int | None = None,
-               with_documents: bool = False) -> Results:
+               filter: dict | str | None = None, with_documents: bool = False) -> Results:
         """Search by query texts or by pre-encoded queries.
 
         Args:
@@ -291,6 +315,8 @@ class Searcher:
             k1, b: BM25 parameters (default: the index's, set when it was built).
             query_cut, heap_factor, candidates: approximate sparse search (see :meth:`search_sparse`); the
                 defaults are exact.
+            filter: a metadata filter (:mod:`hylex.retrieval.filters`), applied before top-k selection in every
+                arm; a filter matching nothing gives empty results.
             with_documents: attach the stored documents of the hits.
         Returns:
             :class:`Results` with arrays of shape (nq, k).
@@ -312,15 +338,18 @@ class Searcher:
         used = arms if mode == "hybrid" else (mode,)
         if mode == "hybrid":
             weights = fusion_weights(arms, weights, fusion, alpha)
+        if filter is not None:
+            filter = check_filter(filter)
         q_dense, q_sparse, q_texts = self._queries(queries, mode, used, dense, sparse, bm25_queries)
+        allowed = self.allowed(filter)
 
         def arm(name: str, depth_: int) -> tuple[np.ndarray, np.ndarray]:
             if name == "dense":
-                return self.search_dense(q_dense, depth_)
+                return self.search_dense(q_dense, depth_, allowed=allowed)
             if name == "sparse":
                 return self.search_sparse(q_sparse, depth_, query_cut=query_cut, heap_factor=heap_factor,
-                                          candidates=candidates)
-            return self.search_bm25(q_texts, depth_, k1=k1, b=b)
+                                          candidates=candidates, allowed=allowed)
+            return self.search_bm25(q_texts, depth_, k1=k1, b=b, allowed=allowed)
 
         if mode != "hybrid":
             D, I = arm(mode, k)

@@ -1,0 +1,374 @@
+"""A living index: upserts, deletes, merges and metadata filters, each checked against a from-scratch build of
+the same live documents (hypothesis drives random sequences of changes)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import QUERY_TEXTS, assert_same_results, make_docs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hylex.corpus import Document
+from hylex.errors import HylexError
+from hylex.indexing import Index
+from hylex.indexing.index import merge_candidates
+from hylex.retrieval import FilterError, Searcher, check_filter, delete_where, matching_rows
+
+POOL = make_docs(60, seed=11, prefix="p")
+# second versions of the same ids (upserts): other texts, other metadata
+POOL_V2 = [Document(id=d.id, title=d.title + " revised", text=" ".join(reversed(d.text.split())) + " revised",
+                    metadata={**d.metadata, "v": 2}) for d in make_docs(60, seed=12, prefix="p")]
+
+
+def encode(enc, docs):
+    out = enc.encode_documents([d.full_text for d in docs])
+    return out.dense, out.sparse
+
+
+def all_modes(index, enc, k=10, flt=None):
+    qd, qs = enc.encode_queries(QUERY_TEXTS)
+    s = Searcher(index, encoder=enc)
+    kw = {"filter": flt}
+    return {
+        "dense": s.search(None, k=k, mode="dense", dense=qd, **kw),
+        "sparse": s.search(None, k=k, mode="sparse", sparse=qs, **kw),
+        "bm25": s.search(None, k=k, mode="bm25", bm25_queries=QUERY_TEXTS, **kw),
+        "hybrid": s.search(None, k=k, mode="hybrid", arms=("dense", "sparse", "bm25"), dense=qd, sparse=qs,
+                           bm25_queries=QUERY_TEXTS, **kw),
+        "rrf": s.search(None, k=k, mode="hybrid", fusion="rrf", dense=qd, sparse=qs, **kw),
+    }
+
+
+def scratch(tmp_path, enc, docs, name="scratch", like=None):
+    """A fresh one-segment index of ``docs``; with ``like`` (an index holding them), in that index's row order,
+    so that both break score ties (by row) alike."""
+    if like is not None:
+        rows = like.rows_of([d.id for d in docs])
+        docs = [d for _, d in sorted(zip(rows, docs), key=lambda x: x[0])]
+    ix = Index.create(tmp_path / name, enc.describe())
+    if docs:
+        ix.add(docs, *encode(enc, docs))
+    return ix
+
+
+def assert_equivalent(a, b, enc, k=10, flt=None):
+    ra, rb = all_modes(a, enc, k, flt), all_modes(b, enc, k, flt)
+    for mode in ra:
+        # BM25 statistics are float sums: allow their rounding; every other arm is exact
+        assert_same_results(ra[mode], rb[mode], atol=1e-4 if mode in ("bm25", "hybrid") else 1e-5)
+
+
+# -- upsert / delete / merge ---------------------------------------------------------------------------------
+def test_upsert_replaces_and_delete_removes(tmp_path, fake_encoder):
+    enc = fake_encoder
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"auto": False}) as ix:
+        ix.add(POOL[:30], *encode(enc, POOL[:30]))
+        ix.add(POOL[30:50], *encode(enc, POOL[30:50]))
+        with pytest.raises(HylexError, match="already in the index.*upsert"):
+            ix.add(POOL[:2], *encode(enc, POOL[:2]))
+        ix.upsert(POOL_V2[25:35], *encode(enc, POOL_V2[25:35]))  # replaces docs of both segments
+        assert ix.n_docs == 50 and ix.n_deleted == 10
+        assert ix.get(["p0026"])[0]["metadata"]["v"] == 2
+        assert ix.delete(["p0000", "p0031", "nope", "p0000"]) == 2
+        assert ix.delete(["p0000"]) == 0  # already gone
+        assert ix.n_docs == 48 and ix.get(["p0000", "p0031"]) == [None, None]
+        live = [d for d in POOL[1:25]] + POOL_V2[25:31] + POOL_V2[32:35] + POOL[35:50]
+        assert sorted(ix.rows_of([d.id for d in live]), key=lambda r: r is None)[-1] is not None
+        ref = scratch(tmp_path, enc, live, like=ix)
+        assert_equivalent(ix, ref, enc, k=10)
+        assert ix.validate() == []
+        # merge drops the deleted documents and changes nothing a search sees
+        before = all_modes(ix, enc)
+        name = ix.merge()
+        assert name is not None and len(ix.segments) == 1 and ix.n_deleted == 0 and ix.n_docs == 48
+        after = all_modes(ix, enc)
+        for mode in before:
+            assert_same_results(before[mode], after[mode], atol=1e-4)
+        assert ix.validate() == []
+        assert ix.merge() is None  # one segment, nothing deleted
+        ref.close()
+    with Index.open(tmp_path / "ix") as ix:  # durable: a fresh reader sees the same
+        assert ix.n_docs == 48 and ix.validate() == []
+        assert ix.stats()["deleted"] == 0
+
+
+def test_deleted_documents_never_hit_and_k_hits_still_come(tmp_path, fake_encoder):
+    """Delete most documents: every arm still returns k hits (k live matches exist) and none is deleted."""
+    enc = fake_encoder
+    docs = make_docs(120, seed=3)
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"auto": False}) as ix:
+        ix.add(docs, *encode(enc, docs))
+        gone = {d.id for d in docs[:100]}
+        ix.delete(sorted(gone))
+        for mode, res in all_modes(ix, enc, k=10).items():
+            ids = [i for row in res.ids for i in row if i is not None]
+            assert not gone & set(ids), mode
+            if mode in ("dense", "rrf"):  # dense has every live doc as a candidate
+                assert (res.ids != None).sum(1).min() == 10, mode  # noqa: E711
+        assert_equivalent(ix, scratch(tmp_path, enc, docs[100:], like=ix), enc)
+
+
+def test_bm25_statistics_follow_deletes_exactly(tmp_path, fake_encoder):
+    """Document frequencies, N and the average length count live documents only: scores equal a fresh build."""
+    enc = fake_encoder
+    docs = make_docs(80, seed=4)
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"auto": False}) as ix:
+        ix.add(docs[:40], *encode(enc, docs[:40]))
+        ix.add(docs[40:], *encode(enc, docs[40:]))
+        ix.delete([d.id for d in docs[::3]])
+        live = [d for i, d in enumerate(docs) if i % 3]
+        ref = scratch(tmp_path, enc, live, like=ix)
+        a = Searcher(ix).search(QUERY_TEXTS, k=20, mode="bm25")
+        b = Searcher(ref).search(QUERY_TEXTS, k=20, mode="bm25")
+        assert_same_results(a, b, atol=1e-5)
+        assert ix.manifest["bm25"]["total_len"] == ref.manifest["bm25"]["total_len"]
+
+
+def test_merge_policy():
+    assert merge_candidates([("a", 10, 0), ("b", 12, 0)], 3, 0.5) == []
+    assert merge_candidates([("a", 10, 0), ("b", 12, 0), ("c", 20, 0)], 3, 0.5) == ["a", "b", "c"]
+    assert merge_candidates([("a", 10, 0), ("b", 100, 0), ("c", 20, 0)], 3, 0.5) == []
+    assert merge_candidates([("a", 4, 6), ("b", 12, 0)], 3, 0.5) == ["a"]  # 60% deleted: rewritten alone
+    assert merge_candidates([("a", 0, 5)], 3, 0.5) == ["a"]
+
+
+def test_auto_merge_keeps_segments_few(tmp_path, fake_encoder):
+    enc = fake_encoder
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"factor": 3}) as ix:
+        for i in range(0, 60, 5):
+            ix.add(POOL[i:i + 5], *encode(enc, POOL[i:i + 5]))
+            assert len(ix.segments) < 3 * 3  # at most factor - 1 per tier
+        assert ix.n_docs == 60 and ix.validate() == []
+        assert_equivalent(ix, scratch(tmp_path, enc, POOL, like=ix), enc)
+        # a segment with most documents deleted is rewritten without them
+        big = max(ix.segments, key=lambda s: s.n_docs)
+        ids = [d["id"] for d in ix.documents(range(big.row_offset, big.row_offset + big.n_docs))]
+        ix.delete(ids[:int(len(ids) * 0.8)])
+        assert all(s.n_deleted <= 0.5 * s.n_docs for s in ix.segments)
+        assert ix.validate() == []
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.lists(st.integers(0, 59), min_size=1, max_size=12, unique=True)),
+    st.tuples(st.just("upsert"), st.lists(st.integers(0, 59), min_size=1, max_size=12, unique=True)),
+    st.tuples(st.just("delete"), st.lists(st.integers(0, 59), min_size=1, max_size=12)),
+    st.tuples(st.just("merge"), st.just([])),
+), min_size=1, max_size=8)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequence=ops, factor=st.sampled_from([2, 3, 100]))
+def test_random_changes_equal_a_fresh_build(tmp_path_factory, fake_encoder, sequence, factor):
+    """Any sequence of add / upsert / delete / merge (with automatic merges) searches exactly like a
+    from-scratch build of the live documents, in every mode."""
+    enc = fake_encoder
+    tmp = tmp_path_factory.mktemp("seq")
+    live: dict[str, Document] = {}
+    with Index.create(tmp / "ix", enc.describe(), merge={"factor": factor}) as ix:
+        for op, idx in sequence:
+            if op == "add":
+                batch = [POOL[i] for i in idx if POOL[i].id not in live]
+                if batch:
+                    ix.add(batch, *encode(enc, batch))
+                    live.update((d.id, d) for d in batch)
+            elif op == "upsert":
+                batch = [POOL_V2[i] if POOL[i].id in live else POOL[i] for i in idx]
+                ix.upsert(batch, *encode(enc, batch))
+                live.update((d.id, d) for d in batch)
+            elif op == "delete":
+                ids = [POOL[i].id for i in idx]
+                n = ix.delete(ids)
+                assert n == len({i for i in ids if i in live})
+                for i in ids:
+                    live.pop(i, None)
+            else:
+                ix.merge()
+            assert ix.n_docs == len(live)
+        assert ix.validate() == []
+        assert sorted(d["id"] for d in ix.get(sorted(live))) == sorted(live)
+        ref = scratch(tmp, enc, list(live.values()), like=ix)
+        assert_equivalent(ix, ref, enc)
+        flt = {"topic": {"$in": ["astronomy", "baking", "chess"]}}
+        assert_equivalent(ix, ref, enc, flt=flt)
+        ref.close()
+
+
+# -- filters -------------------------------------------------------------------------------------------------
+META_DOCS = [Document(id=f"m{i:03d}", text=d.text, title=d.title, metadata=m) for i, (d, m) in enumerate(zip(
+    make_docs(40, seed=21), [
+        {"topic": t, "year": 2000 + (i % 25), "tags": ["a", "b"] if i % 4 == 0 else ["c"], "score": i / 7,
+         "src": {"name": "wiki" if i % 3 else "news"}, "flag": i % 2 == 0, **({"opt": None} if i % 5 == 0 else {})}
+        for i, t in enumerate(["astronomy", "baking", "chess", "fishing"] * 10)]))]
+
+
+def py_match(meta: dict, flt: dict) -> bool:
+    """A plain-Python reference of the filter semantics (module doc of hylex.retrieval.filters)."""
+    def values(field):
+        v = meta
+        for part in field.split("."):
+            if not isinstance(v, dict) or part not in v:
+                return None
+            v = v[part]
+        return v if isinstance(v, list) else [v]
+
+    def eq(vals, x):
+        def same(a, b):
+            if a is None or b is None:
+                return a is b
+            if isinstance(a, bool) or isinstance(b, bool):
+                return isinstance(a, bool) and isinstance(b, bool) and a == b
+            if isinstance(a, str) or isinstance(b, str):
+                return isinstance(a, str) and isinstance(b, str) and a == b
+            return float(a) == float(b)
+        return vals is not None and any(same(v, x) for v in vals)
+
+    def cmp(vals, op, x):
+        if vals is None:
+            return False
+        kind = str if isinstance(x, str) else (int, float)
+        ok = [v for v in vals if isinstance(v, kind) and not isinstance(v, bool)]
+        f = {"$gt": lambda a: a > x, "$gte": lambda a: a >= x, "$lt": lambda a: a < x, "$lte": lambda a: a <= x}[op]
+        return any(f(v) for v in ok)
+
+    for key, cond in flt.items():
+        if key == "$and":
+            if not all(py_match(meta, f) for f in cond):
+                return False
+        elif key == "$or":
+            if not any(py_match(meta, f) for f in cond):
+                return False
+        elif key == "$not":
+            if py_match(meta, cond):
+                return False
+        else:
+            vals = values(key)
+            if not (isinstance(cond, dict) and any(k.startswith("$") for k in cond)):
+                cond = {"$eq": cond}
+            for op, x in cond.items():
+                ok = {"$eq": lambda: eq(vals, x), "$ne": lambda: not eq(vals, x),
+                      "$in": lambda: any(eq(vals, v) for v in x), "$nin": lambda: not any(eq(vals, v) for v in x),
+                      "$exists": lambda: (vals is not None) == x}.get(op, lambda: cmp(vals, op, x))()
+                if not ok:
+                    return False
+    return True
+
+
+FILTERS = [
+    {"topic": "baking"}, {"topic": "baking", "flag": True}, {"year": {"$gte": 2010, "$lt": 2015}},
+    {"year": 2003.0}, {"score": {"$gt": 2.5}}, {"topic": {"$in": ["chess", "fishing"]}},
+    {"topic": {"$nin": ["chess", "fishing"]}}, {"topic": {"$ne": "chess"}}, {"tags": "a"}, {"tags": {"$in": ["c"]}},
+    {"src.name": "news"}, {"opt": {"$exists": True}}, {"opt": {"$exists": False}}, {"opt": None},
+    {"$or": [{"topic": "chess"}, {"year": {"$lte": 2002}}]}, {"$not": {"topic": "chess"}},
+    {"$and": [{"flag": False}, {"$or": [{"tags": "a"}, {"src.name": "news"}]}]},
+    {"title": {"$gte": "C"}}, {"flag": 1}, {"missing": "x"}, {"topic": "nothing-matches"},
+]
+
+
+@pytest.fixture(scope="module")
+def meta_index(tmp_path_factory, fake_encoder):
+    path = tmp_path_factory.mktemp("meta") / "ix"
+    with Index.create(path, fake_encoder.describe(), merge={"auto": False}) as ix:
+        ix.add(META_DOCS[:25], *encode(fake_encoder, META_DOCS[:25]))
+        ix.add(META_DOCS[25:], *encode(fake_encoder, META_DOCS[25:]))
+        ix.delete(["m003", "m030"])
+    return path
+
+
+@pytest.mark.parametrize("flt", FILTERS, ids=[json.dumps(f) for f in FILTERS])
+def test_filter_matches_reference(meta_index, flt):
+    with Index.open(meta_index) as ix:
+        got = {d["id"] for d in ix.documents(matching_rows(ix, flt))}
+    want = {d.id for d in META_DOCS if d.id not in ("m003", "m030") and py_match(d.metadata, flt)}
+    assert got == want
+
+
+@pytest.mark.parametrize("flt", [FILTERS[0], FILTERS[2], FILTERS[14], FILTERS[16]])
+def test_filtered_search_equals_a_build_of_the_matching_documents(meta_index, tmp_path, fake_encoder, flt):
+    """Pre-filtering: the filtered top-k is the top-k of an index holding only the matching documents (BM25
+    statistics stay those of the whole index, so the bm25 arm is compared on ids and order only)."""
+    enc = fake_encoder
+    matching = [d for d in META_DOCS if d.id not in ("m003", "m030") and py_match(d.metadata, flt)]
+    with Index.open(meta_index) as ix:
+        ref = scratch(tmp_path, enc, matching, like=ix)
+        ra, rb = all_modes(ix, enc, k=5, flt=flt), all_modes(ref, enc, k=5)
+        for mode in ("dense", "sparse"):
+            assert_same_results(ra[mode], rb[mode])
+        for q in range(len(QUERY_TEXTS)):  # hits of every mode pass the filter, and there are min(k, n) of them
+            for mode in ra:
+                ids = [i for i in ra[mode].ids[q] if i is not None]
+                assert set(ids) <= {d.id for d in matching}, mode
+            assert sum(i is not None for i in ra["dense"].ids[q]) == min(5, len(matching))
+
+
+def test_filter_matching_nothing_returns_empty_results(meta_index, fake_encoder):
+    with Index.open(meta_index) as ix:
+        for mode, res in all_modes(ix, fake_encoder, k=4, flt={"topic": "none"}).items():
+            assert (res.ids == None).all() and np.isneginf(res.scores).all(), mode  # noqa: E711
+        res = Searcher(ix).search(["bread"], k=3, mode="bm25", filter='{"year": {"$gt": 3000}}')
+        assert res.shape == (1, 3) and (res.ids == None).all()  # noqa: E711
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ("{oops", "not valid JSON"), ([1], "must be an object"), ({"$foo": 1}, "unknown operator '\\$foo'"),
+    ({"a": {"$regex": "x"}}, "unknown operator '\\$regex'"), ({"a": {"$in": "x"}}, "must be a list"),
+    ({"a": {"$gt": [1]}}, "finite number or a string"), ({"a": {"$gt": float("nan")}}, "finite number"),
+    ({"a": {"$exists": 1}}, "true or false"), ({"$and": []}, "non-empty list"), ({"a": [1, 2]}, "equality needs"),
+    ({"$or": [{"a": 1}, "x"]}, r"filter\.\$or\[1\] must be an object"), ({"": 1}, "empty field name"),
+])
+def test_bad_filters_are_named(bad, msg):
+    with pytest.raises(FilterError, match=msg):
+        check_filter(bad)
+
+
+def test_delete_by_filter(tmp_path, fake_encoder):
+    enc = fake_encoder
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"auto": False}) as ix:
+        ix.add(META_DOCS, *encode(enc, META_DOCS))
+        n = delete_where(ix, {"topic": "chess"})
+        assert n == 10 and ix.n_docs == 30
+        assert delete_where(ix, {"topic": "chess"}) == 0
+        assert matching_rows(ix, {"topic": "chess"}) == []
+        assert_equivalent(ix, scratch(tmp_path, enc, [d for d in META_DOCS if d.metadata["topic"] != "chess"],
+                                  like=ix),
+                          enc)
+
+
+# -- snapshots and writers -----------------------------------------------------------------------------------
+def test_reader_keeps_its_snapshot_while_a_writer_commits(tmp_path, fake_encoder):
+    enc = fake_encoder
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"auto": False}) as w:
+        w.add(POOL[:20], *encode(enc, POOL[:20]))
+        w.add(POOL[20:40], *encode(enc, POOL[20:40]))
+        reader = Index.open(tmp_path / "ix")
+        before = all_modes(reader, enc)
+        w.delete([d.id for d in POOL[:10]])
+        w.upsert(POOL_V2[15:25], *encode(enc, POOL_V2[15:25]))
+        w.merge()  # the reader's segments become garbage, removed only by the next commit
+        after = all_modes(reader, enc)
+        for mode in before:
+            assert before[mode].ids.tolist() == after[mode].ids.tolist(), mode
+            np.testing.assert_array_equal(before[mode].scores, after[mode].scores)
+        assert reader.n_docs == 40 and w.n_docs == 30
+        with pytest.raises(HylexError, match="another process is writing"):
+            Index.open(tmp_path / "ix", writable=True)
+        reader.close()
+        w.add(POOL[40:45], *encode(enc, POOL[40:45]))  # cleans the garbage
+        assert len(list((tmp_path / "ix" / "segments").iterdir())) == len(w.segments)
+        assert w.store.count() == w.n_docs and w.validate() == []
+
+
+def test_version_3_directory_is_read_and_upgraded(index_copy, fake_encoder):
+    mf = index_copy / "manifest.json"
+    m = json.loads(mf.read_text())
+    for key in ("next_row", "generation", "garbage", "merge"):
+        del m[key]
+    m["format_version"] = 3
+    mf.write_text(json.dumps(m))
+    with Index.open(index_copy, writable=True) as ix:
+        assert ix.n_docs == 200
+        ix.delete(["d0001"])
+        assert ix.n_docs == 199
+    m = json.loads(mf.read_text())
+    assert m["format_version"] == 4 and m["next_row"] == 200
