@@ -99,7 +99,7 @@ def check_encoder(model: str, texts: list[str], n_match: int, batches: list[int]
                for i in range(n_match)]
     emit(check="encode_match", texts=n_match, min_dense_cosine=round(float(cos.min()), 6),
          mean_sparse_term_overlap=round(float(np.mean(overlap)), 4),
-         max_sparse_abs_diff=float(np.abs((a.sparse - b.sparse)).max()))
+         max_sparse_abs_diff=float(np.abs(a.sparse - b.sparse).max()))
     del cpu
     for dtype in ("float32", "auto"):
         for mb in batches:
@@ -112,7 +112,7 @@ def check_encoder(model: str, texts: list[str], n_match: int, batches: list[int]
             emit(check="encode", dtype=enc.config.dtype, max_batch=mb, texts=len(texts),
                  texts_per_s=round(len(texts) / secs, 1), tokens_per_s=round(ntok / secs),
                  gpu=torch.cuda.get_device_name(0), peak_gpu_mb=round(torch.cuda.max_memory_allocated() / 2**20))
-            del enc
+            enc = None  # free the GPU memory before the next setting
             torch.cuda.empty_cache()
 
 

@@ -1,4 +1,5 @@
-"""The ``hylex`` command line: ``index``, ``search``, ``eval`` and ``demo``.
+"""The ``hylex`` command line: ``index``, ``search``, ``eval``, ``get``, ``delete``, ``merge``, ``stats``,
+``validate`` and ``demo``.
 
 Every user mistake ends in one line ``hylex: error: <what was wrong and how to fix it>`` and exit code 2.
 """
@@ -154,14 +155,43 @@ def cmd_index(args) -> int:
         from hylex.indexing.index import sparse_settings
 
         sparse_settings(sparse)
-    docs = load_documents(args.corpus)  # validate before the model loads: a bad line fails in a second
+    merge = {key: v for key, v in (("factor", args.merge_factor), ("auto", False if args.no_auto_merge else None))
+             if v is not None} or None
+    if merge is not None:
+        from hylex.indexing.index import merge_settings
+
+        merge_settings(merge)
+    existing = "upsert" if args.upsert else "resume" if args.resume else "error"
+    rejects: list[dict] = []
+    if args.skip_invalid:
+        from hylex.corpus import read_corpus_lenient
+
+        docs = list(read_corpus_lenient(args.corpus, rejects))
+        with open(args.skip_invalid, "w", encoding="utf-8") as f:
+            for r in rejects:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        if rejects:
+            print(f"skipped {len(rejects)} invalid line(s) of {args.corpus}, written to {args.skip_invalid} "
+                  f"(first: line {rejects[0]['line']}: {rejects[0]['error']})", file=sys.stderr)
+        if not docs:
+            raise HylexError(f"{args.corpus} has no valid document ({len(rejects)} rejected): see {args.skip_invalid}")
+    else:
+        docs = load_documents(args.corpus)  # validate before the model loads: a bad line fails in a second
     encoder = _make_encoder(args)
+
+    def acknowledged(done: int, total: int) -> None:  # printed only once the batch is durable
+        print(f"committed {done}/{total} documents", flush=True)
+
     rep = build_index(docs, args.index, encoder, dense_factory=args.dense_factory, chunk_size=args.chunk_size,
-                      segment_size=args.segment_size, bm25=bm25, sparse=sparse, progress=not args.no_progress)
+                      segment_size=args.segment_size, bm25=bm25, sparse=sparse, merge=merge, existing=existing,
+                      progress=not args.no_progress, on_commit=acknowledged)
     tps = rep.tokens / rep.encode_seconds if rep.encode_seconds and rep.tokens else 0.0
     speed = f", {tps:.0f} tokens/s" if rep.tokens else ""
+    skipped = rep.extra.get("skipped")
     print(f"indexed {rep.documents} documents into {rep.index_dir} in {rep.seconds:.1f}s "
-          f"(encode {rep.encode_seconds:.1f}s{speed}; encoding cache hits {rep.cache_hits}/{rep.documents})")
+          f"(encode {rep.encode_seconds:.1f}s{speed}; encoding cache hits {rep.cache_hits}/{rep.documents})"
+          + (f"; {skipped} already indexed, skipped" if skipped else "")
+          + (f"; {len(rejects)} invalid line(s) rejected" if rejects else ""))
     return 0
 
 
@@ -169,9 +199,62 @@ def cmd_search(args) -> int:
     from hylex.retrieval.searcher import Searcher, check_approx_knobs
 
     check_approx_knobs(args.query_cut, args.heap_factor, args.candidates)
+    flt = None
+    if args.filter is not None:
+        from hylex.retrieval.filters import check_filter
+
+        flt = check_filter(args.filter)  # a bad filter fails before the model loads
     s = Searcher(args.index, **_encoder_kwargs(args))
-    res = s.search(args.queries, k=args.k, mode=args.mode, with_documents=True, **_fusion_kwargs(args))
+    res = s.search(args.queries, k=args.k, mode=args.mode, with_documents=True, filter=flt, **_fusion_kwargs(args))
     _print_hits(res, args.queries, args.json)
+    return 0
+
+
+def cmd_get(args) -> int:
+    from hylex.indexing.index import Index
+
+    with Index.open(args.index) as index:
+        found = index.get(args.ids)
+    missing = [i for i, d in zip(args.ids, found) if d is None]
+    for d in found:
+        if d is not None:
+            print(json.dumps(d, ensure_ascii=False))
+    if missing:
+        print(f"hylex: error: {len(missing)} id(s) not in {args.index}: {', '.join(missing[:5])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from hylex.indexing.index import Index
+    from hylex.retrieval.filters import check_filter, delete_where
+
+    if (args.ids is None) == (args.filter is None):
+        raise HylexError("give the documents to delete with --ids or with --filter (one of them)")
+    flt = check_filter(args.filter) if args.filter is not None else None
+    ids = None
+    if args.ids is not None:
+        if args.ids.startswith("@"):
+            ids = [x.strip() for x in Path(args.ids[1:]).read_text(encoding="utf-8").splitlines() if x.strip()]
+        else:
+            ids = [x.strip() for x in args.ids.split(",") if x.strip()]
+        if not ids:
+            raise HylexError("--ids names no document: pass id1,id2 or @FILE with one id per line")
+    with Index.open(args.index, writable=True) as index:
+        n = index.delete(ids) if ids is not None else delete_where(index, flt)
+        left = index.n_docs
+    print(f"deleted {n} document(s) from {args.index}; {left} left")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from hylex.indexing.index import Index
+
+    with Index.open(args.index, writable=True) as index:
+        before = len(index.segments)
+        name = index.merge(args.segments.split(",") if args.segments else None)
+        after, n = len(index.segments), index.n_docs
+    print(f"merged {before} segment(s) into {after} ({name or 'nothing to merge'}); {n} documents")
     return 0
 
 
@@ -283,16 +366,27 @@ def cmd_stats(args) -> int:
     print(f"  dense: FAISS {st['dense']['factory']} ({st['dense']['metric']}); bm25: k1 {st['bm25']['k1']}, "
           f"b {st['bm25']['b']}, {st['bm25']['analyzer']}")
     for seg in st["segments"]:
-        print(f"  {seg['name']}: {seg['documents']} docs, {seg['dense_vectors']} vectors, {seg['sparse_postings']} "
-              f"sparse / {seg['bm25_postings']} BM25 postings, {seg['bytes'] / 2**20:.1f} MiB")
+        print(f"  {seg['name']}: {seg['documents']} docs ({seg['deleted']} deleted), {seg['dense_vectors']} "
+              f"vectors, {seg['sparse_postings']} sparse / {seg['bm25_postings']} BM25 postings, "
+              f"{seg['bytes'] / 2**20:.1f} MiB")
+    m = st["merge"]
+    print(f"  merge policy: {'automatic' if m['auto'] else 'manual'}, factor {m['factor']}, rewrite segments over "
+          f"{m['max_deleted']:.0%} deleted; generation {st['generation']}")
     return 0
 
 
 def cmd_validate(args) -> int:
     from hylex.indexing.index import Index
 
-    with Index.open(args.index) as index:
-        problems = index.validate()
+    from hylex.errors import IndexFormatError
+
+    try:
+        with Index.open(args.index, verify=False) as index:  # validate() checks every checksum and lists all
+            problems = index.validate()
+    except IndexFormatError as e:  # cannot even be opened: that is the problem to report
+        print(f"problem: {e}", file=sys.stderr)
+        print(f"hylex: error: {args.index} cannot be opened", file=sys.stderr)
+        return 1
     if problems:
         for p in problems:
             print(f"problem: {p}", file=sys.stderr)
@@ -322,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--bm25-stemmer", default=None,
                     help="BM25 Snowball stemmer (english, porter, german, ...) or none (default english)")
     pi.add_argument("--bm25-stopwords", default=None, help="BM25 stopwords: english or none (default english)")
+    ex = pi.add_mutually_exclusive_group()
+    ex.add_argument("--upsert", action="store_true", help="replace documents whose id is already in the index")
+    ex.add_argument("--resume", action="store_true",
+                    help="skip documents already indexed unchanged (finish an interrupted run of the same corpus)")
+    pi.add_argument("--skip-invalid", metavar="REJECTS", default=None,
+                    help="skip malformed lines instead of stopping; write them (line, error, text) to this JSONL")
+    pi.add_argument("--merge-factor", type=int, default=None,
+                    help="a new index's merge policy: merge once this many segments share a size tier (default 10)")
+    pi.add_argument("--no-auto-merge", action="store_true", help="a new index merges only on `hylex merge`")
     g = pi.add_argument_group("sparse postings (a new index's storage; default: 16-bit impacts, no pruning)")
     g.add_argument("--sparse-bits", type=int, choices=[8, 16], default=None, help="impact precision (default 16)")
     g.add_argument("--keep-top", type=_positive_int, default=None,
@@ -336,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("queries", nargs="+", help="query text(s)")
     ps.add_argument("-k", type=int, default=10, help="hits per query")
     ps.add_argument("--json", action="store_true", help="print JSON")
+    ps.add_argument("--filter", default=None,
+                    help='metadata filter as JSON, e.g. \'{"lang": "en", "year": {"$gte": 2020}}\'')
     _add_search_args(ps)
     _add_encoder_args(ps, with_settings=False)
     ps.set_defaults(func=cmd_search)
@@ -350,6 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(pe)
     _add_encoder_args(pe, with_settings=False)
     pe.set_defaults(func=cmd_eval)
+
+    pg = sub.add_parser("get", help="print stored documents by id (JSON lines)")
+    pg.add_argument("index", help="index directory")
+    pg.add_argument("ids", nargs="+", help="document ids")
+    pg.set_defaults(func=cmd_get)
+
+    pdl = sub.add_parser("delete", help="delete documents by id or by metadata filter (durable on return)")
+    pdl.add_argument("index", help="index directory")
+    pdl.add_argument("--ids", default=None, help="comma-separated ids, or @FILE with one id per line")
+    pdl.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"source": "old"}\'')
+    pdl.set_defaults(func=cmd_delete)
+
+    pm = sub.add_parser("merge", help="merge segments into one, dropping deleted documents")
+    pm.add_argument("index", help="index directory")
+    pm.add_argument("--segments", default=None, help="comma-separated segment names (default: all)")
+    pm.set_defaults(func=cmd_merge)
 
     pst = sub.add_parser("stats", help="show an index's segments, counts, sizes, model and settings")
     pst.add_argument("index", help="index directory")

@@ -231,6 +231,47 @@ def _stream_corpus(p: Path) -> Iterator[Document]:
     logger.debug("read %d documents from %s", count, p)
 
 
+def read_corpus_lenient(path: PathLike, rejects: list[dict]) -> Iterator[Document]:
+    """Like :func:`read_corpus`, but a malformed line (invalid UTF-8 or JSON, a missing id or text, an empty
+    document, metadata that is not an object, an id seen earlier in the file) is appended to ``rejects`` as
+    ``{"line", "error", "raw"}`` instead of stopping the read. ``raw`` is the line as text (invalid bytes
+    replaced)."""
+    p = _check_file(path, "corpus", "Pass the path of a JSONL corpus file.")
+
+    def gen() -> Iterator[Document]:
+        seen: set[str] = set()
+        with p.open("rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                text = raw.decode("utf-8", errors="replace").rstrip("\n")
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    rejects.append({"line": lineno, "error": f"not valid UTF-8 (byte {exc.start}: {exc.reason})",
+                                    "raw": text})
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    if not isinstance(obj, dict):
+                        raise CorpusError(f"{p.name} line {lineno}: expected a JSON object, got {_json_type(obj)}")
+                    doc = _parse_document(obj, p.name, lineno)
+                except json.JSONDecodeError as exc:
+                    rejects.append({"line": lineno, "error": f"not valid JSON ({exc.msg})", "raw": text})
+                    continue
+                except CorpusError as exc:
+                    rejects.append({"line": lineno, "error": str(exc).split(": ", 1)[-1], "raw": text})
+                    continue
+                if doc.id in seen:
+                    rejects.append({"line": lineno, "error": f"document id {doc.id!r} appears earlier in the file",
+                                    "raw": text})
+                    continue
+                seen.add(doc.id)
+                yield doc
+
+    return gen()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # queries and qrels
 # --------------------------------------------------------------------------------------------------------------

@@ -60,7 +60,9 @@ def test_index_then_search(tmp_path, capsys, fake_cli, corpus_writer, docs):
     ix = tmp_path / "ix"
     rc, out, err = run(capsys, "index", corpus, "--index", ix, "--segment-size", 150, "--chunk-size", 64)
     assert rc == 0, err
-    assert out.startswith(f"indexed 200 documents into {ix}")
+    # each batch is acknowledged once durable, then the summary
+    assert out.splitlines()[:2] == ["committed 150/200 documents", "committed 200/200 documents"]
+    assert out.splitlines()[-1].startswith(f"indexed 200 documents into {ix}")
     assert fake_cli and fake_cli[0][0] == ("smollm2-135m",)  # _make_encoder passed the model name through
     with Index.open(ix) as index:
         assert index.n_docs == 200 and len(index.segments) == 2
@@ -301,3 +303,108 @@ def test_sparse_storage_and_approximate_search_flags(fake_cli, capsys, tmp_path,
     rc, out, err = run(capsys, "index", corpus, "--index", tmp_path / "ix2", "--keep-fraction", 2)
     assert_one_line_error(rc, err, "keep_fraction must be None or a number in (0, 1]")
     assert not (tmp_path / "ix2").exists()
+
+
+# -- a living index from the command line (issue 5) ---------------------------------------------------------------
+def test_skip_invalid_writes_every_rejected_line(tmp_path, capsys, fake_cli, docs):
+    """The bad-input catalogue of a corpus: each malformed line is named (file and line) or, with
+    --skip-invalid, written to the rejects file with its reason; valid lines are indexed, nothing dropped
+    silently."""
+    good = [doc_line(d) for d in docs[:5]]
+    bad = ['{"_id": "x1", "text": "unterminated', '{"text": "no id here"}', '{"_id": "x3", "title": "t"}',
+           '{"_id": "x4", "text": "  ", "title": ""}', '{"_id": "x5", "text": "m", "metadata": [1, 2]}',
+           doc_line(docs[0]), '["not", "an", "object"]']
+    path = tmp_path / "c.jsonl"
+    with open(path, "wb") as f:
+        for line in good[:2] + bad[:3] + good[2:] + bad[3:]:
+            f.write(line.encode() + b"\n")
+        f.write(b'{"_id": "x8", "text": "caf\xe9"}\n')  # latin-1 byte: invalid UTF-8
+    rc, _, err = run(capsys, "index", path, "--index", tmp_path / "strict")
+    assert_one_line_error(rc, err, "c.jsonl line 3", "not valid JSON")
+    assert not (tmp_path / "strict").exists()
+    rej = tmp_path / "rejects.jsonl"
+    rc, out, err = run(capsys, "index", path, "--index", tmp_path / "ix", "--skip-invalid", rej)
+    assert rc == 0, err
+    rows = [json.loads(x) for x in rej.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [3, 4, 5, 9, 10, 11, 12, 13]
+    reasons = " | ".join(r["error"] for r in rows)
+    for needle in ("not valid JSON", "has no id", "no \"text\" field", "empty text", "\"metadata\" must be a JSON "
+                   "object", "appears earlier in the file", "expected a JSON object", "not valid UTF-8"):
+        assert needle in reasons, needle
+    assert "8 invalid line(s) rejected" in out and "skipped 8 invalid line(s)" in err
+    with Index.open(tmp_path / "ix") as ix:
+        assert ix.n_docs == 5 and ix.validate() == []
+
+
+def test_megabyte_document_is_stored_whole(tmp_path, capsys, fake_cli):
+    big = "word " * 210_000  # ~1 MB
+    path = write_jsonl(tmp_path / "c.jsonl", [{"_id": "big", "text": big}, {"_id": "small", "text": "star galaxy"}])
+    rc, _, err = run(capsys, "index", path, "--index", tmp_path / "ix")
+    assert rc == 0, err
+    rc, out, _ = run(capsys, "get", tmp_path / "ix", "big")
+    assert rc == 0 and json.loads(out)["text"] == big
+
+
+def test_resume_upsert_delete_merge_get_and_filters(tmp_path, capsys, fake_cli, docs):
+    corpus = write_jsonl(tmp_path / "all.jsonl", docs[:60])
+    part = write_jsonl(tmp_path / "part.jsonl", docs[:25])
+    ix = tmp_path / "ix"
+    assert run(capsys, "index", part, "--index", ix, "--segment-size", 10, "--no-auto-merge")[0] == 0
+    rc, _, err = run(capsys, "index", corpus, "--index", ix)
+    assert_one_line_error(rc, err, "already in", "--resume", "--upsert")
+    rc, out, err = run(capsys, "index", corpus, "--index", ix, "--resume", "--segment-size", 10)
+    assert rc == 0, err
+    assert "25 already indexed, skipped" in out and out.splitlines()[0] == "committed 10/35 documents"
+    changed = [docs[3].__class__(id=docs[3].id, text="a changed text", title="", metadata={"topic": "new"})]
+    chg = write_jsonl(tmp_path / "chg.jsonl", changed)
+    rc, _, err = run(capsys, "index", chg, "--index", ix, "--resume")
+    assert_one_line_error(rc, err, docs[3].id, "other content", "--upsert")
+    assert run(capsys, "index", chg, "--index", ix, "--upsert")[0] == 0
+    rc, out, _ = run(capsys, "get", ix, docs[3].id, "nope")
+    assert rc == 1 and json.loads(out.splitlines()[0])["text"] == "a changed text"
+    rc, out, err = run(capsys, "delete", ix, "--ids", f"{docs[0].id},{docs[1].id},nope")
+    assert rc == 0 and out.startswith("deleted 2 document(s)") and "58 left" in out
+    topic = docs[5].metadata["topic"]
+    rc, out, err = run(capsys, "delete", ix, "--filter", json.dumps({"topic": topic}))
+    n_topic = sum(d.metadata["topic"] == topic for d in docs[2:60] if d.id != docs[3].id)
+    assert rc == 0 and out.startswith(f"deleted {n_topic} document(s)")
+    rc, out, _ = run(capsys, "stats", ix)
+    assert f"{58 - n_topic} documents ({2 + n_topic + 1} deleted)" in out
+    rc, out, err = run(capsys, "search", ix, "star galaxy", "-k", 5, "--json", "--filter",
+                       json.dumps({"n": {"$lt": 30}}))
+    assert rc == 0, err
+    hits = json.loads(out)[0]["hits"]
+    assert hits and all(h["metadata"]["n"] < 30 for h in hits)
+    rc, out, _ = run(capsys, "merge", ix)
+    assert rc == 0 and "into 1" in out
+    rc, out, _ = run(capsys, "stats", ix)
+    assert f"{58 - n_topic} documents (0 deleted) in 1 segment(s)" in out
+    assert run(capsys, "validate", ix)[0] == 0
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["delete", "IX"], ["--ids or with --filter"]),
+    (["delete", "IX", "--ids", "a", "--filter", "{}"], ["--ids or with --filter"]),
+    (["delete", "IX", "--filter", "{bad"], ["filter is not valid JSON"]),
+    (["search", "IX", "q", "--filter", '{"a": {"$regex": "x"}}'], ["unknown operator '$regex'"]),
+    (["merge", "IX", "--segments", "seg-999999"], ["no segment named seg-999999"]),
+])
+def test_living_index_command_errors(tmp_path, capsys, fake_cli, docs, argv, needles):
+    ix = tmp_path / "ix"
+    assert run(capsys, "index", write_jsonl(tmp_path / "c.jsonl", docs[:20]), "--index", ix)[0] == 0
+    before = snapshot(ix)
+    rc, _, err = run(capsys, *[str(ix) if a == "IX" else a for a in argv])
+    assert_one_line_error(rc, err, *needles)
+    assert snapshot(ix) == before
+
+
+def test_second_writer_is_refused(tmp_path, capsys, fake_cli, docs):
+    ix = tmp_path / "ix"
+    assert run(capsys, "index", write_jsonl(tmp_path / "c.jsonl", docs[:20]), "--index", ix)[0] == 0
+    with Index.open(ix, writable=True):
+        rc, _, err = run(capsys, "delete", ix, "--ids", docs[0].id)
+        assert_one_line_error(rc, err, "another process is writing")
+        rc, _, err = run(capsys, "index", write_jsonl(tmp_path / "d.jsonl", docs[20:30]), "--index", ix)
+        assert_one_line_error(rc, err, "another process is writing")
+    with Index.open(ix) as index:
+        assert index.n_docs == 20

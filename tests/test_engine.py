@@ -114,7 +114,18 @@ def test_long_text_is_truncated_not_failed(fp32):
     text = "volcano magma " * 20000
     out = fp32.encode_documents([text])
     assert fp32.stats.tokens <= fp32.config.max_length
-    assert out.sparse.nnz > 0
+    assert out.sparse.nnz > 0 and fp32.stats.truncated == 1
+
+
+def test_query_longer_than_the_context_is_searched_truncated_with_a_warning(fp32, caplog):
+    """A query beyond max_length is not dropped and not silently cut: its beginning is encoded, and a warning
+    says so."""
+    long_query = "how do volcanoes form magma chambers " * 400
+    with caplog.at_level("WARNING", logger="hylex.engine.encoder"):
+        out = fp32.encode_queries(["short query", long_query])
+    assert out.dense.shape[0] == 2 and out.sparse[1].nnz > 0
+    assert fp32.stats.truncated == 1
+    assert "exceed max_length 512" in caplog.text and "first: query 1" in caplog.text
 
 
 def test_encoding_cache_hits_and_identical(default):

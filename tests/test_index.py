@@ -201,7 +201,9 @@ def test_validate_reports_corrupted_file(index_copy, queries):
         data[i] ^= 0xFF
     f.write_bytes(bytes(data))
     assert f.stat().st_size == size
-    with Index.open(index_copy) as ix:  # sizes still match: opening works, validate finds the damage
+    with pytest.raises(IndexFormatError, match=r"impact_impacts.npy does not match its checksum"):
+        Index.open(index_copy)  # checksums are verified on load
+    with Index.open(index_copy, verify=False) as ix:  # sizes still match: opening works, validate finds the damage
         problems = ix.validate()
     assert len(problems) == 1
     assert "impact_impacts.npy" in problems[0] and "checksum" in problems[0]

@@ -165,6 +165,7 @@ class EncodeStats:
     seconds: float = 0.0
     forward_seconds: float = 0.0
     batch_shapes: list = field(default_factory=list)
+    truncated: int = 0  # texts cut to max_length (not chunked)
 
 
 class PromptRepsModule(torch.nn.Module):
@@ -329,7 +330,10 @@ class Encoder:
         clipped = texts if chunk else [t[: budget * 12] for t in texts]
         stride = max(1, budget - self.config.chunk_overlap)
         units = []
+        self._truncated = []
         for owner, (text, x) in enumerate(zip(texts, self.tokenizer(clipped, add_special_tokens=False)["input_ids"])):
+            if not chunk and (len(x) > budget or len(clipped[owner]) < len(text)):
+                self._truncated.append(owner)
             if len(x) <= budget or not chunk:
                 windows = [(0, x[:budget], text, text)]
             else:
@@ -534,6 +538,15 @@ class Encoder:
         n = len(texts)
         stats = EncodeStats(texts=n)
         units, dense_u, rows_idx, rows_val = self._encode_units(texts, kind, stats)
+        stats.truncated = len(self._truncated)
+        if self._truncated and kind == "query":  # a query is what the user typed: say what was not read
+            first = self._truncated[0]
+            logger.warning("%d query text(s) exceed max_length %d tokens (with the prompt) and were truncated "
+                           "(first: query %d, %d characters): only their beginning is searched",
+                           len(self._truncated), self.config.max_length, first, len(texts[first]))
+        elif self._truncated:
+            logger.info("%d document(s) exceed max_length %d tokens and were truncated (long_docs='chunk' "
+                        "encodes them whole)", len(self._truncated), self.config.max_length)
         owner, sparse = self._aggregate(n, units, dense_u, rows_idx, rows_val)
         if len(units) == n:
             dense = dense_u

@@ -56,16 +56,26 @@ def check_encoder_matches(index: Index, encoder: TextEncoder) -> None:
                          f"and settings, or index into a new directory")
 
 
+EXISTING = ("error", "upsert", "resume")
+
+
 def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.PathLike, encoder: TextEncoder,
                 *, dense_factory: str = DEFAULT_FACTORY, chunk_size: int = 256, segment_size: int = 100_000,
-                bm25: dict | None = None, sparse: dict | None = None, progress: bool = True) -> BuildReport:
+                bm25: dict | None = None, sparse: dict | None = None, merge: dict | None = None,
+                existing: str = "error", progress: bool = True, on_commit=None) -> BuildReport:
     """Index ``corpus`` (a JSONL path or documents) into ``index_dir``, creating it or adding to it.
 
     Every document is validated, and ids checked against the index, before any encoding or writing. Each
-    ``segment_size`` documents are committed as one segment; encodings go through the encoder's cache, so an
-    interrupted run re-done costs only the commits. ``bm25`` sets a new index's BM25 arm (see
-    :meth:`Index.create`); given for an existing index, it must equal the index's settings. ``sparse`` likewise
-    sets how sparse postings are stored (:func:`hylex.indexing.index.sparse_settings`).
+    ``segment_size`` documents are committed as one batch (a segment), durable when committed; encodings go
+    through the encoder's cache, so an interrupted run re-done costs only the commits. ``bm25`` sets a new
+    index's BM25 arm (see :meth:`Index.create`); given for an existing index, it must equal the index's
+    settings. ``sparse`` likewise sets how sparse postings are stored
+    (:func:`hylex.indexing.index.sparse_settings`), ``merge`` a new index's merge policy.
+
+    ``existing``: what to do with documents whose id is already in the index: ``error`` (refuse, before
+    anything is written), ``upsert`` (replace them), ``resume`` (skip those stored with the same title, text
+    and metadata, as after an interrupted run of the same corpus; a different one is an error).
+    ``on_commit(done, total)`` is called after each durable commit.
     """
     from tqdm.auto import tqdm
 
@@ -75,6 +85,8 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
         raise CorpusError("the corpus has no documents: pass a file with at least one document")
     if chunk_size <= 0 or segment_size <= 0:
         raise HylexError("chunk_size and segment_size must be positive")
+    if existing not in EXISTING:
+        raise HylexError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
     bm25_cfg = bm25_settings(bm25) if bm25 is not None else None
     sparse_cfg = sparse_settings(sparse) if sparse is not None else None
     path = Path(index_dir)
@@ -96,13 +108,25 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
             index.close()  # release the writer lock and the store: the index stays usable
             raise
     else:
-        index = Index.create(path, encoder.describe(), dense_factory, bm25=bm25, sparse=sparse)
+        index = Index.create(path, encoder.describe(), dense_factory, bm25=bm25, sparse=sparse, merge=merge)
     report = BuildReport(index_dir=str(path))
     try:
-        present = [d.id for d, r in zip(docs, index.rows_of([d.id for d in docs])) if r is not None]
-        if present:
-            raise HylexError(f"{len(present)} document id(s) are already in {path} (first: {present[0]!r}): "
-                             f"ids must be unique; index into a new directory to rebuild")
+        rows = index.rows_of([d.id for d in docs])
+        present = [(d, r) for d, r in zip(docs, rows) if r is not None]
+        if present and existing == "error":
+            raise HylexError(f"{len(present)} document id(s) are already in {path} (first: {present[0][0].id!r}): "
+                             f"ids must be unique; --resume skips documents already indexed, --upsert replaces "
+                             f"them, or index into a new directory")
+        if present and existing == "resume":
+            stored = index.documents([r for _, r in present])
+            for (d, _), old in zip(present, stored):
+                if (old["title"], old["text"], old["metadata"]) != (d.title, d.text, d.metadata):
+                    raise HylexError(f"document {d.id!r} is already in {path} with other content: --resume only "
+                                     f"skips documents indexed unchanged; use --upsert to replace them")
+            done = {d.id for d, _ in present}
+            docs = [d for d in docs if d.id not in done]
+            report.extra["skipped"] = len(done)
+        upsert = existing == "upsert"
         maxsim = encoder.describe().get("settings", {}).get("dense_agg") == "maxsim"
         if maxsim and not hasattr(encoder, "encode_documents_chunked"):
             raise HylexError("dense_agg 'maxsim' needs an encoder with encode_documents_chunked")
@@ -126,10 +150,13 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
                 dense_parts.append(np.asarray(dense, np.float32))
                 sparse_parts.append(sp.csr_matrix(sparse, dtype=np.float32))
                 bar.update(len(chunk))
-            index.add(seg_docs, np.concatenate(dense_parts), sp.vstack(sparse_parts, format="csr"),
-                      np.concatenate(owner_parts) if maxsim else None)
+            (index.upsert if upsert else index.add)(
+                seg_docs, np.concatenate(dense_parts), sp.vstack(sparse_parts, format="csr"),
+                np.concatenate(owner_parts) if maxsim else None)
             report.segments += 1
             report.documents += len(seg_docs)
+            if on_commit is not None:
+                on_commit(report.documents, len(docs))
         bar.close()
     finally:
         index.close()

@@ -68,7 +68,7 @@ def gpu_available() -> bool:
     return _gpu_probe[key]
 
 
-def to_gpu(index: "faiss.Index") -> "faiss.Index":
+def to_gpu(index: faiss.Index) -> faiss.Index:
     """The index on every visible GPU when faiss-gpu sees one and supports its type, else the index itself.
 
     FAISS has GPU versions of Flat, IVF-Flat and IVF-PQ; HNSW (and anything the conversion refuses) stays on
@@ -88,7 +88,7 @@ def to_gpu(index: "faiss.Index") -> "faiss.Index":
 class DenseIndex:
     """A FAISS index with inner-product metric over L2-normalised vectors (so scores are cosines)."""
 
-    def __init__(self, index: "faiss.Index", factory: str = DEFAULT_FACTORY):
+    def __init__(self, index: faiss.Index, factory: str = DEFAULT_FACTORY):
         self.index = index
         self.factory = factory
 
@@ -101,7 +101,7 @@ class DenseIndex:
         return int(self.index.ntotal)
 
     @classmethod
-    def build(cls, vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> "DenseIndex":
+    def build(cls, vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> DenseIndex:
         """Build from float32 (n, d) vectors with ``faiss.index_factory(d, factory, METRIC_INNER_PRODUCT)``."""
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2:
@@ -225,7 +225,7 @@ class DenseIndex:
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, factory: str = DEFAULT_FACTORY, mmap: bool = True) -> "DenseIndex":
+    def load(cls, path: str | os.PathLike, factory: str = DEFAULT_FACTORY, mmap: bool = True) -> DenseIndex:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
             index = faiss.read_index(str(path), flags)
@@ -234,14 +234,14 @@ class DenseIndex:
         return cls(to_gpu(index), factory)
 
 
-def _ivf(index: "faiss.Index"):
+def _ivf(index: faiss.Index):
     try:
         return faiss.extract_index_ivf(index)
     except (RuntimeError, AttributeError):
         return None
 
 
-def _selector_params(index: "faiss.Index", allowed: np.ndarray, nprobe: int | None = None):
+def _selector_params(index: faiss.Index, allowed: np.ndarray, nprobe: int | None = None):
     """FAISS search parameters restricting hits to ``allowed`` (bool (ntotal,)), or None where the index type
     does not take a selector. Returns ``(params, selector, bitmap)``: params hold raw pointers to the other two,
     which must stay referenced until the search returns."""

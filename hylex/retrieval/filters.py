@@ -137,7 +137,7 @@ def build_column(pairs, n_docs: int, field: str) -> Column:
                 sv.append(x)
             elif x is None:
                 zr.append(row)
-    ia = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+    ia = lambda x: np.asarray(x, dtype=np.int64)
     return Column(n_docs, present, ia(nr), np.asarray(nv, np.float64), ia(sr), np.asarray(sv, dtype=str),
                   ia(br), np.asarray(bv, bool), ia(zr))
 
