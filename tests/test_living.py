@@ -378,3 +378,56 @@ def test_version_3_directory_is_read_and_upgraded(index_copy, fake_encoder):
         assert ix.n_docs == 199
     m = json.loads(mf.read_text())
     assert m["format_version"] == 4 and m["next_row"] == 200
+
+
+@pytest.mark.parametrize("factory", ["HNSW8", "IVF2,Flat", "SQ8", "IVF2,PQ4x4"])
+def test_merge_with_other_faiss_indexes(tmp_path, fake_encoder, factory):
+    """Merges read the vectors back (HNSW stores them; PQ codes are lossy, so the raw vectors are kept beside
+    them; SQ likewise): the merged index equals a fresh build of the live documents in the same order."""
+    enc = fake_encoder
+    with Index.create(tmp_path / "ix", enc.describe(), factory, merge={"auto": False}) as ix:
+        ix.add(POOL[:30], *encode(enc, POOL[:30]))
+        ix.add(POOL[30:], *encode(enc, POOL[30:]))
+        lossy = (tmp_path / "ix" / "segments" / "seg-000000" / "dense_raw.npy").exists()
+        assert lossy == ("Q" in factory)
+        ix.delete([d.id for d in POOL[::4]])
+        ix.merge()
+        live = [d for i, d in enumerate(POOL) if i % 4]
+        ref = Index.create(tmp_path / "ref", enc.describe(), factory)
+        ref.add(live, *encode(enc, live))
+        qd = enc.encode_queries(QUERY_TEXTS).dense
+        a = Searcher(ix).search(None, k=5, mode="dense", dense=qd)
+        b = Searcher(ref).search(None, k=5, mode="dense", dense=qd)
+        assert_same_results(a, b)
+        assert ix.validate() == []
+
+
+def test_maxsim_segments_merge_and_filter(tmp_path, fake_encoder):
+    """Documents with several dense vectors (chunks, maxsim): deletes and filters mask every vector of a
+    document, and a merge keeps each live document's vectors."""
+    enc = fake_encoder
+    docs = POOL[:24]
+    dense, sparse = encode(enc, docs)
+    rng = np.random.default_rng(0)
+    owner = np.repeat(np.arange(len(docs)), rng.integers(1, 4, len(docs)))
+    vecs = dense[owner] + 0.05 * rng.standard_normal((len(owner), dense.shape[1])).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    half = int(np.searchsorted(owner, 12))
+    qd = enc.encode_queries(QUERY_TEXTS).dense
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"auto": False}) as ix:
+        ix.add(docs[:12], vecs[:half], sparse[:12], owner[:half])
+        ix.add(docs[12:], vecs[half:], sparse[12:], owner[half:] - 12)
+        gone = {d.id for d in docs[::3]}
+        ix.delete(sorted(gone))
+        s = Searcher(ix)
+        res = s.search(None, k=24, mode="dense", dense=qd, filter={"topic": {"$ne": "chess"}})
+        hits = {i for row in res.ids for i in row if i is not None}
+        assert not hits & gone and all(ix.get([h])[0]["metadata"]["topic"] != "chess" for h in hits)
+        # every live document is a candidate: k=24 returns all 16 live ones
+        assert (res.ids != None).sum(1).max() == sum(  # noqa: E711
+            d.id not in gone and d.metadata["topic"] != "chess" for d in docs)
+        before = s.search(None, k=8, mode="dense", dense=qd)
+        ix.merge()
+        after = Searcher(ix).search(None, k=8, mode="dense", dense=qd)
+        assert_same_results(before, after)
+        assert ix.validate() == []

@@ -10,10 +10,14 @@ import faiss
 import numpy as np
 
 from hylex.errors import HylexError
+from hylex.kernels.dense import flat_topk
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "Flat"
+# From this many queries in a batch, exact Flat search multiplies by blocks with BLAS (hylex.kernels.dense);
+# below, FAISS's own loop is faster (one query: 29 vs 10 per second over 200,000 x 384 here).
+FLAT_BLAS_MIN_QUERIES = 16
 
 
 GPU_ENV = "HYLEX_FAISS_GPU"
@@ -138,7 +142,10 @@ class DenseIndex:
         empty = (np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64))
         if self.ntotal == 0:
             return empty
+        flat = self._flat_vectors() if nq >= FLAT_BLAS_MIN_QUERIES else None
         if allowed is None:
+            if flat is not None:
+                return flat_topk(q, flat, k)
             D, I = self.index.search(q, k)
             D[I < 0] = -np.inf
             return D, I
@@ -148,6 +155,8 @@ class DenseIndex:
             return empty
         if n_ok == self.ntotal:
             return self.search(q, k)
+        if flat is not None:
+            return flat_topk(q, flat, k, allowed)
         params = _selector_params(self.index, allowed)
         if params is None:  # an index type without selector support (GPU indexes, wrappers): over-fetch
             D, I = self._overfetch(q, k, allowed)
@@ -158,6 +167,15 @@ class DenseIndex:
         if len(short):
             D[short], I[short] = self._exhaustive(q[short], k, allowed)
         return D, I
+
+    def _flat_vectors(self) -> np.ndarray | None:
+        """A read-only float32 (ntotal, d) view of an exact CPU inner-product index's vectors (None otherwise):
+        batches then go through :func:`hylex.kernels.dense.flat_topk`, BLAS by blocks, where FAISS 1.15 would
+        take its scalar path."""
+        index = self.index
+        if type(index) is not faiss.IndexFlatIP or self.ntotal == 0:
+            return None
+        return faiss.rev_swig_ptr(index.get_xb(), self.ntotal * self.dim).reshape(self.ntotal, self.dim)
 
     def _overfetch(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nq = len(q)

@@ -1,0 +1,95 @@
+"""Exact inner-product top-k over a flat matrix of vectors, with an optional mask of allowed rows.
+
+FAISS 1.15 computes exact (Flat) inner products with BLAS only for batches of at least
+``distance_compute_blas_threshold`` (128,000) queries, and never with an ID selector: below that, a scalar loop
+runs ~16x slower here (70 vs 1,140 queries/s for 300 queries over 200,000 x 384). :func:`flat_topk` instead
+multiplies the queries by blocks of ``block`` vectors with NumPy's BLAS and keeps each query's best hits in a
+heap (numba, parallel over queries), skipping masked rows (tombstones, filters) before top-k selection.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+from hylex.kernels.topk import MISSING_ID, MISSING_SCORE, _heap_drain, _heap_push, check_k, jit, select_topk_ref
+
+DEFAULT_BLOCK = 16384
+
+
+def _block_push(S, offset, allowed, use_allowed, hs, hd, size, k):
+    """Offer block scores ``S`` float32 (nq, B) of rows ``offset ..`` to each query's heap."""
+    nq, B = S.shape
+    for q in numba.prange(nq):
+        n = size[q]
+        hsq = hs[q]
+        hdq = hd[q]
+        for j in range(B):
+            if use_allowed and allowed[offset + j] == 0:
+                continue
+            s = S[q, j]
+            # full heap: only a hit better than its worst (higher score; on a tie, a smaller row) gets in
+            if n == k and s <= hsq[0] and not (s == hsq[0] and offset + j < hdq[0]):
+                continue
+            n = _heap_push(hsq, hdq, n, k, s, offset + j)
+        size[q] = n
+
+
+def _drain_all(hs, hd, size, out_s, out_d):
+    for q in numba.prange(hs.shape[0]):
+        _heap_drain(hs[q], hd[q], size[q], out_s[q], out_d[q])
+
+
+def flat_topk(queries: Any, vectors: Any, k: int, allowed: Any = None,
+              block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows of ``vectors`` by inner product with each query.
+
+    Args:
+        queries: float32 (nq, d).
+        vectors: float32 (n, d) (may be a read-only view, e.g. of a memory-mapped FAISS index).
+        k: hits per query, >= 1.
+        allowed: optional bool/uint8 (n,): only rows where it is set can be hits.
+        block: rows multiplied per BLAS call.
+
+    Returns:
+        D float32 (nq, k), I int64 (nq, k): score descending, ties by row ascending, padded with -1 / -inf.
+    """
+    k = check_k(k)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    X = np.asarray(vectors)
+    if q.ndim != 2 or X.ndim != 2 or q.shape[1] != X.shape[1] or X.dtype != np.float32:
+        raise ValueError(f"queries (nq, d) and vectors (n, d) float32 must share d, got {q.shape} and {X.shape}")
+    n, nq = X.shape[0], q.shape[0]
+    use = allowed is not None
+    mask = np.ascontiguousarray(allowed, dtype=np.uint8) if use else np.zeros(1, np.uint8)
+    if use and mask.shape != (n,):
+        raise ValueError(f"allowed must have shape ({n},), got {mask.shape}")
+    hs = np.full((nq, k), MISSING_SCORE, np.float32)
+    hd = np.full((nq, k), MISSING_ID, np.int64)
+    size = np.zeros(nq, np.int64)
+    for start in range(0, n, max(1, int(block))):
+        stop = min(n, start + block)
+        if use and not mask[start:stop].any():
+            continue
+        S = q @ X[start:stop].T
+        _block_push(S, start, mask, use, hs, hd, size, k)
+    D = np.full((nq, k), MISSING_SCORE, np.float32)
+    I = np.full((nq, k), MISSING_ID, np.int64)
+    _drain_all(hs, hd, size, D, I)
+    return D, I
+
+
+def flat_topk_ref(queries: Any, vectors: Any, k: int, allowed: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Reference of :func:`flat_topk`: every score, one Python sort per query."""
+    q = np.asarray(queries, np.float32)
+    X = np.asarray(vectors, np.float32)
+    rows = np.arange(len(X)) if allowed is None else np.flatnonzero(np.asarray(allowed))
+    S = q @ X[rows].T
+    out = [select_topk_ref(S[i], rows, k) for i in range(len(q))]
+    return (np.stack([o[0] for o in out]) if out else np.zeros((0, k), np.float32),
+            np.stack([o[1] for o in out]) if out else np.zeros((0, k), np.int64))
+
+
+_block_push = jit(_block_push, parallel=True)
+_drain_all = jit(_drain_all, parallel=True)
