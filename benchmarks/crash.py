@@ -1,9 +1,10 @@
 """Crash test: `hylex index` killed with SIGKILL at random moments, then reopened, validated and resumed.
 
 Each trial indexes a corpus in small batches (one segment per batch, automatic merges on) in a fresh
-directory, in a child process killed with SIGKILL at a random instant drawn over its commits (from just before
-the first to just after the last, as timed in one uninterrupted run; before that the process only imports,
-loads the model and encodes, and writes nothing). Then it checks that
+directory, in a child process killed with SIGKILL at a random instant of its commits: one trial in four around
+the first commit (timed from the start, by an uninterrupted run), the others at a uniform delay after the
+child's first acknowledgement, over the span of the remaining commits and merges (before its first commit the
+process only imports, loads the model and encodes, and writes nothing). Then it checks that
 
 - the index opens (checksums verified) and ``validate()`` finds no problem;
 - it holds every document of every batch the process acknowledged (printed ``committed N/M``), and only whole
@@ -95,27 +96,39 @@ def run_trials(trials: int, workdir: Path, n_docs: int = 64, seed: int = 0, log=
     path = workdir / "corpus.jsonl"
     ids = corpus(path, n_docs)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # one uninterrupted run: when the first commit comes and how long the whole run takes
-    t = time.perf_counter()
-    proc = subprocess.Popen(index_cmd(path, workdir / "clean", model, cache), stdout=subprocess.PIPE, text=True,
-                            env=env)
-    first = last = None
-    for line in proc.stdout:
-        if line.startswith("committed"):
-            last = time.perf_counter() - t
-            first = last if first is None else first
-    proc.wait()
-    if proc.returncode != 0 or first is None:
-        raise RuntimeError(f"the uninterrupted run failed (exit {proc.returncode})")
+    # uninterrupted runs: when the first and last commits come. The second is timed: like the trials, it finds
+    # the encodings cached by the first, so it reaches its commits sooner.
+    for name in ("clean", "clean-warm"):
+        t = time.perf_counter()
+        proc = subprocess.Popen(index_cmd(path, workdir / name, model, cache), stdout=subprocess.PIPE, text=True,
+                                env=env)
+        first = last = None
+        for line in proc.stdout:
+            if line.startswith("committed"):
+                last = time.perf_counter() - t
+                first = last if first is None else first
+        proc.wait()
+        if proc.returncode != 0 or first is None:
+            raise RuntimeError(f"the uninterrupted run failed (exit {proc.returncode})")
     rng = random.Random(seed)
     out = []
     for trial in range(trials):
         index = workdir / f"trial-{trial:02d}"
-        at = rng.uniform(first - 0.5, last + 0.2)
+        t = time.perf_counter()
         proc = subprocess.Popen(index_cmd(path, index, model, cache), stdout=subprocess.PIPE, text=True, env=env)
-        time.sleep(at)
+        seen = ""
+        if trial % 4 == 0:  # around the first commit, timed from the start
+            time.sleep(rng.uniform(max(0.0, first - 0.3), first + 0.05))
+        else:  # anywhere in the later commits and merges, timed from the first acknowledgement
+            for line in proc.stdout:
+                seen += line
+                if line.startswith("committed"):
+                    break
+            time.sleep(rng.uniform(0.0, last - first + 0.1))
+        at = time.perf_counter() - t
         proc.send_signal(signal.SIGKILL)
         stdout, _ = proc.communicate()
+        stdout = seen + stdout
         acked = acknowledged(stdout)
         rec = {"trial": trial, "kill_at_s": round(at, 3), "finished_before_kill": proc.returncode == 0,
                "acknowledged": acked, **check(index, ids, acked)}
