@@ -79,9 +79,11 @@ def recall(I: np.ndarray, truth: np.ndarray) -> float:
 def set_threads(n: int) -> None:
     import faiss
     import numba
+    from threadpoolctl import threadpool_limits
 
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     faiss.omp_set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")  # NumPy's BLAS (hylex's Flat batches) too
 
 
 def timed(fn, reps: int) -> tuple[float, object]:

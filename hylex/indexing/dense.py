@@ -1,10 +1,12 @@
 """Dense vectors in FAISS: exact inner product by default, any index-factory string as an option."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
+import threading
 
 import faiss
 import numpy as np
@@ -15,9 +17,25 @@ from hylex.kernels.dense import flat_topk
 logger = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "Flat"
-# From this many queries in a batch, exact Flat search multiplies by blocks with BLAS (hylex.kernels.dense);
-# below, FAISS's own loop is faster (one query: 29 vs 10 per second over 200,000 x 384 here).
+# From this many queries in a batch, exact Flat search goes through BLAS: FAISS's own BLAS path without a mask
+# (FAISS 1.15 otherwise keeps a scalar loop up to ~128,000 queries: 78 vs 1,140 queries/s for 300 queries over
+# 200,000 x 384 here), hylex.kernels.dense.flat_topk with one (FAISS never uses BLAS with an ID selector).
+# Below it, FAISS's loop is faster (one query: 29 vs 10 per second).
 FLAT_BLAS_MIN_QUERIES = 16
+_BLAS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _faiss_blas():
+    """Make FAISS's exact search use BLAS for this call's batch; the threshold is process-global, so it is
+    lowered under a lock and restored after (concurrent batched Flat searches take turns; each uses every core)."""
+    with _BLAS_LOCK:
+        old = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = min(old, FLAT_BLAS_MIN_QUERIES)
+        try:
+            yield
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = old
 
 
 GPU_ENV = "HYLEX_FAISS_GPU"
@@ -145,8 +163,10 @@ class DenseIndex:
         flat = self._flat_vectors() if nq >= FLAT_BLAS_MIN_QUERIES else None
         if allowed is None:
             if flat is not None:
-                return flat_topk(q, flat, k)
-            D, I = self.index.search(q, k)
+                with _faiss_blas():
+                    D, I = self.index.search(q, k)
+            else:
+                D, I = self.index.search(q, k)
             D[I < 0] = -np.inf
             return D, I
         allowed = np.asarray(allowed, dtype=bool)
@@ -170,8 +190,7 @@ class DenseIndex:
 
     def _flat_vectors(self) -> np.ndarray | None:
         """A read-only float32 (ntotal, d) view of an exact CPU inner-product index's vectors (None otherwise):
-        batches then go through :func:`hylex.kernels.dense.flat_topk`, BLAS by blocks, where FAISS 1.15 would
-        take its scalar path."""
+        masked batches go through :func:`hylex.kernels.dense.flat_topk` (BLAS by blocks) with it."""
         index = self.index
         if type(index) is not faiss.IndexFlatIP or self.ntotal == 0:
             return None
