@@ -1002,3 +1002,40 @@ def test_repeated_query_terms_count_twice_in_exact_and_rescored_search():
     Ds, Is = idx.search(qm, 3)
     np.testing.assert_array_equal(Is, I)
     np.testing.assert_allclose(Ds, D, rtol=1e-4)  # (a weight of 2 moves the 16-bit query scale)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# selective masks: the allowed documents scored through the forward index
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("frac", [0.0, 0.002, 0.02, 0.2])
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_subset_scoring_equals_exact_with_a_mask(data, tie_data, indexes, frac, k):
+    """impact_topk_subset over the allowed rows == the exact search (and the reference) with that live mask, bit
+    for bit, ties included; ImpactIndex.search takes that path for selective masks and gives the same."""
+    from hylex.kernels.blockmax import impact_topk_subset
+
+    rng = np.random.default_rng(int(frac * 1000) + k)
+    for X, queries, idx in ((data[0], data[2], indexes[(16, 64)]),
+                            (tie_data[0], tie_data[1], ImpactIndex.from_csr(tie_data[0], bits=8, block_size=3))):
+        n = X.shape[0]
+        live = rng.random(n) < frac
+        rows = np.flatnonzero(live)
+        got = impact_topk_subset(*queries, idx.term_scale, idx.forward, rows, k)
+        assert_same(got, run(impact_topk_ref, idx, queries, k, live))
+        assert_same(got, run(impact_topk_exact, idx, queries, k, live))
+        q_csr = sp.csr_matrix((queries[2], queries[1], queries[0]), shape=(len(queries[0]) - 1, X.shape[1]))
+        via_index = idx.search(q_csr, k, live)
+        assert_same(via_index, run(impact_topk_exact, idx, queries, k, live))
+
+
+def test_subset_path_is_taken_only_when_cheaper(data, indexes):
+    idx = indexes[(16, 64)]
+    queries = data[2]
+    q_csr = sp.csr_matrix((queries[2], queries[1], queries[0]), shape=(len(queries[0]) - 1, idx.vocab_size))
+    few = np.zeros(idx.n_docs, bool)
+    few[:3] = True
+    assert idx._selective(few, q_csr) is not None
+    assert idx._selective(np.ones(idx.n_docs, bool), q_csr) is None
+    assert idx._selective(None, q_csr) is None
+    pruned = ImpactIndex.from_csr(data[0], bits=16, block_size=64, keep_top=5)
+    assert pruned._selective(few, q_csr) is None  # forward postings differ from the pruned lists

@@ -176,7 +176,10 @@ class DenseIndex:
         if n_ok == self.ntotal:
             return self.search(q, k)
         if flat is not None:
-            return flat_topk(q, flat, k, allowed)
+            if n_ok * 2 >= self.ntotal:  # most rows allowed: FAISS's BLAS search, over-fetching past masked hits
+                with _faiss_blas():
+                    return self._overfetch(q, k, allowed)
+            return flat_topk(q, flat, k, allowed)  # few allowed: only their products
         params = _selector_params(self.index, allowed)
         if params is None:  # an index type without selector support (GPU indexes, wrappers): over-fetch
             D, I = self._overfetch(q, k, allowed)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from hylex.kernels.blockmax import DEFAULT_WINDOW, impact_topk_approx, impact_topk_exact
+from hylex.kernels.blockmax import DEFAULT_WINDOW, impact_topk_approx, impact_topk_exact, impact_topk_subset
 
 FORMAT_VERSION = 2
 META_FILE = "impact_meta.json"
@@ -267,10 +267,29 @@ class ImpactIndex:
         q = sp.csr_matrix(queries, dtype=np.float32, copy=True)
         q.sum_duplicates()  # a term given twice counts once with the summed weight (also sorts the terms)
         args = (q.indptr.astype(np.int64), q.indices.astype(np.int64), q.data) + self.kernel_args()
+        rows = self._selective(live, q)
+        if rows is not None:  # few documents allowed: score them directly (exact, cheaper than the lists)
+            return impact_topk_subset(args[0], args[1], args[2], self.term_scale, self.forward, rows, k)
         if query_cut is None and heap_factor == 1.0 and candidates is None:
             return impact_topk_exact(*args, k, live, window=window)
         return impact_topk_approx(*args, k, live, query_cut=query_cut, heap_factor=heap_factor, window=window,
                                   forward=self.forward, candidates=candidates)
+
+    def _selective(self, live: np.ndarray | None, q: sp.csr_matrix) -> np.ndarray | None:
+        """The allowed rows, when scoring them through the forward index reads fewer postings than the query's
+        lists hold (per query, on average); None otherwise. Only without static pruning, where the forward index
+        holds exactly the inverted postings (so the scores, hence the hits, are the exact search's)."""
+        if live is None or not self.has_forward or self.keep_top is not None or self.keep_fraction is not None:
+            return None
+        rows = np.flatnonzero(np.asarray(live))
+        if len(rows) * 4 > self.n_docs:
+            return None
+        fwd = np.asarray(self.fwd_indptr)
+        subset_postings = int((fwd[rows + 1] - fwd[rows]).sum())
+        terms = q.indices[q.indices < self.vocab_size]
+        indptr = np.asarray(self.indptr)
+        list_postings = int((indptr[terms + 1] - indptr[terms]).sum()) / max(1, q.shape[0])
+        return rows if subset_postings <= list_postings else None
 
     # -----------------------------------------------------------------------------------------------------
     # persistence

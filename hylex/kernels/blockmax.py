@@ -722,6 +722,36 @@ def impact_topk_approx(q_indptr: Any, q_terms: Any, q_weights: Any, indptr: Any,
                    candidates)
 
 
+def impact_topk_subset(q_indptr: Any, q_terms: Any, q_weights: Any, term_scale: Any, forward: tuple, rows: Any,
+                       k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among the docs ``rows`` (int (m,), distinct) by scoring each through the forward index.
+
+    For a mask that leaves few documents (a selective filter), scoring them directly reads their own postings
+    instead of every posting of the query's terms. The scores are the exact search's integers: with a forward
+    index holding the same postings as the inverted lists (no static pruning), the result equals
+    :func:`impact_topk_exact` with ``live`` set on ``rows`` only, bit for bit.
+    """
+    q_indptr, q_terms, q_weights = check_queries(q_indptr, q_terms, q_weights)
+    k = check_k(k)
+    term_scale = np.ascontiguousarray(term_scale, dtype=np.float32)
+    n_terms = term_scale.shape[0]
+    fwd_indptr = as_array("fwd_indptr", forward[0], "i", 1, np.int64)
+    forward = _check_forward(forward, fwd_indptr.shape[0] - 1, n_terms, np.asarray(forward[2]).dtype)
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    if rows.size and (rows[0] < 0 or rows[-1] >= forward[0].shape[0] - 1):
+        raise ValueError("rows must be doc ids in [0, n_docs)")
+    nq = q_indptr.shape[0] - 1
+    S = np.zeros((nq, k), dtype=np.int64)
+    I = np.full((nq, k), MISSING_ID, dtype=np.int64)
+    qi, q_scale = quantize_queries(q_indptr, q_terms, q_weights, term_scale)
+    if nq == 0 or rows.size == 0:
+        return _to_float(S, I, q_scale)
+    cand = np.broadcast_to(rows, (nq, rows.size))
+    _rescore_nb(q_indptr, q_terms, qi, forward[0], forward[1], forward[2], n_terms, cand, k,
+                min(nq, numba.get_num_threads()), S, I)
+    return _to_float(S, I, q_scale)
+
+
 def forward_rescore_ref(q_indptr: Any, q_terms: Any, q_weights: Any, term_scale: Any, forward: tuple,
                         cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Plain-NumPy reference of the rescoring step: the top-k of the candidate docs ``cand`` int64 (nq, c)
