@@ -25,6 +25,8 @@ BASE = [
     "tqdm",
     "ir-measures>=0.3",
     "pytrec-eval-terrier>=0.5",
+    "fastapi>=0.110",      # hylex serve
+    "uvicorn>=0.29",
 ]
 
 setup(

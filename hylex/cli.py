@@ -348,6 +348,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from hylex.service import create_app
+
+    if args.api_key_env:
+        import os
+
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise HylexError(f"environment variable {args.api_key_env} is unset or empty: export the API key there")
+    else:
+        key = None
+    app = create_app(args.index, api_key=key, auth=args.auth, max_body_bytes=int(args.max_body_mb * 2**20),
+                     max_batch=args.max_batch, encoder_kwargs=_encoder_kwargs(args))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 def cmd_stats(args) -> int:
     from hylex.indexing.index import Index
 
@@ -471,6 +490,19 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("index", help="index directory")
     pm.add_argument("--segments", default=None, help="comma-separated segment names (default: all)")
     pm.set_defaults(func=cmd_merge)
+
+    pv2 = sub.add_parser("serve", help="serve an index over HTTP (FastAPI + uvicorn)")
+    pv2.add_argument("index", help="index directory")
+    pv2.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    pv2.add_argument("--port", type=_positive_int, default=8000)
+    pv2.add_argument("--api-key-env", default=None, metavar="VAR",
+                     help="require the API key held in this environment variable (X-API-Key header)")
+    pv2.add_argument("--auth", default="writes", choices=["writes", "all"],
+                     help="what the API key protects: writes only, or every request")
+    pv2.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (413 above)")
+    pv2.add_argument("--max-batch", type=_positive_int, default=1024, help="most queries or documents per request")
+    _add_encoder_args(pv2, with_settings=False)
+    pv2.set_defaults(func=cmd_serve)
 
     pst = sub.add_parser("stats", help="show an index's segments, counts, sizes, model and settings")
     pst.add_argument("index", help="index directory")

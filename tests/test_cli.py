@@ -408,3 +408,13 @@ def test_second_writer_is_refused(tmp_path, capsys, fake_cli, docs):
         assert_one_line_error(rc, err, "another process is writing")
     with Index.open(ix) as index:
         assert index.n_docs == 20
+
+
+def test_serve_refuses_an_unset_api_key_variable(tmp_path, capsys, fake_cli, docs, monkeypatch):
+    ix = tmp_path / "ix"
+    assert run(capsys, "index", write_jsonl(tmp_path / "c.jsonl", docs[:5]), "--index", ix)[0] == 0
+    monkeypatch.delenv("HYLEX_TEST_KEY", raising=False)
+    rc, _, err = run(capsys, "serve", ix, "--api-key-env", "HYLEX_TEST_KEY")
+    assert_one_line_error(rc, err, "HYLEX_TEST_KEY is unset or empty")
+    rc, _, err = run(capsys, "serve", tmp_path / "nowhere")
+    assert_one_line_error(rc, err, "does not exist")

@@ -1,0 +1,344 @@
+"""The HTTP retrieval service: a FastAPI app over one index (``hylex serve DIR``).
+
+Endpoints (JSON in and out; an OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
+
+* ``POST /search``: query texts, or pre-encoded ``dense`` / ``sparse`` vectors; ``k``, ``mode``, fusion and its
+  parameters, a metadata ``filter``; hits with ids, scores and (by default) the stored documents;
+* ``POST /documents``: upsert a batch (encoded by the index's model); answered once the batch is committed;
+* ``DELETE /documents``: by ``ids`` or by ``filter``; ``GET /documents/{id}``;
+* ``GET /stats``, ``GET /health``.
+
+Every client mistake is a 4xx with ``{"error": "..."}`` naming what was wrong (400 for a bad value, 401 for a
+missing or wrong API key, 404 for an unknown document, 413 for a body over the limit, 422 for a body that does
+not match the schema). With ``api_key`` set, requests must carry it in the ``X-API-Key`` header: for writes
+only (``auth="writes"``, the default) or for everything (``auth="all"``). No endpoint takes a file path.
+
+One process serves one index. Query texts of concurrent searches are encoded together (micro-batching,
+:class:`~hylex.service.batching.QueryBatcher`, on a worker thread: the event loop never runs the model; a full
+queue answers 503 with Retry-After). Searches and writes then take turns under one lock (a write's commit is
+seen whole by the next search); each search still uses every core (numba, BLAS). Opening the index for
+writing takes its writer lock on the first write and holds it until shutdown.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+import hylex
+from hylex.corpus import Document
+from hylex.errors import HylexError
+from hylex.indexing.index import Index
+from hylex.retrieval.filters import check_filter, delete_where
+from hylex.retrieval.searcher import Searcher
+from hylex.service.batching import Busy, QueryBatcher
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 16 * 2**20
+DEFAULT_MAX_BATCH = 1024
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a client mistake, not silently ignored
+
+
+class SearchRequest(_Model):
+    queries: list[str] | None = Field(None, description="query texts (encoded with the index's model)")
+    dense: list[list[float]] | None = Field(None, description="pre-encoded dense queries (n, dim)")
+    sparse: list[dict[str, float]] | None = Field(
+        None, description="pre-encoded sparse queries: per query {vocabulary id: weight}")
+    bm25_queries: list[str] | None = Field(None, description="texts for the bm25 arm with pre-encoded vectors")
+    k: int = Field(10, ge=1, le=1000)
+    mode: Literal["dense", "sparse", "bm25", "hybrid"] = "hybrid"
+    arms: list[Literal["dense", "sparse", "bm25"]] | None = None
+    weights: list[float] | None = None
+    fusion: Literal["convex", "rrf"] = "convex"
+    alpha: float | None = None
+    rrf_k: float = 60.0
+    depth: int = Field(1000, ge=1, le=10000)
+    filter: dict[str, Any] | None = None
+    with_documents: bool = True
+
+
+class Hit(BaseModel):
+    rank: int
+    id: str
+    score: float
+    title: str | None = None
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class QueryResult(BaseModel):
+    query: str | None
+    hits: list[Hit]
+
+
+class SearchResponse(BaseModel):
+    results: list[QueryResult]
+
+
+class DocumentIn(_Model):
+    id: str = Field(min_length=1)
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpsertRequest(_Model):
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
+class UpsertResponse(BaseModel):
+    committed: int
+    documents: int
+
+
+class DeleteRequest(_Model):
+    ids: list[str] | None = None
+    filter: dict[str, Any] | None = None
+
+
+class DeleteResponse(BaseModel):
+    deleted: int
+    documents: int
+
+
+class ServiceError(HylexError):
+    """A client mistake with its HTTP status."""
+
+    def __init__(self, message: str, status: int = 400, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
+class Service:
+    """The index, the encoder and the lock behind the app."""
+
+    def __init__(self, index_dir: str | Path, encoder=None, encoder_kwargs: dict | None = None):
+        self.path = Path(index_dir)
+        self.index = Index.open(self.path)  # checks the index now: a bad directory fails at startup
+        self.writer: Index | None = None
+        self._encoder = encoder
+        self._encoder_kwargs = encoder_kwargs or {}
+        self.lock = threading.Lock()  # searches and commits take turns
+        self.encoder_lock = threading.Lock()  # the encoder serves one call at a time (batches and upserts)
+        self.searcher = Searcher(self.index, encoder=encoder, **self._encoder_kwargs)
+        self.batcher: QueryBatcher | None = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = self.searcher.encoder  # loaded lazily from the index's recorded settings
+        return self._encoder
+
+    def writable(self) -> Index:
+        """The index opened for writing (its writer lock held from the first write until close)."""
+        if self.writer is None:
+            self.writer = Index.open(self.path, writable=True)
+            self.index.close()
+            self.index = self.writer
+            self.searcher = Searcher(self.writer, encoder=self._encoder, **self._encoder_kwargs)
+        return self.writer
+
+    def encode_queries(self, texts: list[str]):
+        return self.encoder.encode_queries(texts)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.index.close()
+
+
+def _hits(res, queries: list[str] | None, with_documents: bool) -> list[QueryResult]:
+    out = []
+    for q, hits in enumerate(res.to_list()):
+        items = []
+        for h in hits:
+            extra = {key: h.get(key) for key in ("title", "text", "metadata")} if with_documents else {}
+            items.append(Hit(rank=h["rank"], id=h["id"], score=h["score"], **extra))
+        out.append(QueryResult(query=queries[q] if queries else None, hits=items))
+    return out
+
+
+def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = None, auth: str = "writes",
+               max_body_bytes: int = DEFAULT_MAX_BODY, max_batch: int = DEFAULT_MAX_BATCH,
+               batching: bool = True, batch_wait_ms: float = 5.0, max_queue: int = 1024,
+               encoder_kwargs: dict | None = None) -> FastAPI:
+    """The FastAPI app serving ``index_dir``.
+
+    Args:
+        encoder: an encoder for query and document texts (default: the index's model, loaded on first use).
+        api_key: when set, the ``X-API-Key`` header must carry it (for writes, or for all requests).
+        auth: ``writes`` or ``all``: what the API key protects.
+        max_body_bytes: larger request bodies get 413.
+        max_batch: most queries or documents per request.
+        batching: encode the query texts of concurrent searches together (one forward pass per batch), waiting
+            at most ``batch_wait_ms`` for companions; off, each request encodes its own texts.
+        max_queue: most query texts waiting to be encoded; beyond it searches get 503 with Retry-After.
+    """
+    if auth not in ("writes", "all"):
+        raise HylexError(f"auth must be 'writes' or 'all', got {auth!r}")
+    if api_key is not None and not api_key.strip():
+        raise HylexError("the API key is empty: pass a non-empty key, or none")
+    service = Service(index_dir, encoder, encoder_kwargs)
+    if batching:
+        service.batcher = QueryBatcher(service.encode_queries, max_wait=batch_wait_ms / 1000, max_queue=max_queue,
+                                       lock=service.encoder_lock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        with service.lock:  # a commit in progress finishes first: nothing is half-applied
+            service.close()
+
+    app = FastAPI(title="hylex", version=hylex.__version__, lifespan=lifespan,
+                  description="Hybrid dense + sparse retrieval from one LLM pass: search, documents, stats.")
+    app.state.service = service
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return JSONResponse({"error": f"request body over the limit of {max_body_bytes} bytes: send smaller "
+                                          f"batches"}, status_code=413)
+        write = request.method in ("POST", "PUT", "DELETE") and request.url.path != "/search"
+        if api_key is not None and (auth == "all" or write) and request.url.path not in ("/health",):
+            given = request.headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                return JSONResponse({"error": "missing or wrong API key: send it in the X-API-Key header"},
+                                    status_code=401)
+        return await call_next(request)
+
+    @app.exception_handler(HylexError)
+    async def hylex_error(request: Request, exc: HylexError):
+        return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", 400),
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors()[:5]:
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{where or 'body'}: {e.get('msg')}")
+        return JSONResponse({"error": "; ".join(parts), "detail": exc.errors()[:20]}, status_code=422,
+                            headers=None)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "documents": service.index.n_docs}
+
+    @app.get("/stats")
+    def stats() -> dict:
+        with service.lock:
+            out = service.index.stats()
+        b = service.batcher
+        out["service"] = {"batching": b is not None, "encode_batches": b.batches if b else None,
+                          "encoded_query_texts": b.texts if b else None}
+        return out
+
+    @app.post("/search", response_model=SearchResponse)
+    async def search(req: SearchRequest) -> SearchResponse:
+        n = max(len(x) for x in (req.queries or [], req.dense or [], req.sparse or []))
+        if n > max_batch:
+            raise ServiceError(f"{n} queries in one request, the limit is {max_batch}: split the batch", 413)
+        flt = check_filter(req.filter) if req.filter is not None else None
+        dense = None
+        if req.dense is not None:
+            if len({len(v) for v in req.dense}) > 1:
+                raise ServiceError("dense queries must all have the same length (the index's dimension)")
+            dense = np.asarray(req.dense, dtype=np.float32)
+        sparse = None
+        if req.sparse is not None:
+            vocab = service.index.vocab_size
+            rows, cols, vals = [], [], []
+            for i, q in enumerate(req.sparse):
+                for term, w in q.items():
+                    if not term.isdigit() or int(term) >= vocab:
+                        raise ServiceError(f"sparse query {i}: term {term!r} is not a vocabulary id in [0, {vocab})")
+                    rows.append(i)
+                    cols.append(int(term))
+                    vals.append(w)
+            sparse = sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(req.sparse), vocab))
+        used = set(req.arms or ("dense", "sparse")) if req.mode == "hybrid" else {req.mode}
+        texts, bm25_texts = req.queries, req.bm25_queries
+        if texts is not None and used & {"dense", "sparse"} and dense is None and sparse is None:
+            if any(not isinstance(t, str) or not t.strip() for t in texts):
+                raise ServiceError("a query text is empty: pass non-empty query texts")
+            if service.batcher is not None:  # shares a forward pass with concurrent requests
+                try:
+                    dense, sparse = await service.batcher.encode(texts)
+                except Busy as e:
+                    raise ServiceError(f"the service is busy ({e}): retry shortly", 503, {"Retry-After": "1"}) \
+                        from None
+            else:
+                def encode_alone():
+                    with service.encoder_lock:
+                        return service.encode_queries(texts)
+                dense, sparse = await run_in_threadpool(encode_alone)
+            texts, bm25_texts = None, (req.queries if "bm25" in used else None)
+        kwargs = dict(k=req.k, mode=req.mode, fusion=req.fusion, alpha=req.alpha, rrf_k=req.rrf_k, depth=req.depth,
+                      weights=req.weights, filter=flt, with_documents=req.with_documents)
+        if req.arms is not None:
+            kwargs["arms"] = req.arms
+
+        def run_search():
+            with service.lock:
+                return service.searcher.search(texts, dense=dense, sparse=sparse, bm25_queries=bm25_texts, **kwargs)
+
+        res = await run_in_threadpool(run_search)
+        return SearchResponse(results=_hits(res, req.queries, req.with_documents))
+
+    @app.get("/documents/{doc_id}")
+    def get_document(doc_id: str) -> dict:
+        with service.lock:
+            doc = service.index.get([doc_id])[0]
+        if doc is None:
+            raise ServiceError(f"no document {doc_id!r} in this index", 404)
+        return doc
+
+    @app.post("/documents", response_model=UpsertResponse)
+    def upsert(req: UpsertRequest) -> UpsertResponse:
+        if len(req.documents) > max_batch:
+            raise ServiceError(f"{len(req.documents)} documents in one request, the limit is {max_batch}: split "
+                               f"the batch", 413)
+        docs = [Document(id=d.id, text=d.text, title=d.title, metadata=d.metadata) for d in req.documents]
+        for d in docs:
+            if not d.text.strip() and not d.title.strip():
+                raise ServiceError(f"document {d.id!r} has an empty text and no title")
+        seen: set[str] = set()
+        for d in docs:
+            if d.id in seen:
+                raise ServiceError(f"document id {d.id!r} appears twice in the batch: ids must be unique")
+            seen.add(d.id)
+        with service.encoder_lock:
+            dense, sparse = service.encoder.encode_documents([d.full_text for d in docs])
+        with service.lock:
+            ix = service.writable()
+            ix.upsert(docs, np.asarray(dense, np.float32), sp.csr_matrix(sparse, dtype=np.float32))
+            return UpsertResponse(committed=len(docs), documents=ix.n_docs)
+
+    @app.delete("/documents", response_model=DeleteResponse)
+    def delete(req: DeleteRequest) -> DeleteResponse:
+        if (req.ids is None) == (req.filter is None):
+            raise ServiceError("give the documents to delete as \"ids\" or as \"filter\" (one of them)")
+        flt = check_filter(req.filter) if req.filter is not None else None
+        with service.lock:
+            ix = service.writable()
+            n = ix.delete(req.ids) if req.ids is not None else delete_where(ix, flt)
+            return DeleteResponse(deleted=n, documents=ix.n_docs)
+
+    return app
