@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from conftest import QUERY_TEXTS, FakeEncoder, make_docs
 
+from hylex.errors import HylexError
 from hylex.indexing import Index
 from hylex.retrieval import Searcher
 from hylex.service import create_app
@@ -222,3 +223,60 @@ def test_full_queue_answers_503_with_retry_after(index_copy):
         assert "busy" in busy["error"]
         s.call("POST", "/search", {"queries": ["x"] * 3})
         assert s.last_headers.get("retry-after") == "1" or s.last_headers.get("Retry-After") == "1"
+
+
+def test_client_has_the_library_signature_and_results(server, index_copy):
+    from hylex.client import Client, ClientError
+
+    c = Client(f"http://127.0.0.1:{server.port}", api_key=KEY)
+    enc = FakeEncoder()
+    with Index.open(index_copy) as ix:
+        lib = Searcher(ix, encoder=enc)
+        for kw in ({"mode": "hybrid"}, {"mode": "bm25"}, {"mode": "hybrid", "fusion": "rrf",
+                   "arms": ("dense", "sparse", "bm25")}, {"mode": "sparse", "filter": {"topic": "astronomy"}}):
+            a = c.search(QUERY_TEXTS[:4], k=6, **kw)
+            b = lib.search(QUERY_TEXTS[:4], k=6, **kw)
+            assert a.ids.tolist() == b.ids.tolist(), kw
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+        qd, qs = enc.encode_queries(QUERY_TEXTS[:2])
+        a = c.search(dense=qd, sparse=qs, k=4, with_documents=True)
+        b = lib.search(dense=qd, sparse=qs, k=4, with_documents=True)
+        assert a.ids.tolist() == b.ids.tolist() and a.documents[0][0]["text"] == b.documents[0][0]["text"]
+    assert c.upsert([{"id": "c1", "text": "star galaxy comet"}]) == {"committed": 1, "documents": 201}
+    assert c.get("c1")["text"] == "star galaxy comet" and c.get("nope") is None
+    assert c.delete(ids=["c1"]) == {"deleted": 1, "documents": 200}
+    assert c.health()["status"] == "ok" and c.stats()["documents"] == 200
+    with pytest.raises(ClientError, match="HTTP 401"):
+        Client(f"http://127.0.0.1:{server.port}").upsert([{"id": "c2", "text": "x"}])
+    with pytest.raises(ClientError, match="HTTP 400.*unknown operator"):
+        c.search(["x"], filter={"a": {"$bad": 1}})
+    with pytest.raises(HylexError, match="cannot reach"):
+        Client(f"http://127.0.0.1:{free_port()}").health()
+    with pytest.raises(HylexError, match="must look like"):
+        Client("localhost:8000")
+
+
+def test_shutdown_during_a_write_leaves_it_committed_or_absent(index_copy):
+    """Graceful shutdown: a batch being encoded or committed when the server is asked to stop is either
+    committed whole (and acknowledged) or not applied at all; the index stays valid."""
+
+    class SlowDocs(CountingEncoder):
+        def encode_documents(self, texts):
+            time.sleep(0.4)
+            return super().encode_documents(texts)
+
+    s = Server(create_app(index_copy, encoder=SlowDocs()))
+    s.__enter__()
+    result = {}
+    docs = [{"id": f"g{i}", "text": f"star galaxy {i}"} for i in range(5)]
+    t = threading.Thread(target=lambda: result.update(r=s.call("POST", "/documents", {"documents": docs})))
+    t.start()
+    time.sleep(0.15)  # the batch is being encoded
+    s.__exit__(None, None, None)
+    t.join(30)
+    with Index.open(index_copy) as ix:
+        assert ix.validate() == []
+        present = [r is not None for r in ix.rows_of([d["id"] for d in docs])]
+    assert all(present) or not any(present)
+    if result.get("r", (None,))[0] == 200:
+        assert all(present)
