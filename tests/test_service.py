@@ -280,3 +280,15 @@ def test_shutdown_during_a_write_leaves_it_committed_or_absent(index_copy):
     assert all(present) or not any(present)
     if result.get("r", (None,))[0] == 200:
         assert all(present)
+
+
+def test_explain_over_http(server):
+    code, out = server.call("POST", "/search", {"queries": ["star galaxy telescope"], "k": 3, "explain": True,
+                                                "arms": ["dense", "sparse", "bm25"]})
+    assert code == 200
+    for h in out["results"][0]["hits"]:
+        e = h["explain"]
+        assert e["fused"] == pytest.approx(h["score"], rel=1e-6)
+        assert {"dense", "sparse", "sparse_terms", "bm25", "bm25_terms"} <= set(e)
+    code, out = server.call("POST", "/search", {"queries": ["star"], "k": 2})
+    assert all(h["explain"] is None for h in out["results"][0]["hits"])

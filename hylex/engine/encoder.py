@@ -573,6 +573,12 @@ class Encoder:
         self.stats = stats
         return ChunkedEncoded(dense_u, owner, sparse)
 
+    def own_terms(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per text, the vocabulary ids of its own words (any form the own-word filter accepts, stopwords
+        included): a sparse term outside them is an expansion term."""
+        return [np.asarray(t[t < self.vocab_size], dtype=np.int64)
+                for t in self._words.ids_for(list(texts), frozenset())]
+
     def decode_terms(self, term_ids: Sequence[int]) -> list[str]:
         """Vocabulary ids -> readable token strings (for explanations and debugging)."""
         return [self.tokenizer.decode([int(t)]) for t in term_ids]

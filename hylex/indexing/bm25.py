@@ -179,6 +179,24 @@ def deleted_df(postings: "Bm25Postings", deleted: np.ndarray) -> np.ndarray:
     return (csum[indptr[1:]] - csum[indptr[:-1]]).astype(np.int32)
 
 
+def global_stats(parts: Sequence[tuple], hashes: np.ndarray) -> tuple[list, np.ndarray | None, float]:
+    """For term ``hashes`` uint64 (n,) over the segments ``parts`` (as :func:`bm25_search`'s, 4-tuples): each
+    segment's term-table rows, the terms' Lucene idf float32 (n,) over the live documents, and the live
+    average length (idf None when no live document has a term)."""
+    n_total = sum(p.n_docs - (dl[2] if dl else 0) for _, p, _, dl in parts)
+    len_total = sum(p.total_len - (dl[1] if dl else 0) for _, p, _, dl in parts)
+    rows = [p.lookup(hashes) for _, p, _, _ in parts]
+    if n_total <= 0 or len_total <= 0:
+        return rows, None, 0.0
+    df = np.zeros(hashes.shape, dtype=np.int64)
+    for (_, p, _, dl), r in zip(parts, rows):
+        df += p.df(hashes, r)
+        if dl is not None:
+            hit = r >= 0
+            df[hit] -= np.asarray(dl[0])[r[hit]]
+    return rows, lucene_idf(df, n_total).astype(np.float32), len_total / n_total
+
+
 def bm25_search(parts: Sequence[tuple], query_terms: Sequence[Sequence[str]], k: int,
                 k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> tuple[np.ndarray, np.ndarray]:
     """BM25 top-k over several segments with global statistics.
@@ -202,22 +220,12 @@ def bm25_search(parts: Sequence[tuple], query_terms: Sequence[Sequence[str]], k:
     nq = len(query_terms)
     D_out = np.full((nq, k), -np.inf, np.float32)
     I_out = np.full((nq, k), -1, np.int64)
-    n_total = sum(p.n_docs - (dl[2] if dl else 0) for _, p, _, dl in parts)
-    len_total = sum(p.total_len - (dl[1] if dl else 0) for _, p, _, dl in parts)
-    if nq == 0 or n_total <= 0 or len_total <= 0:  # no live document has a term: nothing can match
+    hashes = term_hashes(t for q in query_terms for t in q)
+    rows, idf, avgdl = global_stats(parts, hashes)
+    if nq == 0 or idf is None:  # no live document has a term: nothing can match
         return D_out, I_out
     q_indptr = np.zeros(nq + 1, dtype=np.int64)
     np.cumsum([len(q) for q in query_terms], out=q_indptr[1:])
-    hashes = term_hashes(t for q in query_terms for t in q)
-    rows = [p.lookup(hashes) for _, p, _, _ in parts]
-    df = np.zeros(hashes.shape, dtype=np.int64)
-    for (_, p, _, dl), r in zip(parts, rows):
-        df += p.df(hashes, r)
-        if dl is not None:
-            hit = r >= 0
-            df[hit] -= np.asarray(dl[0])[r[hit]]
-    idf = lucene_idf(df, n_total).astype(np.float32)
-    avgdl = len_total / n_total
     parts_D, parts_I = [], []
     for (offset, p, allowed, _), r in zip(parts, rows):
         if allowed is not None and not np.any(allowed):

@@ -16,6 +16,8 @@ class Results:
         rows: int64 (n_queries, k) global index rows, ``-1`` where there is no hit.
         mode: ``dense``, ``sparse``, ``bm25`` or ``hybrid``.
         documents: optional per-hit stored documents (filled by ``Searcher.search(..., with_documents=True)``).
+        explanations: optional per-hit explanations (``Searcher.search(..., explain=True)``, see
+            :mod:`hylex.retrieval.explain`), None where there is no hit.
     """
 
     ids: np.ndarray
@@ -23,6 +25,7 @@ class Results:
     rows: np.ndarray
     mode: str = "hybrid"
     documents: list | None = field(default=None, repr=False)
+    explanations: list | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -42,6 +45,8 @@ class Results:
             row = []
             for rank, (i, s) in enumerate(self.hits(q), 1):
                 hit = {"rank": rank, "id": i, "score": s}
+                if self.explanations is not None and self.explanations[q][rank - 1] is not None:
+                    hit["explain"] = self.explanations[q][rank - 1]
                 if self.documents is not None and self.documents[q][rank - 1] is not None:
                     doc = self.documents[q][rank - 1]
                     hit.update(title=doc.get("title", ""), text=doc.get("text", ""),

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from hylex.corpus import Document
 from hylex.errors import HylexError
 from hylex.indexing.bm25 import bm25_search, check_b, check_k1
 from hylex.indexing.index import Index
@@ -293,7 +294,7 @@ class Searcher:
                bm25_queries: Sequence[str] | None = None, arms: Sequence[str] = DEFAULT_ARMS,
                weights: Sequence[float] | None = None, k1: float | None = None, b: float | None = None,
                query_cut: int | None = None, heap_factor: float = 1.0, candidates: int | None = None,
-               filter: dict | str | None = None, with_documents: bool = False) -> Results:
+               filter: dict | str | None = None, with_documents: bool = False, explain: bool = False) -> Results:
         """Search by query texts or by pre-encoded queries.
 
         Args:
@@ -318,6 +319,8 @@ class Searcher:
             filter: a metadata filter (:mod:`hylex.retrieval.filters`), applied before top-k selection in every
                 arm; a filter matching nothing gives empty results.
             with_documents: attach the stored documents of the hits.
+            explain: attach each hit's explanation (every searched arm's score of it, the sparse and BM25 terms
+                behind them: :mod:`hylex.retrieval.explain`) as ``Results.explanations``.
         Returns:
             :class:`Results` with arrays of shape (nq, k).
         """
@@ -361,6 +364,15 @@ class Searcher:
         res = Results(ids=ids, scores=D.astype(np.float32, copy=False), rows=I, mode=mode)
         if with_documents:
             res.documents = [docs[q * k:(q + 1) * k] for q in range(I.shape[0])]
+        if explain:
+            from hylex.retrieval.explain import explain_hits
+
+            doc_texts = [[None if d is None else Document(d["id"], d["text"], d.get("title") or "").full_text
+                          for d in docs[q * k:(q + 1) * k]] for q in range(I.shape[0])]
+            res.explanations = explain_hits(
+                self.index, I, res.scores, dense=q_dense if "dense" in used else None,
+                sparse=q_sparse if "sparse" in used else None, bm25_texts=q_texts if "bm25" in used else None,
+                k1=k1, b=b, encoder=self._encoder, query_texts=q_texts, doc_texts=doc_texts)
         return res
 
     def _queries(self, queries, mode, used, dense, sparse, bm25_queries):

@@ -70,6 +70,7 @@ class SearchRequest(_Model):
     depth: int = Field(1000, ge=1, le=10000)
     filter: dict[str, Any] | None = None
     with_documents: bool = True
+    explain: bool = Field(False, description="each hit's per-arm scores and the terms behind them")
 
 
 class Hit(BaseModel):
@@ -79,6 +80,7 @@ class Hit(BaseModel):
     title: str | None = None
     text: str | None = None
     metadata: dict[str, Any] | None = None
+    explain: dict[str, Any] | None = None
 
 
 class QueryResult(BaseModel):
@@ -169,7 +171,7 @@ def _hits(res, queries: list[str] | None, with_documents: bool) -> list[QueryRes
         items = []
         for h in hits:
             extra = {key: h.get(key) for key in ("title", "text", "metadata")} if with_documents else {}
-            items.append(Hit(rank=h["rank"], id=h["id"], score=h["score"], **extra))
+            items.append(Hit(rank=h["rank"], id=h["id"], score=h["score"], explain=h.get("explain"), **extra))
         out.append(QueryResult(query=queries[q] if queries else None, hits=items))
     return out
 
@@ -289,9 +291,9 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                     with service.encoder_lock:
                         return service.encode_queries(texts)
                 dense, sparse = await run_in_threadpool(encode_alone)
-            texts, bm25_texts = None, (req.queries if "bm25" in used else None)
+            texts, bm25_texts = None, req.queries  # the texts still serve the bm25 arm and explanations
         kwargs = dict(k=req.k, mode=req.mode, fusion=req.fusion, alpha=req.alpha, rrf_k=req.rrf_k, depth=req.depth,
-                      weights=req.weights, filter=flt, with_documents=req.with_documents)
+                      weights=req.weights, filter=flt, with_documents=req.with_documents, explain=req.explain)
         if req.arms is not None:
             kwargs["arms"] = req.arms
 
