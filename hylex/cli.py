@@ -362,7 +362,8 @@ def cmd_serve(args) -> int:
     else:
         key = None
     app = create_app(args.index, api_key=key, auth=args.auth, max_body_bytes=int(args.max_body_mb * 2**20),
-                     max_batch=args.max_batch, encoder_kwargs=_encoder_kwargs(args))
+                     max_batch=args.max_batch, batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms,
+                     max_queue=args.max_queue, encoder_kwargs=_encoder_kwargs(args))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0
 
@@ -501,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what the API key protects: writes only, or every request")
     pv2.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (413 above)")
     pv2.add_argument("--max-batch", type=_positive_int, default=1024, help="most queries or documents per request")
+    pv2.add_argument("--no-batching", action="store_true",
+                     help="encode each request's queries alone (default: concurrent requests share a forward pass)")
+    pv2.add_argument("--batch-wait-ms", type=float, default=5.0,
+                     help="how long a query waits for companions to share its forward pass")
+    pv2.add_argument("--max-queue", type=_positive_int, default=1024,
+                     help="most query texts waiting to be encoded; beyond, 503 with Retry-After")
     _add_encoder_args(pv2, with_settings=False)
     pv2.set_defaults(func=cmd_serve)
 

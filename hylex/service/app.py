@@ -21,6 +21,8 @@ writing takes its writer lock on the first write and holds it until shutdown.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hmac
 import logging
@@ -140,6 +142,9 @@ class Service:
         self.encoder_lock = threading.Lock()  # the encoder serves one call at a time (batches and upserts)
         self.searcher = Searcher(self.index, encoder=encoder, **self._encoder_kwargs)
         self.batcher: QueryBatcher | None = None
+        # every search runs on this one thread: numba's OpenMP layer keeps a thread team per calling thread,
+        # and a pool of request threads would start (and spin) a team each (2x slower searches, measured)
+        self.search_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hylex-search")
 
     @property
     def encoder(self):
@@ -162,6 +167,7 @@ class Service:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        self.search_thread.shutdown(wait=True)
         self.index.close()
 
 
@@ -301,7 +307,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             with service.lock:
                 return service.searcher.search(texts, dense=dense, sparse=sparse, bm25_queries=bm25_texts, **kwargs)
 
-        res = await run_in_threadpool(run_search)
+        res = await asyncio.get_running_loop().run_in_executor(service.search_thread, run_search)
         return SearchResponse(results=_hits(res, req.queries, req.with_documents))
 
     @app.get("/documents/{doc_id}")

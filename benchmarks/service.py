@@ -1,0 +1,191 @@
+"""Load test of `hylex serve`: N concurrent clients mixing searches and upserts against a server this script
+starts on 127.0.0.1, with and without micro-batching, and the same searches in-process for the overhead.
+
+Phases (one JSON line each): ``in-process`` (the searches one by one through ``Searcher.search``: encode +
+search), ``service, 1 client`` (the same, one at a time over HTTP: the service's overhead), then for each of
+batching on / off: ``service, N clients`` (each client loops: a search of one query text, or with probability
+``--upsert-share`` an upsert of one new document; bounded by ``--seconds`` and ``--max-requests``). Reports
+requests/s, p50/p95/p99 latency in ms, errors (any non-200 answer or failed connection).
+
+    python benchmarks/service.py --index benchmarks/.work/scifact-smollm2-135m-512 \\
+        --queries ../shared/data/beir/scifact/queries.jsonl --clients 16 --seconds 60
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(port: int, method: str, path: str, body=None, key: str | None = None) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"content-type": "application/json", **({"x-api-key": key} if key else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return -1
+
+
+def percentiles(lat: list[float]) -> dict:
+    if not lat:
+        return {}
+    s = sorted(lat)
+    pick = lambda p: round(1000 * s[min(len(s) - 1, int(p * len(s)))], 1)  # noqa: E731
+    return {"p50_ms": pick(0.50), "p95_ms": pick(0.95), "p99_ms": pick(0.99), "mean_ms": round(1000 * statistics.mean(s), 1)}
+
+
+class Server:
+    def __init__(self, index: Path, extra: list[str], key: str):
+        self.port = free_port()
+        env = {**os.environ, "HYLEX_BENCH_KEY": key, "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "hylex", "--no-progress", "serve", str(index), "--port",
+                                      str(self.port), "--api-key-env", "HYLEX_BENCH_KEY", *extra], env=env)
+        for _ in range(600):
+            if call(self.port, "GET", "/health") == 200:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}")
+            time.sleep(0.1)
+        raise RuntimeError("the server did not start within 60 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def load(port: int, key: str, queries: list[str], clients: int, seconds: float, max_requests: int,
+         upsert_share: float, seed: int) -> dict:
+    lat_search, lat_upsert, errors = [], [], []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+    count = [0]
+
+    def worker(w: int) -> None:
+        rng = random.Random(seed + w)
+        while time.perf_counter() < stop_at:
+            with lock:
+                if count[0] >= max_requests:
+                    return
+                count[0] += 1
+                n = count[0]
+            t = time.perf_counter()
+            if rng.random() < upsert_share:
+                code = call(port, "POST", "/documents", {"documents": [
+                    {"id": f"bench-{seed}-{n}", "text": rng.choice(queries) + " (a new document)"}]}, key)
+                bucket = lat_upsert
+            else:
+                code = call(port, "POST", "/search", {"queries": [rng.choice(queries)], "k": 10,
+                                                      "with_documents": False})
+                bucket = lat_search
+            dt = time.perf_counter() - t
+            with lock:
+                (bucket if code == 200 else errors).append(dt if code == 200 else code)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    done = len(lat_search) + len(lat_upsert)
+    return {"requests": done + len(errors), "seconds": round(wall, 1), "requests_per_s": round(done / wall, 2),
+            "searches": len(lat_search), "upserts": len(lat_upsert), "errors": len(errors),
+            "error_codes": sorted(set(errors))[:5], "search": percentiles(lat_search),
+            "upsert": percentiles(lat_upsert)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--index", default="benchmarks/.work/scifact-smollm2-135m-512",
+                    help="an index to serve (copied first: the upserts change the copy)")
+    ap.add_argument("--queries", default="../shared/data/beir/scifact/queries.jsonl")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--max-requests", type=int, default=5000)
+    ap.add_argument("--upsert-share", type=float, default=0.05)
+    ap.add_argument("--sequential", type=int, default=50, help="searches timed one by one (overhead)")
+    ap.add_argument("--work", default="benchmarks/.work/service")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    from hylex.corpus import read_queries
+    from hylex.retrieval import Searcher
+
+    sink = open(args.out, "a") if args.out else None
+
+    def emit(row: dict) -> None:
+        row = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cpus", **row}
+        print(json.dumps(row), flush=True)
+        if sink:
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+
+    queries = list(read_queries(args.queries).values())
+    random.Random(0).shuffle(queries)
+    seq = queries[:args.sequential]
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(args.index, work / "index", ignore=shutil.ignore_patterns(".lock", "runs"))
+    key = "bench-key"
+
+    s = Searcher(work / "index", progress=False, encoding_cache=False)
+    s.search(seq[:2], k=10)  # load the model, compile the kernels
+    lat = []
+    for q in seq:
+        t = time.perf_counter()
+        s.search([q], k=10)
+        lat.append(time.perf_counter() - t)
+    inproc = percentiles(lat)
+    emit({"phase": "in-process", "searches": len(seq), "search": inproc})
+    s.index.close()
+    del s
+
+    for batching in (True, False):
+        server = Server(work / "index", ["--no-encoding-cache"] + ([] if batching else ["--no-batching"]), key)
+        try:
+            call(server.port, "POST", "/search", {"queries": seq[:2]})  # warm-up
+            if batching:
+                lat = []
+                for q in seq:
+                    t = time.perf_counter()
+                    code = call(server.port, "POST", "/search", {"queries": [q], "k": 10, "with_documents": False})
+                    lat.append(time.perf_counter() - t)
+                    if code != 200:
+                        raise RuntimeError(f"search failed with HTTP {code}")
+                one = percentiles(lat)
+                emit({"phase": "service, 1 client", "searches": len(seq), "search": one,
+                      "overhead_vs_in_process_p50": round(one["p50_ms"] / inproc["p50_ms"], 3)})
+            res = load(server.port, key, queries, args.clients, args.seconds, args.max_requests, args.upsert_share,
+                       seed=1 if batching else 2)
+            emit({"phase": f"service, {args.clients} clients", "batching": batching, **res})
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
