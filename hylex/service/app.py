@@ -142,8 +142,8 @@ class Service:
         self.encoder_lock = threading.Lock()  # the encoder serves one call at a time (batches and upserts)
         self.searcher = Searcher(self.index, encoder=encoder, **self._encoder_kwargs)
         self.batcher: QueryBatcher | None = None
-        # every search runs on this one thread: numba's OpenMP layer keeps a thread team per calling thread,
-        # and a pool of request threads would start (and spin) a team each (2x slower searches, measured)
+        # without batching, searches and commits run on this one thread: numba's OpenMP layer keeps a thread
+        # team per calling thread, and each request thread would start (and spin) its own
         self.search_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hylex-search")
 
     @property
@@ -160,6 +160,14 @@ class Service:
             self.index = self.writer
             self.searcher = Searcher(self.writer, encoder=self._encoder, **self._encoder_kwargs)
         return self.writer
+
+    async def run(self, fn):
+        """Run index work (a search, a commit) on the model's thread when batching (between query batches: torch
+        and numba then share one thread's OpenMP teams; a numba team started by another thread made encoding 2x
+        slower here), else on the one search thread."""
+        if self.batcher is not None:
+            return await self.batcher.call(fn)
+        return await asyncio.get_running_loop().run_in_executor(self.search_thread, fn)
 
     def encode_queries(self, texts: list[str]):
         return self.encoder.encode_queries(texts)
@@ -185,7 +193,7 @@ def _hits(res, queries: list[str] | None, with_documents: bool) -> list[QueryRes
 def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = None, auth: str = "writes",
                max_body_bytes: int = DEFAULT_MAX_BODY, max_batch: int = DEFAULT_MAX_BATCH,
                batching: bool = True, batch_wait_ms: float = 5.0, max_queue: int = 1024,
-               encoder_kwargs: dict | None = None) -> FastAPI:
+               model_thread: bool = True, encoder_kwargs: dict | None = None) -> FastAPI:
     """The FastAPI app serving ``index_dir``.
 
     Args:
@@ -197,15 +205,20 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         batching: encode the query texts of concurrent searches together (one forward pass per batch), waiting
             at most ``batch_wait_ms`` for companions; off, each request encodes its own texts.
         max_queue: most query texts waiting to be encoded; beyond it searches get 503 with Retry-After.
+        model_thread: run the model work (query batches, document encoding) on a thread of the app's own;
+            False leaves ``app.state.service.batcher.run()`` to the caller (``hylex serve`` runs it on the main
+            thread, where torch encodes ~2x faster here, with the server on another thread). Needs batching.
     """
     if auth not in ("writes", "all"):
         raise HylexError(f"auth must be 'writes' or 'all', got {auth!r}")
     if api_key is not None and not api_key.strip():
         raise HylexError("the API key is empty: pass a non-empty key, or none")
     service = Service(index_dir, encoder, encoder_kwargs)
+    if not batching and not model_thread:
+        raise HylexError("the model runs on the caller's thread only with batching on")
     if batching:
         service.batcher = QueryBatcher(service.encode_queries, max_wait=batch_wait_ms / 1000, max_queue=max_queue,
-                                       lock=service.encoder_lock)
+                                       lock=service.encoder_lock, own_thread=model_thread)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -307,7 +320,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             with service.lock:
                 return service.searcher.search(texts, dense=dense, sparse=sparse, bm25_queries=bm25_texts, **kwargs)
 
-        res = await asyncio.get_running_loop().run_in_executor(service.search_thread, run_search)
+        res = await service.run(run_search)
         return SearchResponse(results=_hits(res, req.queries, req.with_documents))
 
     @app.get("/documents/{doc_id}")
@@ -319,7 +332,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         return doc
 
     @app.post("/documents", response_model=UpsertResponse)
-    def upsert(req: UpsertRequest) -> UpsertResponse:
+    async def upsert(req: UpsertRequest) -> UpsertResponse:
         if len(req.documents) > max_batch:
             raise ServiceError(f"{len(req.documents)} documents in one request, the limit is {max_batch}: split "
                                f"the batch", 413)
@@ -332,12 +345,24 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             if d.id in seen:
                 raise ServiceError(f"document id {d.id!r} appears twice in the batch: ids must be unique")
             seen.add(d.id)
-        with service.encoder_lock:
-            dense, sparse = service.encoder.encode_documents([d.full_text for d in docs])
-        with service.lock:
-            ix = service.writable()
-            ix.upsert(docs, np.asarray(dense, np.float32), sp.csr_matrix(sparse, dtype=np.float32))
-            return UpsertResponse(committed=len(docs), documents=ix.n_docs)
+        def encode_docs():
+            return service.encoder.encode_documents([d.full_text for d in docs])
+
+        if service.batcher is not None:  # on the model's thread, between query batches
+            dense, sparse = await service.batcher.call(encode_docs)
+        else:
+            def encode_alone():
+                with service.encoder_lock:
+                    return encode_docs()
+            dense, sparse = await run_in_threadpool(encode_alone)
+
+        def commit():
+            with service.lock:
+                ix = service.writable()
+                ix.upsert(docs, np.asarray(dense, np.float32), sp.csr_matrix(sparse, dtype=np.float32))
+                return UpsertResponse(committed=len(docs), documents=ix.n_docs)
+
+        return await service.run(commit)
 
     @app.delete("/documents", response_model=DeleteResponse)
     def delete(req: DeleteRequest) -> DeleteResponse:
