@@ -150,10 +150,13 @@ class DenseIndex:
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (D float32 (nq, k), I int64 (nq, k)) with ``I == -1`` for a missing hit.
 
-        ``allowed``: optional bool (ntotal,) mask; only those vectors can be hits (tombstones, filters). It is
-        applied inside FAISS's search (an ``IDSelectorBitmap``), before top-k selection; where an approximate
-        index still comes back with fewer than ``min(k, allowed.sum())`` hits, those queries are searched
-        exhaustively (IVF with every list probed; others on the allowed vectors' stored copies).
+        ``allowed``: optional bool (ntotal,) mask; only those vectors can be hits (tombstones, filters), applied
+        before top-k selection: for an exact CPU Flat index with a batch of at least ``FLAT_BLAS_MIN_QUERIES``
+        queries by BLAS (over-fetching through FAISS when most rows are allowed, else
+        :func:`~hylex.kernels.dense.flat_topk` over the allowed rows only); otherwise inside FAISS's search (an
+        ``IDSelectorBitmap``). Where an approximate index still comes back with fewer than
+        ``min(k, allowed.sum())`` hits, those queries are searched exhaustively (IVF with every list probed;
+        others on the allowed vectors' stored copies).
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         nq = len(q)
