@@ -431,3 +431,24 @@ def test_maxsim_segments_merge_and_filter(tmp_path, fake_encoder):
         after = Searcher(ix).search(None, k=8, mode="dense", dense=qd)
         assert_same_results(before, after)
         assert ix.validate() == []
+
+
+def test_reader_refresh_takes_up_other_commits(tmp_path, fake_encoder):
+    enc = fake_encoder
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"auto": False}) as w:
+        w.add(POOL[:20], *encode(enc, POOL[:20]))
+        reader = Index.open(tmp_path / "ix")
+        assert reader.refresh() is False  # nothing new: one stat
+        first = reader.segments[0]
+        w.add(POOL[20:30], *encode(enc, POOL[20:30]))
+        w.delete([POOL[0].id])
+        assert reader.refresh() is True and reader.n_docs == 29
+        assert reader.segments[1].name == w.segments[1].name and reader.get([POOL[0].id]) == [None]
+        assert_equivalent(reader, w, enc)
+        w.merge()
+        w.add(POOL[30:35], *encode(enc, POOL[30:35]))  # removes the merged segments' files
+        assert reader.refresh() is True and len(reader.segments) == 2 and reader.n_docs == 34
+        assert first not in reader.segments
+        assert_equivalent(reader, scratch(tmp_path, enc, POOL[1:35], like=w), enc)
+        reader.close()
+    assert w.refresh() is False  # a writer is always current

@@ -292,3 +292,17 @@ def test_explain_over_http(server):
         assert {"dense", "sparse", "sparse_terms", "bm25", "bm25_terms"} <= set(e)
     code, out = server.call("POST", "/search", {"queries": ["star"], "k": 2})
     assert all(h["explain"] is None for h in out["results"][0]["hits"])
+
+
+def test_read_only_service_sees_other_processes_commits(index_copy):
+    """Until its first write the service holds no writer lock; commits made meanwhile by another writer (e.g.
+    `hylex index --upsert`) are seen at the next request."""
+    enc = FakeEncoder()
+    with Server(create_app(index_copy, encoder=enc)) as s:
+        assert s.call("GET", "/documents/x1")[0] == 404
+        docs = make_docs(2, seed=3, prefix="x")
+        with Index.open(index_copy, writable=True) as w:
+            out = enc.encode_documents([d.full_text for d in docs])
+            w.add(docs, out.dense, out.sparse)
+        assert s.call("GET", "/documents/x0001")[0] == 200
+        assert s.call("GET", "/stats")[1]["documents"] == 202

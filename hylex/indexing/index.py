@@ -155,6 +155,7 @@ class Index:
         self.store = None
         self._analyzer: Bm25Analyzer | None = None
         self._offsets: np.ndarray | None = None  # segments' first rows, for row -> segment lookups
+        self._manifest_key: tuple | None = None  # (mtime, size, inode) of the manifest last read, for refresh()
         self.columns_cache: dict = {}  # (segment name, field) -> metadata column, see hylex.retrieval.filters
         if writable:
             self._acquire_lock()
@@ -218,46 +219,43 @@ class Index:
         1-2 GB/s; a damaged file is named in the error). Off, only sizes are checked.
         """
         p = Path(path)
-        if not p.is_dir():
-            raise IndexFormatError(f"index directory {p} does not exist: build one with `hylex index CORPUS "
-                                   f"--index {p}`")
-        mf = p / MANIFEST
-        if not mf.exists():
-            raise IndexFormatError(f"{p} is not a hylex index (no {MANIFEST}): pass the directory given to "
-                                   f"`hylex index --index`")
-        try:
-            manifest = json.loads(mf.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise IndexFormatError(f"{mf} is damaged ({e}): rebuild the index") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise IndexFormatError(f"{p} is not a hylex index (manifest format is "
-                                   f"{manifest.get('format') if isinstance(manifest, dict) else None!r}): "
-                                   f"pass a directory made by `hylex index`")
-        if manifest.get("format_version") in (1, 2):
-            raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')} (float sparse "
-                                   f"postings{'' if manifest.get('format_version') == 2 else ', no BM25'}); this hylex "
-                                   f"({hylex.__version__}) reads versions {READABLE}: rebuild the index "
-                                   f"(`hylex index CORPUS --index NEW_DIR`) or use the hylex version that wrote it "
-                                   f"({manifest.get('libraries', {}).get('hylex')})")
-        if manifest.get("format_version") not in READABLE_VERSIONS:
-            raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')}, this hylex "
-                                   f"({hylex.__version__}) reads versions {READABLE}: rebuild the index or "
-                                   f"use the hylex version that wrote it ({manifest.get('libraries', {}).get('hylex')})")
-        if manifest["format_version"] == 3:  # no deletions or merges yet: the same data, read as version 4
-            manifest = {**manifest, "format_version": FORMAT_VERSION, "next_row": int(manifest["n_docs"]),
-                        "generation": 0, "garbage": [], "merge": dict(MERGE_DEFAULTS)}
-        for seg in manifest["segments"]:
-            for fname, meta in seg["files"].items():
-                f = p / "segments" / seg["name"] / fname
-                if not f.exists():
-                    raise IndexFormatError(f"index file {f} is missing: the index is damaged, rebuild it")
-                if f.stat().st_size != meta["bytes"]:
-                    raise IndexFormatError(f"index file {f} has {f.stat().st_size} bytes, the manifest says "
-                                           f"{meta['bytes']}: the file is damaged, rebuild the index")
-                if verify and sha256_file(f) != meta["sha256"]:
-                    raise IndexFormatError(f"index file {f} does not match its checksum: the file is damaged "
-                                           f"(`hylex validate {p}` lists every problem); rebuild the index")
+        manifest = _read_manifest(p)
+        _check_files(p, manifest["segments"], verify)
         return cls(p, manifest, writable=writable, mmap=mmap)
+
+    def refresh(self, verify: bool = True) -> bool:
+        """Take up what other processes committed since this read-only index was read: the new manifest's
+        segments (unchanged ones are kept loaded). Costs one ``stat`` when nothing changed. Returns whether the
+        snapshot changed. A writable index is always current (it is the only writer)."""
+        if self.writable:
+            return False
+        mf = self.path / MANIFEST
+        for attempt in range(3):
+            st = mf.stat()
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if key == self._manifest_key:
+                return False
+            manifest = _read_manifest(self.path)
+            if manifest["segments"] == self.manifest["segments"] and manifest.get("generation") == \
+                    self.manifest.get("generation"):
+                self._manifest_key = key
+                return False
+            loaded = {s.name: (e, s) for e, s in zip(self.manifest["segments"], self.segments)}
+            try:
+                changed = [e for e in manifest["segments"] if loaded.get(e["name"], (None,))[0] != e]
+                _check_files(self.path, changed, verify)
+                segments = [loaded[e["name"]][1] if e not in changed else self._load_segment(e, mmap=True)
+                            for e in manifest["segments"]]
+            except (IndexFormatError, OSError):
+                if attempt == 2:
+                    raise
+                continue  # a writer committed again meanwhile (and removed what it superseded): read anew
+            gone = [n for n in loaded if n not in {e["name"] for e in manifest["segments"]}]
+            self.manifest, self.segments, self._offsets = manifest, segments, None
+            self._columns_cache_drop(gone)
+            self._manifest_key = key
+            return True
+        return False
 
     def _acquire_lock(self) -> None:
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -807,6 +805,54 @@ def _check_factory(dim: int, factory: str) -> None:
     except RuntimeError as e:
         raise HylexError(f"FAISS cannot build index {factory!r}: {str(e).splitlines()[0]}. Use a valid "
                          f"index-factory string such as Flat, HNSW32, IVF256,Flat or IVF256,PQ16") from e
+
+
+def _read_manifest(p: Path) -> dict:
+    """The manifest of index directory ``p``, checked (format, version; version 3 read as 4)."""
+    if not p.is_dir():
+        raise IndexFormatError(f"index directory {p} does not exist: build one with `hylex index CORPUS "
+                               f"--index {p}`")
+    mf = p / MANIFEST
+    if not mf.exists():
+        raise IndexFormatError(f"{p} is not a hylex index (no {MANIFEST}): pass the directory given to "
+                               f"`hylex index --index`")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexFormatError(f"{mf} is damaged ({e}): rebuild the index") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexFormatError(f"{p} is not a hylex index (manifest format is "
+                               f"{manifest.get('format') if isinstance(manifest, dict) else None!r}): "
+                               f"pass a directory made by `hylex index`")
+    if manifest.get("format_version") in (1, 2):
+        raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')} (float sparse "
+                               f"postings{'' if manifest.get('format_version') == 2 else ', no BM25'}); this hylex "
+                               f"({hylex.__version__}) reads versions {READABLE}: rebuild the index "
+                               f"(`hylex index CORPUS --index NEW_DIR`) or use the hylex version that wrote it "
+                               f"({manifest.get('libraries', {}).get('hylex')})")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')}, this hylex "
+                               f"({hylex.__version__}) reads versions {READABLE}: rebuild the index or "
+                               f"use the hylex version that wrote it ({manifest.get('libraries', {}).get('hylex')})")
+    if manifest["format_version"] == 3:  # no deletions or merges yet: the same data, read as version 4
+        manifest = {**manifest, "format_version": FORMAT_VERSION, "next_row": int(manifest["n_docs"]),
+                    "generation": 0, "garbage": [], "merge": dict(MERGE_DEFAULTS)}
+    return manifest
+
+
+def _check_files(p: Path, segments: Sequence[dict], verify: bool) -> None:
+    """Every file the manifest's ``segments`` name exists with its size (and with ``verify``, its sha256)."""
+    for seg in segments:
+        for fname, meta in seg["files"].items():
+            f = p / "segments" / seg["name"] / fname
+            if not f.exists():
+                raise IndexFormatError(f"index file {f} is missing: the index is damaged, rebuild it")
+            if f.stat().st_size != meta["bytes"]:
+                raise IndexFormatError(f"index file {f} has {f.stat().st_size} bytes, the manifest says "
+                                       f"{meta['bytes']}: the file is damaged, rebuild the index")
+            if verify and sha256_file(f) != meta["sha256"]:
+                raise IndexFormatError(f"index file {f} does not match its checksum: the file is damaged "
+                                       f"(`hylex validate {p}` lists every problem); rebuild the index")
 
 
 def merge_settings(cfg: dict | None) -> dict:

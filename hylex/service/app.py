@@ -17,7 +17,8 @@ One process serves one index. Query texts of concurrent searches are encoded tog
 :class:`~hylex.service.batching.QueryBatcher`, on a worker thread: the event loop never runs the model; a full
 queue answers 503 with Retry-After). Searches and writes then take turns under one lock (a write's commit is
 seen whole by the next search); each search still uses every core (numba, BLAS). Opening the index for
-writing takes its writer lock on the first write and holds it until shutdown.
+writing takes its writer lock on the first write and holds it until shutdown; until then the service takes up what
+other processes commit (e.g. `hylex index --upsert`) at its next request.
 """
 from __future__ import annotations
 
@@ -169,6 +170,12 @@ class Service:
             return await self.batcher.call(fn)
         return await asyncio.get_running_loop().run_in_executor(self.search_thread, fn)
 
+    def current(self) -> Index:
+        """The index, up to date: a read-only one takes up commits made by other processes (one stat if none)."""
+        if self.writer is None:
+            self.index.refresh()
+        return self.index
+
     def encode_queries(self, texts: list[str]):
         return self.encoder.encode_queries(texts)
 
@@ -265,7 +272,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     @app.get("/stats")
     def stats() -> dict:
         with service.lock:
-            out = service.index.stats()
+            out = service.current().stats()
         b = service.batcher
         out["service"] = {"batching": b is not None, "encode_batches": b.batches if b else None,
                           "encoded_query_texts": b.texts if b else None}
@@ -318,6 +325,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
 
         def run_search():
             with service.lock:
+                service.current()
                 return service.searcher.search(texts, dense=dense, sparse=sparse, bm25_queries=bm25_texts, **kwargs)
 
         res = await service.run(run_search)
@@ -326,7 +334,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     @app.get("/documents/{doc_id}")
     def get_document(doc_id: str) -> dict:
         with service.lock:
-            doc = service.index.get([doc_id])[0]
+            doc = service.current().get([doc_id])[0]
         if doc is None:
             raise ServiceError(f"no document {doc_id!r} in this index", 404)
         return doc
