@@ -61,7 +61,8 @@ def explain_hits(index, rows: np.ndarray, scores: np.ndarray, *, dense: np.ndarr
         bm = (analyzed, hashes, seg_rows, idf, avgdl)
     decode = getattr(encoder, "decode_terms", None)
     own = getattr(encoder, "own_terms", None)
-    q_own = own(list(query_texts)) if own and query_texts is not None else None
+    q_own = [set(t.tolist()) for t in own(list(query_texts))] if own and query_texts is not None else None
+    seg_pos = {s.name: i for i, s in enumerate(index.segments)}
     out: list[list[dict | None]] = []
     offset = 0
     for q in range(rows.shape[0]):
@@ -93,7 +94,7 @@ def explain_hits(index, rows: np.ndarray, scores: np.ndarray, *, dense: np.ndarr
                     item = {"term": name, "id": int(t), "query_weight": round(qs[t], 4),
                             "doc_weight": round(ds[t], 4), "contribution": round(c, 4)}
                     if q_own is not None:
-                        item["query_expansion"] = t not in set(q_own[q].tolist())
+                        item["query_expansion"] = t not in q_own[q]
                     if d_own is not None:
                         item["doc_expansion"] = t not in d_own
                     items.append(item)
@@ -101,7 +102,7 @@ def explain_hits(index, rows: np.ndarray, scores: np.ndarray, *, dense: np.ndarr
             if bm is not None:
                 analyzed, hashes, seg_rows, idf, avgdl = bm
                 n_q = len(analyzed[q])
-                si = [s.name for s in index.segments].index(seg.name)
+                si = seg_pos[seg.name]
                 contrib = []
                 if idf is not None:
                     dl = float(np.asarray(seg.bm25.doc_len)[local])
