@@ -1,11 +1,13 @@
 """Load test of `hylex serve`: N concurrent clients mixing searches and upserts against a server this script
-starts on 127.0.0.1, with and without micro-batching, and the same searches in-process for the overhead.
+starts on 127.0.0.1, with and without micro-batching and with 1 or more worker processes, and the same searches
+in-process for the overhead.
 
 Phases (one JSON line each): ``in-process`` (the searches one by one through ``Searcher.search``: encode +
-search), ``service, 1 client`` (the same, one at a time over HTTP: the service's overhead), then for each of
-batching on / off: ``service, N clients`` (each client loops: a search of one query text, or with probability
-``--upsert-share`` an upsert of one new document; bounded by ``--seconds`` and ``--max-requests``). Reports
-requests/s, p50/p95/p99 latency in ms, errors (any non-200 answer or failed connection).
+search), ``service, 1 client`` (the same, one at a time over HTTP: the service's overhead), then ``service, N
+clients`` with micro-batching on for each worker count in ``--workers`` and once with batching off on one worker
+(each client loops: a search of one query text, or with probability ``--upsert-share`` an upsert of one new
+document; bounded by ``--seconds`` and ``--max-requests``). Reports requests/s, p50/p95/p99 latency in ms,
+errors (any non-200 answer or failed connection).
 
     python benchmarks/service.py --index benchmarks/.work/scifact-smollm2-135m-512 \\
         --queries ../shared/data/beir/scifact/queries.jsonl --clients 16 --seconds 60
@@ -59,22 +61,22 @@ def percentiles(lat: list[float]) -> dict:
 
 
 class Server:
+    """`hylex serve` in a child process on a free port, once every worker is ready (its "serving" line)."""
+
     def __init__(self, index: Path, extra: list[str], key: str):
-        self.port = free_port()
         env = {**os.environ, "HYLEX_BENCH_KEY": key, "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen([sys.executable, "-m", "hylex", "--no-progress", "serve", str(index), "--port",
-                                      str(self.port), "--api-key-env", "HYLEX_BENCH_KEY", *extra], env=env)
-        for _ in range(600):
-            if call(self.port, "GET", "/health") == 200:
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}")
-            time.sleep(0.1)
-        raise RuntimeError("the server did not start within 60 s")
+                                      "0", "--api-key-env", "HYLEX_BENCH_KEY", *extra], env=env,
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if "serving" not in line:
+            raise RuntimeError(f"the server exited with {self.proc.wait(60)}")
+        self.port = int(line.split(" at ")[1].split(" ")[0].rsplit(":", 1)[1])
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(30)
+        self.proc.wait(60)
+        self.proc.stdout.close()
 
 
 def load(port: int, key: str, queries: list[str], clients: int, seconds: float, max_requests: int,
@@ -130,8 +132,11 @@ def main() -> None:
     ap.add_argument("--upsert-share", type=float, default=0.05)
     ap.add_argument("--sequential", type=int, default=50, help="searches timed one by one (overhead)")
     ap.add_argument("--work", default="benchmarks/.work/service")
+    ap.add_argument("--workers", default="1,2",
+                    help="comma-separated worker counts to load with micro-batching on (batching off: 1 worker)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
 
     from hylex.corpus import read_queries
     from hylex.retrieval import Searcher
@@ -165,11 +170,14 @@ def main() -> None:
     s.index.close()
     del s
 
-    for batching in (True, False):
-        server = Server(work / "index", ["--no-encoding-cache"] + ([] if batching else ["--no-batching"]), key)
+    runs = [(True, w) for w in worker_counts] + [(False, 1)]
+    for batching, workers in runs:
+        server = Server(work / "index", ["--no-encoding-cache", "--workers", str(workers)]
+                        + ([] if batching else ["--no-batching"]), key)
         try:
-            call(server.port, "POST", "/search", {"queries": seq[:2]})  # warm-up
-            if batching:
+            for _ in range(2 * workers):
+                call(server.port, "POST", "/search", {"queries": seq[:2]})  # warm-up
+            if batching and workers == 1:
                 lat = []
                 for q in seq:
                     t = time.perf_counter()
@@ -181,8 +189,8 @@ def main() -> None:
                 emit({"phase": "service, 1 client", "searches": len(seq), "search": one,
                       "overhead_vs_in_process_p50": round(one["p50_ms"] / inproc["p50_ms"], 3)})
             res = load(server.port, key, queries, args.clients, args.seconds, args.max_requests, args.upsert_share,
-                       seed=1 if batching else 2)
-            emit({"phase": f"service, {args.clients} clients", "batching": batching, **res})
+                       seed=(1 if batching else 2) + 10 * workers)
+            emit({"phase": f"service, {args.clients} clients", "batching": batching, "workers": workers, **res})
         finally:
             server.stop()
 

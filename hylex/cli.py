@@ -349,54 +349,27 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
+    import os
 
-    from hylex.service import create_app
+    from hylex.service.workers import ServeConfig, serve
 
     if args.api_key_env:
-        import os
-
         key = os.environ.get(args.api_key_env)
         if not key:
             raise HylexError(f"environment variable {args.api_key_env} is unset or empty: export the API key there")
     else:
         key = None
-    main_model = not args.no_batching
-    app = create_app(args.index, api_key=key, auth=args.auth, max_body_bytes=int(args.max_body_mb * 2**20),
-                     max_batch=args.max_batch, batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms,
-                     max_queue=args.max_queue, model_thread=not main_model, encoder_kwargs=_encoder_kwargs(args))
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                           log_level="info" if args.verbose else "warning"))
-    if not main_model:
-        server.run()
-        return 0
-    # The model runs on this (main) thread, where torch encodes ~2x faster than on others here; the server runs
-    # on a second thread (uvicorn installs no signal handlers off the main thread, so they are set here).
-    import signal
-    import threading
-
-    batcher = app.state.service.batcher
-
-    def stop(*_):
-        server.should_exit = True
-
-    def serve():
-        try:
-            server.run()
-        finally:
-            batcher.close()  # ends the model loop below once the server has shut down
-
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    thread = threading.Thread(target=serve, name="hylex-http")
-    thread.start()
-    try:
-        batcher.run()
-    finally:
-        server.should_exit = True
-        thread.join()
-        for sig, h in old.items():
-            signal.signal(sig, h)
-    return 0 if server.started else 2
+    if not args.write_wait_s >= 0:
+        raise HylexError(f"--write-wait-s must be >= 0, got {args.write_wait_s}")
+    kwargs = _encoder_kwargs(args)
+    threads = kwargs.pop("threads")
+    cfg = ServeConfig(index=str(args.index), host=args.host, port=args.port, workers=args.workers,
+                      encoder=args.encoder, threads=threads, log_level="info" if args.verbose else "warning",
+                      app=dict(api_key=key, auth=args.auth, max_body_bytes=int(args.max_body_mb * 2**20),
+                               max_batch=args.max_batch, batching=not args.no_batching,
+                               batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+                               write_wait=args.write_wait_s, encoder_kwargs=kwargs))
+    return serve(cfg)
 
 
 def cmd_stats(args) -> int:
@@ -526,7 +499,15 @@ def build_parser() -> argparse.ArgumentParser:
     pv2 = sub.add_parser("serve", help="serve an index over HTTP (FastAPI + uvicorn)")
     pv2.add_argument("index", help="index directory")
     pv2.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    pv2.add_argument("--port", type=_positive_int, default=8000)
+    pv2.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one, printed)")
+    pv2.add_argument("--workers", type=_positive_int, default=1,
+                     help="serving processes sharing the port, each with its own model and cores/workers threads "
+                          "(default 1)")
+    pv2.add_argument("--encoder", default=None, metavar="MODULE:CALLABLE",
+                     help="build the query/document encoder with this callable instead of loading the index's "
+                          "model (it must match the index's dimension and vocabulary)")
+    pv2.add_argument("--write-wait-s", type=float, default=10.0,
+                     help="how long a write waits for another writer of the index (then 503 with Retry-After)")
     pv2.add_argument("--api-key-env", default=None, metavar="VAR",
                      help="require the API key held in this environment variable (X-API-Key header)")
     pv2.add_argument("--auth", default="writes", choices=["writes", "all"],

@@ -20,3 +20,7 @@ class IndexFormatError(HylexError):
 
 class ModelError(HylexError):
     """A model cannot be found, installed or loaded."""
+
+
+class IndexLockedError(HylexError):
+    """Another writer holds an index's writer lock (and did not release it within the time waited)."""

@@ -216,9 +216,14 @@ def test_segments_and_additions_equal_one_segment(tmp_path, corpus):
                          ("hybrid", {"arms": ("bm25", "sparse"), "fusion": "rrf"})]:
             ra = Searcher(a).search(None, k=25, mode=mode, dense=qd, sparse=qs, bm25_queries=texts, **kw)
             rb = Searcher(b).search(None, k=25, mode=mode, dense=qd, sparse=qs, bm25_queries=texts, **kw)
-            # same rows (the same documents in the same order) and bit-identical scores
+            # same rows (the same documents in the same order); BM25 and sparse scores bit-identical. A dense arm
+            # may differ in the last float32 bit: BLAS sums a segment's inner products in an order that depends on
+            # the matrix's size and the CPU's kernel (seen on an AMD EPYC: 1 ulp between 301 rows and 3 x 100)
             np.testing.assert_array_equal(ra.rows, rb.rows, err_msg=f"{mode} {kw}")
-            np.testing.assert_array_equal(ra.scores, rb.scores, err_msg=f"{mode} {kw}")
+            if "dense" in kw.get("arms", ()):
+                np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-6, atol=1e-7, err_msg=f"{mode} {kw}")
+            else:
+                np.testing.assert_array_equal(ra.scores, rb.scores, err_msg=f"{mode} {kw}")
             assert ra.ids.tolist() == rb.ids.tolist()
         # the test has teeth: one segment scored with its own statistics gives other scores
         seg = b.segments[2]

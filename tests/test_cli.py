@@ -418,3 +418,11 @@ def test_serve_refuses_an_unset_api_key_variable(tmp_path, capsys, fake_cli, doc
     assert_one_line_error(rc, err, "HYLEX_TEST_KEY is unset or empty")
     rc, _, err = run(capsys, "serve", tmp_path / "nowhere")
     assert_one_line_error(rc, err, "does not exist")
+    rc, _, err = run(capsys, "serve", ix, "--port", "70000")
+    assert_one_line_error(rc, err, "port must be an integer in [0, 65535]")
+    rc, _, err = run(capsys, "serve", ix, "--write-wait-s", "-1")
+    assert_one_line_error(rc, err, "--write-wait-s must be >= 0")
+    rc, _, err = run(capsys, "serve", ix, "--encoder", "no_colon")
+    assert_one_line_error(rc, err, "must be given as module:callable")
+    with pytest.raises(SystemExit):
+        run(capsys, "serve", ix, "--workers", "0")

@@ -452,3 +452,79 @@ def test_reader_refresh_takes_up_other_commits(tmp_path, fake_encoder):
         assert_equivalent(reader, scratch(tmp_path, enc, POOL[1:35], like=w), enc)
         reader.close()
     assert w.refresh() is False  # a writer is always current
+
+
+def test_writing_commits_through_a_read_only_handle_and_releases_the_lock(tmp_path, fake_encoder):
+    """Index.writing(): a reader takes the writer lock for a few commits, first taking up what others committed,
+    and gives the lock back, so writers in several processes (the service's workers) can take turns."""
+    from hylex.errors import IndexLockedError
+
+    enc = fake_encoder
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"auto": False}) as w:
+        w.add(POOL[:10], *encode(enc, POOL[:10]))
+    a, b = Index.open(tmp_path / "ix"), Index.open(tmp_path / "ix")
+    try:
+        with pytest.raises(HylexError, match="read-only"):
+            a.upsert(POOL[10:12], *encode(enc, POOL[10:12]))
+        with a.writing():
+            a.upsert(POOL[10:15], *encode(enc, POOL[10:15]))
+            with pytest.raises(IndexLockedError, match="another process is writing"):
+                Index.open(tmp_path / "ix", writable=True)
+            with pytest.raises(IndexLockedError):
+                with b.writing():
+                    pass
+        assert not a.writable and a.n_docs == 15
+        assert a.refresh() is False  # its own commit is already loaded
+        with pytest.raises(HylexError, match="read-only"):
+            a.delete([POOL[0].id])
+        with b.writing():  # b had not seen a's commit: it is taken up before b writes
+            assert b.n_docs == 15
+            b.delete([POOL[0].id, POOL[11].id])
+        assert a.refresh() is True and a.n_docs == 13 and a.get([POOL[11].id]) == [None]
+        with Index.open(tmp_path / "ix", writable=True) as w:  # the lock is free again
+            w.add(POOL[20:22], *encode(enc, POOL[20:22]))
+        with a.writing():  # a failed commit leaves the handle read-only, unlocked and unchanged
+            with pytest.raises(HylexError, match="twice"):
+                a.add([POOL[30], POOL[30]], *encode(enc, [POOL[30], POOL[30]]))
+        assert not a.writable and a.n_docs == 15
+        with Index.open(tmp_path / "ix", writable=True):
+            pass
+        live = [d for d in POOL[1:22] if d.id not in (POOL[11].id,) and d not in POOL[15:20]]
+        assert_equivalent(a, scratch(tmp_path, enc, live, like=a), enc)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_writer_waits_for_the_lock_when_asked(tmp_path, fake_encoder):
+    import threading
+    import time
+
+    from hylex.errors import IndexLockedError
+
+    enc = fake_encoder
+    Index.create(tmp_path / "ix", enc.describe()).close()
+    held = Index.open(tmp_path / "ix", writable=True)
+    t0 = time.monotonic()
+    with pytest.raises(IndexLockedError, match=r"waited 0.2 s"):
+        Index.open(tmp_path / "ix", writable=True, wait=0.2)
+    assert time.monotonic() - t0 >= 0.2
+    with pytest.raises(HylexError, match="wait must be a number"):
+        Index.open(tmp_path / "ix", writable=True, wait=-1)
+    timer = threading.Timer(0.3, held.close)
+    timer.start()
+    with Index.open(tmp_path / "ix", writable=True, wait=10) as w:  # got it once the holder closed
+        assert time.monotonic() - t0 >= 0.3
+        w.add(POOL[:3], *encode(enc, POOL[:3]))
+    timer.join()
+    reader = Index.open(tmp_path / "ix")
+    reader.acquire_writer()
+    with pytest.raises(HylexError, match="already holds"):
+        reader.acquire_writer()
+    with reader.writing():  # uses the lock already taken, and leaves it held
+        reader.delete([POOL[0].id])
+    with pytest.raises(IndexLockedError):
+        Index.open(tmp_path / "ix", writable=True)
+    reader.release_writer()
+    Index.open(tmp_path / "ix", writable=True).close()
+    reader.close()

@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from hylex.sample import EXAMPLE_ANSWERS
 
@@ -24,14 +28,68 @@ def test_demo_indexes_sample_and_answers(tmp_path):
     assert again.returncode == 0 and "using the sample index" in again.stdout
 
 
-def test_search_json_on_demo_index(tmp_path):
+@pytest.fixture(scope="module")
+def demo_index(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("demo")
     subprocess.run([sys.executable, "-m", "hylex", "--no-progress", "demo", "--limit", "120", "--workdir",
-                    str(tmp_path)], check=True, capture_output=True, timeout=600)
-    out = subprocess.run([sys.executable, "-m", "hylex", "search", str(tmp_path / "stdlib-120"),
-                          "compress data with gzip", "-k", "5", "--json"], capture_output=True, text=True,
-                         timeout=600)
+                    str(work)], check=True, capture_output=True, timeout=600)
+    return work / "stdlib-120"
+
+
+def search_json(index: Path, query: str, k: int) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "hylex", "search", str(index), query, "-k", str(k), "--json"],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    hits = json.loads(out.stdout)[0]["hits"]
-    ids = [h["id"] for h in hits]
+    return json.loads(out.stdout)[0]["hits"]
+
+
+def test_search_json_on_demo_index(demo_index):
+    ids = [h["id"] for h in search_json(demo_index, "compress data with gzip", 5)]
     modules = {i.split(".")[0] for i in ids}
     assert modules & set(EXAMPLE_ANSWERS["compress data with gzip"]), ids
+
+
+def test_serve_with_two_workers_on_the_real_model(demo_index, tmp_path):
+    """`hylex serve --workers 2` with the default model in each worker: the same hits and scores over HTTP,
+    from either worker, as `hylex search`; an upsert through one worker is found through both."""
+    import shutil
+    import urllib.request
+
+    index = tmp_path / "ix"
+    shutil.copytree(demo_index, index, ignore=shutil.ignore_patterns(".lock"))
+    query = "compress data with gzip"
+    want = search_json(index, query, 5)
+    proc = subprocess.Popen([sys.executable, "-m", "hylex", "--no-progress", "serve", str(index), "--port", "0",
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "serving" in line and "(2 workers" in line, proc.stderr.read() if not line else line
+        base = line.split(" at ")[1].split(" ")[0]
+
+        def call(path, body=None):
+            req = urllib.request.Request(base + path, data=None if body is None else json.dumps(body).encode(),
+                                         headers={"content-type": "application/json", "connection": "close"})
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read())
+
+        pids = set()
+        for _ in range(40):
+            pids.add(call("/stats")["service"]["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2
+        for _ in range(4):
+            hits = call("/search", {"queries": [query], "k": 5})["results"][0]["hits"]
+            assert [h["id"] for h in hits] == [h["id"] for h in want]
+            np.testing.assert_allclose([h["score"] for h in hits], [h["score"] for h in want], rtol=1e-4)
+        doc = {"id": "my.gzip.notes", "text": "Notes on gzip: compress and decompress data streams with zlib."}
+        assert call("/documents", {"documents": [doc]})["committed"] == 1
+        for _ in range(6):  # either worker finds it
+            ids = [h["id"] for h in call("/search", {"queries": ["gzip notes compress"], "k": 3})["results"][0]["hits"]]
+            assert "my.gzip.notes" in ids
+    finally:
+        proc.terminate()
+        rc = proc.wait(120)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert rc == 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -198,7 +199,8 @@ def test_concurrent_searches_share_one_forward_pass(index_copy):
         stats = s.call("GET", "/stats")[1]["service"]
     assert all(code == 200 for code, _ in results)
     assert sum(enc.query_calls) == 12 and len(enc.query_calls) < 12, enc.query_calls
-    assert stats == {"batching": True, "encode_batches": len(enc.query_calls), "encoded_query_texts": 12}
+    assert stats == {"batching": True, "encode_batches": len(enc.query_calls), "encoded_query_texts": 12,
+                     "pid": os.getpid(), "worker": 0, "workers": 1}
     with Index.open(index_copy) as ix:
         s = Searcher(ix, encoder=FakeEncoder())
         for (code, out), body in zip(results, bodies):
@@ -306,3 +308,33 @@ def test_read_only_service_sees_other_processes_commits(index_copy):
             w.add(docs, out.dense, out.sparse)
         assert s.call("GET", "/documents/x0001")[0] == 200
         assert s.call("GET", "/stats")[1]["documents"] == 202
+
+
+def test_writes_take_the_writer_lock_per_commit(index_copy):
+    """The service holds the index's writer lock only while it commits: another writer can commit between its
+    writes (and the service sees it); a write waits for another writer up to write_wait, then gets 503."""
+    enc = FakeEncoder()
+    docs = [{"id": f"w{i}", "text": f"star galaxy comet {i}"} for i in range(3)]
+    with Server(create_app(index_copy, encoder=enc, write_wait=0.3)) as s:
+        assert s.call("POST", "/documents", {"documents": docs[:1]}) == (200, {"committed": 1, "documents": 201})
+        with Index.open(index_copy, writable=True) as w:  # free again once the commit is durable
+            more = make_docs(2, seed=5, prefix="o")
+            out = enc.encode_documents([d.full_text for d in more])
+            w.add(more, out.dense, out.sparse)
+            t0 = time.monotonic()
+            code, err = s.call("POST", "/documents", {"documents": docs[1:2]})
+            assert code == 503 and "another process is writing" in err["error"] and "retry" in err["error"]
+            assert s.last_headers.get("retry-after", s.last_headers.get("Retry-After")) == "1"
+            assert time.monotonic() - t0 >= 0.3
+            code, err = s.call("DELETE", "/documents", {"ids": ["w0"]})
+            assert code == 503
+            code, res = s.call("POST", "/search", {"queries": ["star"], "k": 3})  # reads go on meanwhile
+            assert code == 200 and res["results"][0]["hits"]
+        assert s.call("GET", "/documents/w1")[0] == 404  # the refused write left nothing
+        assert s.call("GET", "/stats")[1]["documents"] == 203  # the other writer's commit is seen
+        holder = Index.open(index_copy, writable=True)
+        threading.Timer(0.1, holder.close).start()
+        assert s.call("POST", "/documents", {"documents": docs[2:]}) == (200, {"committed": 1, "documents": 204})
+        assert s.call("DELETE", "/documents", {"ids": ["w0", "o0000"]}) == (200, {"deleted": 2, "documents": 202})
+    with Index.open(index_copy) as ix:
+        assert ix.validate() == [] and ix.n_docs == 202 and ix.get(["w1"]) == [None]

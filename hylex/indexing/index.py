@@ -29,6 +29,7 @@ consistent snapshot meanwhile.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
@@ -36,7 +37,8 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +47,7 @@ import scipy.sparse as sp
 
 import hylex
 from hylex.corpus import Document
-from hylex.errors import HylexError, IndexFormatError
+from hylex.errors import HylexError, IndexFormatError, IndexLockedError
 from hylex.indexing.bm25 import Bm25Postings, bm25_settings, deleted_df
 from hylex.indexing.dense import DEFAULT_FACTORY, DenseIndex
 from hylex.indexing.impact import ImpactIndex
@@ -158,7 +160,7 @@ class Index:
         self._manifest_key: tuple | None = None  # (mtime, size, inode) of the manifest last read, for refresh()
         self.columns_cache: dict = {}  # (segment name, field) -> metadata column, see hylex.retrieval.filters
         if writable:
-            self._acquire_lock()
+            self.acquire_writer()
         try:
             self.store = DocStore(path / "docs.lmdb")
             self.segments: list[Segment] = [self._load_segment(s, mmap) for s in manifest["segments"]]
@@ -212,13 +214,29 @@ class Index:
 
     @classmethod
     def open(cls, path: str | os.PathLike, writable: bool = False, mmap: bool = True,
-             verify: bool = True) -> Index:
+             verify: bool = True, wait: float = 0.0) -> Index:
         """Open an existing index; checks its format, version and files, with errors naming what is wrong.
 
         ``verify``: also check every segment file's sha256 against the manifest (reads each file once, about
         1-2 GB/s; a damaged file is named in the error). Off, only sizes are checked.
+        ``writable``: take the writer lock (held until :meth:`close`), waiting up to ``wait`` seconds for another
+        writer to finish (default: refused at once with :class:`~hylex.errors.IndexLockedError`). A process that
+        writes now and then can instead open read-only and commit inside :meth:`writing`.
         """
         p = Path(path)
+        if writable:
+            # lock first, then read the manifest: what another writer committed meanwhile is then included
+            _read_manifest(p)  # a missing or foreign directory is named before any lock file is created
+            fd = _lock_file(p, wait)
+            try:
+                manifest = _read_manifest(p)
+                _check_files(p, manifest["segments"], verify)
+                index = cls(p, manifest, writable=False, mmap=mmap)
+            except BaseException:
+                os.close(fd)
+                raise
+            index._lock_fd, index.writable = fd, True
+            return index
         manifest = _read_manifest(p)
         _check_files(p, manifest["segments"], verify)
         return cls(p, manifest, writable=writable, mmap=mmap)
@@ -257,21 +275,61 @@ class Index:
             return True
         return False
 
-    def _acquire_lock(self) -> None:
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    # -- the writer lock ---------------------------------------------------------------------------------------
+    def acquire_writer(self, wait: float = 0.0) -> None:
+        """Take the index's writer lock (an ``flock`` on ``DIR/.lock``, released by the OS if the process dies),
+        waiting up to ``wait`` seconds for the writer holding it; then :class:`~hylex.errors.IndexLockedError`.
+        Any thread may call it, e.g. to wait off a thread that serves searches; :meth:`writing` then commits."""
+        if self._lock_fd is not None:
+            raise HylexError(f"this handle of index {self.path} already holds its writer lock")
+        self._lock_fd = _lock_file(self.path, wait)
+
+    def release_writer(self) -> None:
+        """Release the writer lock taken by :meth:`acquire_writer` (nothing if not held)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
             os.close(fd)
-            raise HylexError(f"another process is writing to index {self.path}: wait for it to finish") from None
-        self._lock_fd = fd
+
+    @contextlib.contextmanager
+    def writing(self, wait: float = 0.0) -> Iterator[Index]:
+        """Commit through an index opened read-only: inside the block it is writable and current.
+
+        Takes the writer lock unless :meth:`acquire_writer` already took it (waiting up to ``wait`` seconds),
+        takes up what other writers committed (:meth:`refresh`), and on exit is read-only again and releases the
+        lock it took. For processes that write now and then and must not hold the lock in between, e.g. the
+        service's workers; searches must not run on this handle from other threads meanwhile. On an index
+        opened writable, it just yields it.
+
+            with Index.open(path) as ix:
+                with ix.writing(wait=10):
+                    ix.upsert(docs, dense, sparse)
+        """
+        if self.writable:
+            yield self
+            return
+        own = self._lock_fd is None
+        if own:
+            self.acquire_writer(wait)
+        try:
+            self.refresh()
+            self.writable = True
+            try:
+                yield self
+            finally:
+                self.writable = False
+                # our own commits are loaded: the next refresh is one stat unless another writer commits
+                st = (self.path / MANIFEST).stat()
+                self._manifest_key = (st.st_mtime_ns, st.st_size, st.st_ino) \
+                    if int(_read_manifest(self.path).get("generation", 0)) == \
+                    int(self.manifest.get("generation", 0)) else None
+        finally:
+            if own:
+                self.release_writer()
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.release_writer()
 
     def __enter__(self) -> Index:
         return self
@@ -805,6 +863,29 @@ def _check_factory(dim: int, factory: str) -> None:
     except RuntimeError as e:
         raise HylexError(f"FAISS cannot build index {factory!r}: {str(e).splitlines()[0]}. Use a valid "
                          f"index-factory string such as Flat, HNSW32, IVF256,Flat or IVF256,PQ16") from e
+
+
+def _lock_file(path: Path, wait: float) -> int:
+    """Take ``path/.lock`` exclusively (flock: the OS releases it when the process dies), waiting up to ``wait``
+    seconds; returns the open descriptor that holds it."""
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+        raise HylexError(f"wait must be a number of seconds >= 0, got {wait!r}")
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + float(wait)
+    pause = 0.002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.close(fd)
+                waited = f" (waited {wait:g} s)" if wait else ""
+                raise IndexLockedError(f"another process is writing to index {path}{waited}: wait for it to "
+                                       f"finish") from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
 
 
 def _read_manifest(p: Path) -> dict:

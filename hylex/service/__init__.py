@@ -1,4 +1,5 @@
-"""The standalone HTTP retrieval service (FastAPI + uvicorn): ``hylex serve DIR``."""
+"""The standalone HTTP retrieval service (FastAPI + uvicorn): ``hylex serve DIR [--workers N]``."""
 from hylex.service.app import create_app
+from hylex.service.workers import ServeConfig, serve
 
-__all__ = ["create_app"]
+__all__ = ["ServeConfig", "create_app", "serve"]

@@ -13,12 +13,16 @@ missing or wrong API key, 404 for an unknown document, 413 for a body over the l
 not match the schema). With ``api_key`` set, requests must carry it in the ``X-API-Key`` header: for writes
 only (``auth="writes"``, the default) or for everything (``auth="all"``). No endpoint takes a file path.
 
-One process serves one index. Query texts of concurrent searches are encoded together (micro-batching,
-:class:`~hylex.service.batching.QueryBatcher`, on a worker thread: the event loop never runs the model; a full
-queue answers 503 with Retry-After). Searches and writes then take turns under one lock (a write's commit is
-seen whole by the next search); each search still uses every core (numba, BLAS). Opening the index for
-writing takes its writer lock on the first write and holds it until shutdown; until then the service takes up what
-other processes commit (e.g. `hylex index --upsert`) at its next request.
+One app serves one index in one process (``hylex serve --workers N`` runs N such processes on one socket,
+:mod:`hylex.service.workers`). Query texts of concurrent searches are encoded together (micro-batching,
+:class:`~hylex.service.batching.QueryBatcher`, on the model's thread: the event loop never runs the model; a
+full queue answers 503 with Retry-After). Searches and commits run on that same thread, one after another (a
+commit is seen whole by the next search); each search still uses the process's cores (numba, BLAS).
+
+Writes take the index's writer lock per commit: waiting for it happens off the model thread (searches go on),
+up to ``write_wait`` seconds (then 503 with Retry-After), and the lock is released as soon as the commit is
+durable, so other workers and other processes (``hylex index --upsert``) can write between this service's
+writes. Before every read the service takes up what others committed (one ``stat`` when nothing changed).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import concurrent.futures
 import contextlib
 import hmac
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import hylex
 from hylex.corpus import Document
-from hylex.errors import HylexError
+from hylex.errors import HylexError, IndexLockedError
 from hylex.indexing.index import Index
 from hylex.retrieval.filters import check_filter, delete_where
 from hylex.retrieval.searcher import Searcher
@@ -51,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 16 * 2**20
 DEFAULT_MAX_BATCH = 1024
+DEFAULT_WRITE_WAIT = 10.0
 
 
 class _Model(BaseModel):
@@ -131,16 +137,19 @@ class ServiceError(HylexError):
 
 
 class Service:
-    """The index, the encoder and the lock behind the app."""
+    """The index, the encoder and the locks behind the app."""
 
-    def __init__(self, index_dir: str | Path, encoder=None, encoder_kwargs: dict | None = None):
+    def __init__(self, index_dir: str | Path, encoder=None, encoder_kwargs: dict | None = None,
+                 write_wait: float = DEFAULT_WRITE_WAIT, worker: dict | None = None):
         self.path = Path(index_dir)
         self.index = Index.open(self.path)  # checks the index now: a bad directory fails at startup
-        self.writer: Index | None = None
         self._encoder = encoder
         self._encoder_kwargs = encoder_kwargs or {}
-        self.lock = threading.Lock()  # searches and commits take turns
+        self.write_wait = float(write_wait)
+        self.worker = dict(worker or {})  # {"worker": i, "workers": n} under hylex serve --workers
+        self.lock = threading.Lock()  # searches, reads and commits take turns on the index handle
         self.encoder_lock = threading.Lock()  # the encoder serves one call at a time (batches and upserts)
+        self.write_gate = asyncio.Lock()  # one write of this process at a time waits for the index's lock
         self.searcher = Searcher(self.index, encoder=encoder, **self._encoder_kwargs)
         self.batcher: QueryBatcher | None = None
         # without batching, searches and commits run on this one thread: numba's OpenMP layer keeps a thread
@@ -153,15 +162,6 @@ class Service:
             self._encoder = self.searcher.encoder  # loaded lazily from the index's recorded settings
         return self._encoder
 
-    def writable(self) -> Index:
-        """The index opened for writing (its writer lock held from the first write until close)."""
-        if self.writer is None:
-            self.writer = Index.open(self.path, writable=True)
-            self.index.close()
-            self.index = self.writer
-            self.searcher = Searcher(self.writer, encoder=self._encoder, **self._encoder_kwargs)
-        return self.writer
-
     async def run(self, fn):
         """Run index work (a search, a commit) on the model's thread when batching (between query batches: torch
         and numba then share one thread's OpenMP teams; a numba team started by another thread made encoding 2x
@@ -170,10 +170,29 @@ class Service:
             return await self.batcher.call(fn)
         return await asyncio.get_running_loop().run_in_executor(self.search_thread, fn)
 
+    async def write(self, fn):
+        """Commit ``fn(index)`` under the index's writer lock: waited for on a pool thread (searches go on), the
+        commit on the model's thread, the lock released once it is durable. A write that has started finishes
+        even if its request is cancelled (shielded): nothing is half-applied."""
+        return await asyncio.shield(asyncio.ensure_future(self._write(fn)))
+
+    async def _write(self, fn):
+        async with self.write_gate:
+            try:
+                await run_in_threadpool(self.index.acquire_writer, self.write_wait)
+            except IndexLockedError as e:
+                raise ServiceError(f"{e}; retry shortly", 503, {"Retry-After": "1"}) from None
+            try:
+                def commit():
+                    with self.lock, self.index.writing() as ix:
+                        return fn(ix)
+                return await self.run(commit)
+            finally:
+                self.index.release_writer()
+
     def current(self) -> Index:
-        """The index, up to date: a read-only one takes up commits made by other processes (one stat if none)."""
-        if self.writer is None:
-            self.index.refresh()
+        """The index, up to date: takes up commits made by other processes and workers (one stat if none)."""
+        self.index.refresh()
         return self.index
 
     def encode_queries(self, texts: list[str]):
@@ -200,7 +219,8 @@ def _hits(res, queries: list[str] | None, with_documents: bool) -> list[QueryRes
 def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = None, auth: str = "writes",
                max_body_bytes: int = DEFAULT_MAX_BODY, max_batch: int = DEFAULT_MAX_BATCH,
                batching: bool = True, batch_wait_ms: float = 5.0, max_queue: int = 1024,
-               model_thread: bool = True, encoder_kwargs: dict | None = None) -> FastAPI:
+               model_thread: bool = True, encoder_kwargs: dict | None = None,
+               write_wait: float = DEFAULT_WRITE_WAIT, worker: dict | None = None) -> FastAPI:
     """The FastAPI app serving ``index_dir``.
 
     Args:
@@ -215,12 +235,16 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         model_thread: run the model work (query batches, document encoding) on a thread of the app's own;
             False leaves ``app.state.service.batcher.run()`` to the caller (``hylex serve`` runs it on the main
             thread, where torch encodes ~2x faster here, with the server on another thread). Needs batching.
+        write_wait: seconds a write waits for the index's writer lock held by another process (then 503).
+        worker: ``{"worker": i, "workers": n}``, shown by ``/stats`` (set by ``hylex serve --workers``).
     """
     if auth not in ("writes", "all"):
         raise HylexError(f"auth must be 'writes' or 'all', got {auth!r}")
     if api_key is not None and not api_key.strip():
         raise HylexError("the API key is empty: pass a non-empty key, or none")
-    service = Service(index_dir, encoder, encoder_kwargs)
+    if isinstance(write_wait, bool) or not isinstance(write_wait, (int, float)) or not write_wait >= 0:
+        raise HylexError(f"write_wait must be a number of seconds >= 0, got {write_wait!r}")
+    service = Service(index_dir, encoder, encoder_kwargs, write_wait=write_wait, worker=worker)
     if not batching and not model_thread:
         raise HylexError("the model runs on the caller's thread only with batching on")
     if batching:
@@ -267,6 +291,14 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
 
     @app.get("/health")
     def health() -> dict:
+        # a liveness probe never waits behind a search or a commit: the count is refreshed only if the index is free
+        if service.lock.acquire(blocking=False):
+            try:
+                service.current()
+            except (HylexError, OSError) as e:  # still alive: the next read reports the problem
+                logger.warning("could not take up the index's latest commit: %s", e)
+            finally:
+                service.lock.release()
         return {"status": "ok", "documents": service.index.n_docs}
 
     @app.get("/stats")
@@ -275,7 +307,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             out = service.current().stats()
         b = service.batcher
         out["service"] = {"batching": b is not None, "encode_batches": b.batches if b else None,
-                          "encoded_query_texts": b.texts if b else None}
+                          "encoded_query_texts": b.texts if b else None, "pid": os.getpid(),
+                          "worker": service.worker.get("worker", 0), "workers": service.worker.get("workers", 1)}
         return out
 
     @app.post("/search", response_model=SearchResponse)
@@ -364,22 +397,22 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                     return encode_docs()
             dense, sparse = await run_in_threadpool(encode_alone)
 
-        def commit():
-            with service.lock:
-                ix = service.writable()
-                ix.upsert(docs, np.asarray(dense, np.float32), sp.csr_matrix(sparse, dtype=np.float32))
-                return UpsertResponse(committed=len(docs), documents=ix.n_docs)
+        def commit(ix: Index) -> UpsertResponse:
+            ix.upsert(docs, np.asarray(dense, np.float32), sp.csr_matrix(sparse, dtype=np.float32))
+            return UpsertResponse(committed=len(docs), documents=ix.n_docs)
 
-        return await service.run(commit)
+        return await service.write(commit)
 
     @app.delete("/documents", response_model=DeleteResponse)
-    def delete(req: DeleteRequest) -> DeleteResponse:
+    async def delete(req: DeleteRequest) -> DeleteResponse:
         if (req.ids is None) == (req.filter is None):
             raise ServiceError("give the documents to delete as \"ids\" or as \"filter\" (one of them)")
         flt = check_filter(req.filter) if req.filter is not None else None
-        with service.lock:
-            ix = service.writable()
+
+        def commit(ix: Index) -> DeleteResponse:
             n = ix.delete(req.ids) if req.ids is not None else delete_where(ix, flt)
             return DeleteResponse(deleted=n, documents=ix.n_docs)
+
+        return await service.write(commit)
 
     return app
