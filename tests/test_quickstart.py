@@ -53,43 +53,27 @@ def test_serve_with_two_workers_on_the_real_model(demo_index, tmp_path):
     """`hylex serve --workers 2` with the default model in each worker: the same hits and scores over HTTP,
     from either worker, as `hylex search`; an upsert through one worker is found through both."""
     import shutil
-    import urllib.request
+
+    from test_workers import Serve
 
     index = tmp_path / "ix"
     shutil.copytree(demo_index, index, ignore=shutil.ignore_patterns(".lock"))
     query = "compress data with gzip"
     want = search_json(index, query, 5)
-    proc = subprocess.Popen([sys.executable, "-m", "hylex", "--no-progress", "serve", str(index), "--port", "0",
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    s = Serve(index, "--workers", "2")
     try:
-        line = proc.stdout.readline()
-        assert "serving" in line and "(2 workers" in line, proc.stderr.read() if not line else line
-        base = line.split(" at ")[1].split(" ")[0]
-
-        def call(path, body=None):
-            req = urllib.request.Request(base + path, data=None if body is None else json.dumps(body).encode(),
-                                         headers={"content-type": "application/json", "connection": "close"})
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return json.loads(r.read())
-
-        pids = set()
-        for _ in range(40):
-            pids.add(call("/stats")["service"]["pid"])
-            if len(pids) == 2:
-                break
-        assert len(pids) == 2
+        assert "(2 workers" in s.line
+        s.stats_until(lambda by: len(by) == 2)
         for _ in range(4):
-            hits = call("/search", {"queries": [query], "k": 5})["results"][0]["hits"]
-            assert [h["id"] for h in hits] == [h["id"] for h in want]
+            code, out = s.call("POST", "/search", {"queries": [query], "k": 5})
+            hits = out["results"][0]["hits"]
+            assert code == 200 and [h["id"] for h in hits] == [h["id"] for h in want]
             np.testing.assert_allclose([h["score"] for h in hits], [h["score"] for h in want], rtol=1e-4)
         doc = {"id": "my.gzip.notes", "text": "Notes on gzip: compress and decompress data streams with zlib."}
-        assert call("/documents", {"documents": [doc]})["committed"] == 1
+        assert s.call("POST", "/documents", {"documents": [doc]})[1]["committed"] == 1
         for _ in range(6):  # either worker finds it
-            ids = [h["id"] for h in call("/search", {"queries": ["gzip notes compress"], "k": 3})["results"][0]["hits"]]
-            assert "my.gzip.notes" in ids
+            out = s.call("POST", "/search", {"queries": ["gzip notes compress"], "k": 3})[1]
+            assert "my.gzip.notes" in [h["id"] for h in out["results"][0]["hits"]]
     finally:
-        proc.terminate()
-        rc = proc.wait(120)
-        proc.stdout.close()
-        proc.stderr.close()
+        rc = s.stop()
     assert rc == 0

@@ -224,22 +224,18 @@ class Index:
         writes now and then can instead open read-only and commit inside :meth:`writing`.
         """
         p = Path(path)
-        if writable:
-            # lock first, then read the manifest: what another writer committed meanwhile is then included
-            _read_manifest(p)  # a missing or foreign directory is named before any lock file is created
-            fd = _lock_file(p, wait)
-            try:
-                manifest = _read_manifest(p)
-                _check_files(p, manifest["segments"], verify)
-                index = cls(p, manifest, writable=False, mmap=mmap)
-            except BaseException:
-                os.close(fd)
-                raise
-            index._lock_fd, index.writable = fd, True
-            return index
         manifest = _read_manifest(p)
         _check_files(p, manifest["segments"], verify)
-        return cls(p, manifest, writable=writable, mmap=mmap)
+        index = cls(p, manifest, writable=False, mmap=mmap)
+        if writable:
+            try:
+                index.acquire_writer(wait)
+                index.refresh(verify)  # what another writer committed before the lock was ours
+            except BaseException:
+                index.close()
+                raise
+            index.writable = True
+        return index
 
     def refresh(self, verify: bool = True) -> bool:
         """Take up what other processes committed since this read-only index was read: the new manifest's
@@ -313,15 +309,16 @@ class Index:
         try:
             self.refresh()
             self.writable = True
+            ok = False
             try:
                 yield self
+                ok = True
             finally:
                 self.writable = False
-                # our own commits are loaded: the next refresh is one stat unless another writer commits
+                # the manifest on disk is ours and loaded: the next refresh is one stat unless another writer
+                # commits; after a failure it is read again
                 st = (self.path / MANIFEST).stat()
-                self._manifest_key = (st.st_mtime_ns, st.st_size, st.st_ino) \
-                    if int(_read_manifest(self.path).get("generation", 0)) == \
-                    int(self.manifest.get("generation", 0)) else None
+                self._manifest_key = (st.st_mtime_ns, st.st_size, st.st_ino) if ok else None
         finally:
             if own:
                 self.release_writer()
@@ -886,6 +883,12 @@ def _lock_file(path: Path, wait: float) -> int:
                                        f"finish") from None
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.05)
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The checked manifest of an index directory (format and version), without loading any segment: a cheap
+    way to fail early on a missing or foreign directory."""
+    return _read_manifest(Path(path))
 
 
 def _read_manifest(p: Path) -> dict:

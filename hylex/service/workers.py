@@ -83,9 +83,9 @@ def serve(cfg: ServeConfig, announce: Callable[[str], None] | None = None) -> in
     if cfg.threads is not None and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int)
                                     or cfg.threads < 1):
         raise HylexError(f"threads must be an integer >= 1, got {cfg.threads!r}")
-    from hylex.indexing.index import Index
+    from hylex.indexing.index import read_manifest
 
-    Index.open(cfg.index, verify=False).close()  # a missing or foreign directory is named before anything starts
+    read_manifest(cfg.index)  # a missing or foreign directory is named before anything starts
     if cfg.encoder is not None:
         _split_spec(cfg.encoder)
     announce = announce or (lambda line: print(line, flush=True))
