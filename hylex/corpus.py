@@ -10,11 +10,21 @@ Ids may be strings or integers in the file; they are always returned as strings.
 
 Every malformed input raises :class:`~hylex.errors.CorpusError` whose one-line message names the file, the
 1-based line number, the problem and the fix.
+
+What every entry point (corpus files, :class:`Document`, query texts, the HTTP service) does with awkward input:
+
+* ids: strings of 1 to :data:`MAX_ID_BYTES` (511) UTF-8 bytes, not only whitespace, valid Unicode; anything else
+  is refused (LMDB keys cannot be longer, and an id must be readable back exactly as written);
+* texts and titles: lone UTF-16 surrogates (JSON's ``"\\ud800"`` escapes without their pair, which no UTF-8
+  encoder or tokenizer accepts) are replaced by U+FFFD (:func:`clean_text`); the rest of the text is kept;
+* metadata: a JSON object of JSON values; NaN and infinity are refused (JSON has neither), strings are cleaned
+  like texts.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +38,74 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _RESERVED_KEYS = frozenset({"_id", "id", "title", "text", "metadata"})
 _SENTENCE_END = (".", "!", "?", ":", ";")
+
+#: The longest document id in UTF-8 bytes: LMDB's largest key (ids are keys of the document store).
+MAX_ID_BYTES = 511
+_MAX_METADATA_DEPTH = 32
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every lone UTF-16 surrogate replaced by U+FFFD (a pair written as two escapes is joined).
+
+    JSON allows ``"\\ud800"`` without its partner; Python then holds a code point that cannot be encoded as
+    UTF-8, and tokenizers, LMDB and JSON writers fail on it. Everything else is returned unchanged (the same
+    object when there is nothing to replace).
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def check_id(value: Any, what: str = "document id") -> str:
+    """Return ``value`` as a storable document id, or raise :class:`CorpusError` saying why it is not.
+
+    An id is a string of 1 to :data:`MAX_ID_BYTES` UTF-8 bytes that is not only whitespace and holds no lone
+    surrogate.
+    """
+    if not isinstance(value, str):
+        raise CorpusError(f"{what} must be a string, got {_json_type(value)}: pass ids as strings")
+    if not value.strip():
+        raise CorpusError(f"{what} {value!r} is empty or only whitespace: give every document a visible id")
+    try:
+        n = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise CorpusError(f"{what} {value[:40]!r} holds a lone surrogate (an unpaired \\ud800-\\udfff escape): "
+                          f"ids must be valid Unicode, fix the escape") from None
+    if n > MAX_ID_BYTES:
+        raise CorpusError(f"{what} {value[:32]!r}... is {n} UTF-8 bytes, over the limit of {MAX_ID_BYTES} "
+                          f"(the document store's key size): shorten it, e.g. keep the long id in metadata and "
+                          f"use its hash as the id")
+    return value
+
+
+def clean_metadata(value: Any, where: str = "metadata", depth: int = 0) -> Any:
+    """A JSON value with its strings cleaned (:func:`clean_text`); raises :class:`CorpusError` for NaN, infinity,
+    non-string keys, nesting deeper than 32 or a value JSON cannot hold."""
+    if depth > _MAX_METADATA_DEPTH:
+        raise CorpusError(f"{where} is nested more than {_MAX_METADATA_DEPTH} levels deep: flatten it")
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CorpusError(f"{where} is {value}: JSON has no NaN or infinity, use null or a number")
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CorpusError(f"{where} has a key {k!r} that is not a string: JSON object keys are strings")
+            out[clean_text(k)] = clean_metadata(v, f"{where}.{k}", depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [clean_metadata(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    raise CorpusError(f"{where} is a {type(value).__name__}, which JSON cannot hold: use strings, numbers, "
+                      f"booleans, null, lists and objects")
 
 
 @dataclass(frozen=True)
@@ -45,6 +123,22 @@ class Document:
     text: str
     title: str = ""
     metadata: dict = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        # Validated here so that every way in (corpus files, the library, the HTTP service) refuses the same
+        # ids and cleans the same texts; raises CorpusError.
+        check_id(self.id)
+        for name in ("text", "title"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise CorpusError(f"document {self.id!r} {name} must be a string, got {_json_type(value)}")
+            cleaned = clean_text(value)
+            if cleaned is not value:
+                object.__setattr__(self, name, cleaned)
+        if not isinstance(self.metadata, dict):
+            raise CorpusError(f"document {self.id!r} metadata must be a JSON object, got "
+                              f"{_json_type(self.metadata)}")
+        object.__setattr__(self, "metadata", clean_metadata(self.metadata, f"document {self.id!r} metadata"))
 
     @property
     def full_text(self) -> str:
@@ -103,6 +197,8 @@ def _iter_json_objects(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise CorpusError(
                 f"{name} line {lineno}: not valid JSON ({exc.msg}). Fix the line or remove it."
             ) from None
+        except RecursionError:
+            raise CorpusError(f"{name} line {lineno}: JSON nested too deeply to read. Flatten the line.") from None
         if not isinstance(obj, dict):
             raise CorpusError(
                 f"{name} line {lineno}: expected a JSON object, got {_json_type(obj)}. "
@@ -144,6 +240,10 @@ def _get_id(obj: dict[str, Any], name: str, lineno: int, what: str) -> tuple[str
     text = str(value)
     if not text.strip():
         raise CorpusError(f"{name} line {lineno}: {what} id is empty. Give the {what} a non-empty \"{key}\".")
+    try:
+        check_id(text, f"{what} id")
+    except CorpusError as e:
+        raise CorpusError(f"{name} line {lineno}: {e}") from None
     return text, key
 
 
@@ -196,7 +296,10 @@ def _parse_document(obj: dict[str, Any], name: str, lineno: int) -> Document:
             )
         metadata.update(meta)  # the explicit metadata object wins over stray top-level keys
 
-    return Document(id=doc_id, text=text, title=title, metadata=metadata)
+    try:
+        return Document(id=doc_id, text=text, title=title, metadata=metadata)
+    except CorpusError as e:  # NaN or otherwise unstorable metadata: name the line
+        raise CorpusError(f"{name} line {lineno}: {e}") from None
 
 
 def read_corpus(path: PathLike) -> Iterator[Document]:
@@ -259,6 +362,9 @@ def read_corpus_lenient(path: PathLike, rejects: list[dict]) -> Iterator[Documen
                 except json.JSONDecodeError as exc:
                     rejects.append({"line": lineno, "error": f"not valid JSON ({exc.msg})", "raw": text})
                     continue
+                except RecursionError:
+                    rejects.append({"line": lineno, "error": "JSON nested too deeply to read", "raw": text})
+                    continue
                 except CorpusError as exc:
                     rejects.append({"line": lineno, "error": str(exc).split(": ", 1)[-1], "raw": text})
                     continue
@@ -305,7 +411,7 @@ def read_queries(path: PathLike) -> dict[str, str]:
             raise CorpusError(
                 f"{name} line {lineno}: query id {qid!r} appears twice. Give each query a unique id."
             )
-        queries[qid] = text
+        queries[qid] = clean_text(text)
     if not queries:
         raise CorpusError(
             f"{name} has no queries. Add one JSON query per line, e.g. {{\"_id\": \"q1\", \"text\": \"...\"}}."

@@ -55,10 +55,10 @@ def test_results_shape(searcher, queries, mode, fusion):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_k_larger_than_corpus_pads(searcher, queries, docs, mode):
-    k = 260
+def test_k_larger_than_corpus_is_capped_at_the_live_documents(searcher, queries, docs, mode):
+    k = 260  # more than the 200 documents: the results hold one slot per document, not k
     r = searcher.search(None, k=k, mode=mode, **_vectors(queries, mode))
-    assert r.shape == (len(queries[0]), k)
+    assert r.shape == (len(queries[0]), len(docs))
     for q in range(r.shape[0]):
         valid = r.rows[q] >= 0
         n = int(valid.sum())
@@ -232,9 +232,9 @@ def test_with_documents(searcher, docs, queries):
         assert listed["rank"] == 1 and listed["id"] == r.ids[0, 0]
         assert listed["title"] == by_id[listed["id"]].title and listed["metadata"]["topic"] == \
             by_id[listed["id"]].metadata["topic"]
-    # past the corpus, the extra slots hold None
+    # k past the corpus: one slot per document, each holding its document
     r = searcher.search(queries[0][:1], k=205, mode="dense", with_documents=True)
-    assert r.documents[0][199] is not None and r.documents[0][200:] == [None] * 5
+    assert len(r.documents[0]) == 200 and all(d is not None for d in r.documents[0])
 
 
 def test_topical_queries_find_their_topic(searcher, docs, queries):

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from hylex.corpus import clean_text
 from hylex.engine import lexicon, prompts
 from hylex.engine.cache import EncodingCache, namespace
 from hylex.engine.models import DEFAULT_MODEL, ResolvedModel, cache_dir, resolve_model
@@ -303,7 +304,7 @@ class Encoder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise HylexError(f"text {i} is {type(t).__name__}, not str: pass strings only")
-        return texts
+        return [clean_text(t) for t in texts]  # lone surrogates -> U+FFFD (the tokenizer refuses them)
 
     def encode(self, texts: Sequence[str], kind: str = "passage") -> Encoded:
         texts = self._check_texts(texts)

@@ -46,7 +46,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import hylex
-from hylex.corpus import Document
+from hylex.corpus import Document, check_id
 from hylex.errors import HylexError, IndexFormatError, IndexLockedError
 from hylex.indexing.bm25 import Bm25Postings, bm25_settings, deleted_df
 from hylex.indexing.dense import DEFAULT_FACTORY, DenseIndex
@@ -477,9 +477,18 @@ class Index:
         """Delete the live documents with these external ids (ids not in the index are ignored); returns how
         many were deleted. Durable on return, like every commit."""
         self._check_writable()
-        if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
-            raise HylexError("ids must be a list of document id strings")
-        return self.delete_rows([r for r in self.rows_of(list(ids)) if r is not None])
+        ids = _check_ids(ids)
+        return self.delete_rows([r for r in self.rows_of(ids) if r is not None])
+
+    def delete_all(self) -> int:
+        """Delete every live document (the segments stay until merged); returns how many. Durable on return."""
+        self._check_writable()
+        rows = []
+        for seg in self.segments:
+            live = seg.live
+            local = np.arange(seg.n_docs, dtype=np.int64) if live is None else np.flatnonzero(live)
+            rows.extend((local + seg.row_offset).tolist())
+        return self.delete_rows(rows)
 
     def delete_rows(self, rows: Sequence[int]) -> int:
         """Delete documents by global row (e.g. the rows a filter matched); returns how many live ones went."""
@@ -728,7 +737,7 @@ class Index:
 
     def get(self, ids: Sequence[str]) -> list[dict | None]:
         """The live stored documents of external ids (None where absent)."""
-        return self.documents([-1 if r is None else r for r in self.rows_of(ids)])
+        return self.documents([-1 if r is None else r for r in self.rows_of(_check_ids(ids))])
 
     def stats(self) -> dict:
         """What the index holds: counts, segments with sizes, encoder model and settings, format."""
@@ -811,6 +820,13 @@ class Index:
 # 16-bit impacts on one fixed scale (16 / 65535 ~ 2.4e-4 per step): every segment quantizes a weight the same way,
 # so a multi-segment index scores exactly like one built at once. log(1 + relu(logit)) stays far below 16.
 SPARSE_DEFAULTS = {"bits": 16, "block_size": 64, "keep_top": None, "keep_fraction": None, "max_weight": 16.0}
+
+
+def _check_ids(ids) -> list[str]:
+    """A list of document ids to look up, each valid (:func:`hylex.corpus.check_id`), or a HylexError."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise HylexError(f"ids must be a list of document id strings, got {type(ids).__name__}: wrap one id as [id]")
+    return [check_id(i, "id") for i in ids]
 
 
 def sparse_settings(cfg: dict | None) -> dict:

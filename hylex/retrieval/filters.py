@@ -238,5 +238,13 @@ def matching_rows(index, flt: dict | str) -> list[int]:
 
 
 def delete_where(index, flt: dict | str) -> int:
-    """Delete every live document of a writable index matching ``flt``; returns how many."""
+    """Delete every live document of a writable index matching ``flt``; returns how many.
+
+    An empty filter (``{}``) would match every document and is refused: deleting everything is said explicitly,
+    with :meth:`hylex.indexing.Index.delete_all` (``hylex delete --all``, ``DELETE /documents {"all": true}``).
+    """
+    flt = check_filter(flt)
+    if not flt:
+        raise FilterError("an empty filter matches every document: to delete them all, say so explicitly "
+                          "(hylex delete --all, DELETE /documents {\"all\": true}, Index.delete_all())")
     return index.delete_rows(matching_rows(index, flt))

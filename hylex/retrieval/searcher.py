@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from hylex.corpus import Document
+from hylex.corpus import Document, clean_text
 from hylex.errors import HylexError
 from hylex.indexing.bm25 import bm25_search, check_b, check_k1
 from hylex.indexing.index import Index
@@ -40,6 +40,24 @@ def check_k(k, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise HylexError(f"{name} must be a positive integer, got {k!r}: ask for at least 1 hit")
     return int(k)
+
+
+def check_rrf_k(rrf_k) -> float:
+    if isinstance(rrf_k, (bool, np.bool_)) or not isinstance(rrf_k, (int, float, np.integer, np.floating)) or \
+            not (math.isfinite(float(rrf_k)) and float(rrf_k) >= 0):
+        raise HylexError(f"rrf_k must be a finite number >= 0, got {rrf_k!r}: reciprocal rank fusion scores a hit "
+                         f"at rank r by 1 / (rrf_k + r) (the usual constant is 60)")
+    return float(rrf_k)
+
+
+def check_alpha(alpha) -> float | None:
+    if alpha is None:
+        return None
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.integer, np.floating)) or \
+            not 0.0 <= float(alpha) <= 1.0:
+        raise HylexError(f"alpha must be in [0, 1], got {alpha!r}: it is the dense arm's weight against "
+                         f"sparse")
+    return float(alpha)
 
 
 def check_arms(arms) -> tuple[str, ...]:
@@ -182,6 +200,7 @@ class Searcher:
         ``filter``: a metadata filter (:mod:`hylex.retrieval.filters`); deleted documents never hit. ``allowed``:
         the result of :meth:`allowed`, when the caller has it.
         """
+        k = self._cap(k)
         allowed = self.allowed(filter) if allowed is None else allowed
         parts_D, parts_I = [], []
         for seg, ok in zip(self.index.segments, allowed):
@@ -238,6 +257,7 @@ class Searcher:
         ``candidates`` (docs collected per query, then rescored with the whole query) make it approximate and
         faster: see :mod:`hylex.kernels.blockmax`. ``filter`` / ``allowed`` as in :meth:`search_dense`.
         """
+        k = self._cap(k)
         allowed = self.allowed(filter) if allowed is None else allowed
         parts_D, parts_I = [], []
         for seg, ok in zip(self.index.segments, allowed):
@@ -259,13 +279,17 @@ class Searcher:
         (a filter narrows the hits, not the statistics).
         """
         texts = self._texts(query_texts, "query_texts")
-        k = check_k(k)
+        k = self._cap(k)
         k1 = self.index.bm25_k1 if k1 is None else check_k1(k1)
         b = self.index.bm25_b if b is None else check_b(b)
         allowed = self.allowed(filter) if allowed is None else allowed
         terms = self.index.bm25_analyzer.analyze(texts)
         return bm25_search([(seg.row_offset, seg.bm25, ok, seg.bm25_deleted)
                             for seg, ok in zip(self.index.segments, allowed)], terms, k, k1, b)
+
+    def _cap(self, k) -> int:
+        """``k`` checked and capped at the live document count (never below 1), before anything is allocated."""
+        return min(check_k(k), max(1, self.index.n_docs))
 
     @staticmethod
     def _texts(texts, name: str) -> list[str]:
@@ -277,7 +301,7 @@ class Searcher:
         for i, q in enumerate(texts):
             if not isinstance(q, str) or not q.strip():
                 raise HylexError(f"query {i} is empty or not a string: pass non-empty query texts")
-        return texts
+        return [clean_text(q) for q in texts]  # lone surrogates -> U+FFFD, as for documents
 
     @staticmethod
     def _merge(parts_D, parts_I, nq, k):
@@ -329,9 +353,12 @@ class Searcher:
             raise HylexError(f"mode {mode!r} is unknown: choose one of {', '.join(MODES)}")
         if fusion not in FUSIONS:
             raise HylexError(f"fusion {fusion!r} is unknown: choose one of {', '.join(FUSIONS)}")
-        if alpha is not None and not (0.0 <= float(alpha) <= 1.0):
-            raise HylexError(f"alpha must be in [0, 1], got {alpha}: it is the dense arm's weight")
+        alpha = check_alpha(alpha)
+        rrf_k = check_rrf_k(rrf_k)
         depth = max(check_k(depth, "depth"), k)
+        # Results hold at most one slot per live document: k = 10**9 on 150 documents allocates 150 per query.
+        cap = max(1, self.index.n_docs)
+        k, depth = min(k, cap), min(depth, cap)
         arms = check_arms(arms)
         if weights is not None:
             weights = check_weights(weights, arms)
