@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from hylex.engine.config import EncoderConfig
 from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, POOLINGS, PROMPTS
 from hylex.errors import HylexError
 
@@ -42,25 +43,35 @@ def _float_list(text: str) -> list[float]:
 def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) -> None:
     g = p.add_argument_group("encoder")
     if with_settings:
-        g.add_argument("--model", default="smollm2-135m",
-                       help="packaged model name (smollm2-135m, qwen2.5-0.5b), .gguf file, model folder or hub id")
-        g.add_argument("--max-length", type=_positive_int, default=512, help="tokens per text incl. the prompt")
-        g.add_argument("--prompt", default="promptreps", choices=list(PROMPTS))
-        g.add_argument("--pooling", default="last", choices=list(POOLINGS))
-        g.add_argument("--sparse-topk", type=int, default=256, help="vocabulary entries kept per text (0: all)")
-        g.add_argument("--expansion", type=int, default=0, help="expansion terms beyond the text's own words")
-        g.add_argument("--no-own-words", action="store_true",
+        # No defaults here: an option left out takes the index's recorded setting when adding to an index, and
+        # EncoderConfig's default for a new one (shown in brackets).
+        d = EncoderConfig()
+        g.add_argument("--model", default=None,
+                       help=f"packaged model name (smollm2-135m, qwen2.5-0.5b), .gguf file, model folder or hub id "
+                            f"[{d.model}]")
+        g.add_argument("--max-length", type=_positive_int, default=None,
+                       help=f"tokens per text incl. the prompt [{d.max_length}]")
+        g.add_argument("--prompt", default=None, choices=list(PROMPTS), help=f"[{d.prompt}]")
+        g.add_argument("--pooling", default=None, choices=list(POOLINGS), help=f"[{d.pooling}]")
+        g.add_argument("--sparse-topk", type=int, default=None,
+                       help=f"vocabulary entries kept per text (0: all) [{d.sparse_topk}]")
+        g.add_argument("--expansion", type=int, default=None,
+                       help=f"expansion terms beyond the text's own words [{d.expansion}]")
+        g.add_argument("--no-own-words", action="store_true", default=None,
                        help="sparse weights on any alphanumeric token, not only the text's own words")
-        g.add_argument("--word-forms", default="bare", choices=["bare", "both"],
-                       help="own-word tokens: the bare word, or also its space-prefixed form (Qwen/Llama-3)")
-        g.add_argument("--stopwords", default="english",
-                       help="stopword list: english, none, or a comma-separated list of words")
-        g.add_argument("--long-docs", default="truncate", choices=list(LONG_DOCS),
-                       help="documents longer than --max-length: truncate, or chunk and aggregate")
-        g.add_argument("--chunk-overlap", type=int, default=64, help="tokens shared by consecutive chunks")
-        g.add_argument("--dense-agg", default="first", choices=list(DENSE_AGGS),
-                       help="dense vector of a chunked document: first chunk, mean, or maxsim at query time")
-        g.add_argument("--dtype", default="auto", choices=list(DTYPES))
+        g.add_argument("--word-forms", default=None, choices=["bare", "both"],
+                       help=f"own-word tokens: the bare word, or also its space-prefixed form (Qwen/Llama-3) "
+                            f"[{d.word_forms}]")
+        g.add_argument("--stopwords", default=None,
+                       help=f"stopword list: english, none, or a comma-separated list of words [{d.stopwords}]")
+        g.add_argument("--long-docs", default=None, choices=list(LONG_DOCS),
+                       help=f"documents longer than --max-length: truncate, or chunk and aggregate [{d.long_docs}]")
+        g.add_argument("--chunk-overlap", type=int, default=None,
+                       help="tokens shared by consecutive chunks [64, or max-length / 4 when that is smaller]")
+        g.add_argument("--dense-agg", default=None, choices=list(DENSE_AGGS),
+                       help=f"dense vector of a chunked document: first chunk, mean, or maxsim at query time "
+                            f"[{d.dense_agg}]")
+        g.add_argument("--dtype", default=None, choices=list(DTYPES), help=f"[{d.dtype}]")
     g.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     g.add_argument("--batch-tokens", type=_positive_int, default=16384, help="padded tokens per forward pass")
@@ -107,19 +118,29 @@ def _fusion_kwargs(args) -> dict:
 def _encoder_kwargs(args) -> dict:
     return {"device": args.device, "threads": args.threads, "batch_tokens": args.batch_tokens,
             "cache": args.cache_dir, "encoding_cache": not args.no_encoding_cache,
-            "progress": not args.no_progress}
+            "progress": args.progress}
 
 
-def _make_encoder(args):
+ENCODER_OPTIONS = ("model", "max_length", "prompt", "pooling", "sparse_topk", "expansion", "word_forms",
+                   "stopwords", "long_docs", "chunk_overlap", "dense_agg", "dtype")
+
+
+def _encoder_options(args) -> dict:
+    """The encoder settings given on the command line (only those given)."""
+    out = {k: getattr(args, k) for k in ENCODER_OPTIONS if getattr(args, k, None) is not None}
+    if getattr(args, "no_own_words", None):
+        out["own_words"] = False
+    if "stopwords" in out and out["stopwords"] not in ("english", "none"):
+        out["stopwords"] = [w.strip() for w in out["stopwords"].split(",") if w.strip()]
+    return out
+
+
+def _make_encoder(args, base: dict | None = None):
+    """The encoder of ``hylex index``: ``base`` settings (an existing index's) with the options given on top."""
     from hylex.engine.encoder import Encoder
 
-    stop = args.stopwords if args.stopwords in ("english", "none") else \
-        [w.strip() for w in args.stopwords.split(",") if w.strip()]
-    return Encoder(args.model, prompt=args.prompt, pooling=args.pooling, max_length=args.max_length,
-                   sparse_topk=args.sparse_topk, expansion=args.expansion, own_words=not args.no_own_words,
-                   word_forms=args.word_forms,
-                   stopwords=stop, long_docs=args.long_docs, chunk_overlap=args.chunk_overlap,
-                   dense_agg=args.dense_agg, dtype=args.dtype, **_encoder_kwargs(args))
+    cfg = EncoderConfig.from_dict({**(base or {}), **_encoder_options(args)})
+    return Encoder(config=cfg, **_encoder_kwargs(args))
 
 
 def _print_hits(res, queries: list[str], as_json: bool) -> None:
@@ -177,14 +198,33 @@ def cmd_index(args) -> int:
             raise HylexError(f"{args.corpus} has no valid document ({len(rejects)} rejected): see {args.skip_invalid}")
     else:
         docs = load_documents(args.corpus)  # validate before the model loads: a bad line fails in a second
-    encoder = _make_encoder(args)
+    base = None
+    from hylex.indexing.index import MANIFEST, read_manifest
+
+    if (Path(args.index) / MANIFEST).exists():
+        # adding to an index: its recorded encoder settings, unless an option says otherwise (then the index
+        # refuses the mismatch, naming the setting)
+        base = read_manifest(args.index)["encoder"].get("settings", {})
+        opts = _encoder_options(args)
+        given = EncoderConfig.from_dict({**base, **opts})
+        given.validate()
+        defaults = EncoderConfig()
+        # only the options given are compared here; the model's identity and an "auto" dtype are known once it
+        # loads (then the whole description is checked again)
+        diffs = [f"{key}: index {base.get(key, getattr(defaults, key))!r}, given {getattr(given, key)!r}"
+                 for key in opts if key != "model" and not (key == "dtype" and given.dtype == "auto")
+                 and base.get(key, getattr(defaults, key)) != getattr(given, key)]
+        if diffs:  # fails before the model loads
+            raise HylexError(f"index {args.index} was built with other encoder settings: {'; '.join(diffs)}: leave "
+                             f"the option out to use the index's setting, or index into a new directory")
+    encoder = _make_encoder(args, base)
 
     def acknowledged(done: int, total: int) -> None:  # printed only once the batch is durable
         print(f"committed {done}/{total} documents", flush=True)
 
     rep = build_index(docs, args.index, encoder, dense_factory=args.dense_factory, chunk_size=args.chunk_size,
                       segment_size=args.segment_size, bm25=bm25, sparse=sparse, merge=merge, existing=existing,
-                      progress=not args.no_progress, on_commit=acknowledged)
+                      progress=args.progress, on_commit=acknowledged)
     tps = rep.tokens / rep.encode_seconds if rep.encode_seconds and rep.tokens else 0.0
     speed = f", {tps:.0f} tokens/s" if rep.tokens else ""
     skipped = rep.extra.get("skipped")
@@ -229,19 +269,33 @@ def cmd_delete(args) -> int:
     from hylex.indexing.index import Index
     from hylex.retrieval.filters import check_filter, delete_where
 
-    if (args.ids is None) == (args.filter is None):
-        raise HylexError("give the documents to delete with --ids or with --filter (one of them)")
+    if sum(x is not None and x is not False for x in (args.ids, args.filter, args.all)) != 1:
+        raise HylexError("say which documents to delete: --ids, --filter or --all (exactly one of them)")
     flt = check_filter(args.filter) if args.filter is not None else None
+    if flt is not None and not flt:
+        raise HylexError("--filter '{}' matches every document: to delete them all, pass --all")
     ids = None
     if args.ids is not None:
         if args.ids.startswith("@"):
-            ids = [x.strip() for x in Path(args.ids[1:]).read_text(encoding="utf-8").splitlines() if x.strip()]
+            src = Path(args.ids[1:])
+            if not src.is_file():
+                raise HylexError(f"--ids {args.ids}: {src} is not a readable file (give one id per line, or pass "
+                                 f"the ids as id1,id2)")
+            try:
+                lines = src.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as e:
+                raise HylexError(f"--ids {args.ids}: {src} is not UTF-8 text ({e.reason}): write one id per "
+                                 f"line") from None
+            ids = [x.strip() for x in lines if x.strip()]
         else:
             ids = [x.strip() for x in args.ids.split(",") if x.strip()]
         if not ids:
             raise HylexError("--ids names no document: pass id1,id2 or @FILE with one id per line")
     with Index.open(args.index, writable=True) as index:
-        n = index.delete(ids) if ids is not None else delete_where(index, flt)
+        if args.all:
+            n = index.delete_all()
+        else:
+            n = index.delete(ids) if ids is not None else delete_where(index, flt)
         left = index.n_docs
     print(f"deleted {n} document(s) from {args.index}; {left} left")
     return 0
@@ -339,7 +393,7 @@ def cmd_demo(args) -> int:
     else:
         print(f"indexing {len(docs)} docstrings of Python's standard library with {encoder.config.model} "
               f"into {index_dir} ...")
-        rep = build_index(docs, index_dir, encoder, progress=not args.no_progress)
+        rep = build_index(docs, index_dir, encoder, progress=args.progress)
         print(f"indexed {rep.documents} documents in {rep.seconds:.1f}s")
     s = Searcher(index_dir, encoder=encoder)
     queries = args.queries or list(EXAMPLE_QUERIES)
@@ -420,14 +474,34 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _add_global_args(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", default=False if default is None else default,
+                   help="log progress details")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   default=None if default is None else default, help="no progress bars")
+    g.add_argument("--progress", dest="progress", action="store_const", const=True,
+                   default=None if default is None else default,
+                   help="progress bars even when stderr is not a terminal (default: only on a terminal)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hylex import __version__
 
     p = argparse.ArgumentParser(prog="hylex", description="Hybrid dense + sparse retrieval from one LLM pass.")
     p.add_argument("--version", action="version", version=f"hylex {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_global_args(p, None)
+    # the same flags after the subcommand (`hylex index C --index D --no-progress`); SUPPRESS keeps a flag given
+    # before the subcommand when it is not repeated after it
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_args(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
+    _sub_add = sub.add_parser
+
+    def add_parser(name, **kw):
+        return _sub_add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     pi = sub.add_parser("index", help="encode a JSONL corpus and build (or add to) an index")
     pi.add_argument("corpus", help="JSONL: BEIR {_id,title,text} or {id,text[,title][,metadata]} per line")
@@ -489,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     pdl.add_argument("index", help="index directory")
     pdl.add_argument("--ids", default=None, help="comma-separated ids, or @FILE with one id per line")
     pdl.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"source": "old"}\'')
+    pdl.add_argument("--all", action="store_true", help="delete every document (an empty filter is refused)")
     pdl.set_defaults(func=cmd_delete)
 
     pm = sub.add_parser("merge", help="merge segments into one, dropping deleted documents")
@@ -548,21 +623,32 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        if args.no_progress:
-            transformers.utils.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
         return args.func(args)
     except HylexError as e:
         print(f"hylex: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`hylex stats IDX | head -1`): stop quietly, as other Unix tools do; stdout goes to
+        # /dev/null so the interpreter's final flush does not complain either
+        _silence_stdout()
+        return 141
+    except OSError as e:  # a file the user named cannot be read or written
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"hylex: error: {e.strerror or e}{where}: check the path and its permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hylex: interrupted; committed segments are kept", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,12 @@ import threading
 import lmdb
 
 
+def bar_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for a ``progress`` switch: True shows bars, False hides them, None (the default
+    everywhere) shows them only when stderr is a terminal (so log files get no bar lines)."""
+    return None if progress is None else not progress
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 4 MiB blocks."""
     h = hashlib.sha256()

@@ -63,7 +63,7 @@ def test_index_then_search(tmp_path, capsys, fake_cli, corpus_writer, docs):
     # each batch is acknowledged once durable, then the summary
     assert out.splitlines()[:2] == ["committed 150/200 documents", "committed 200/200 documents"]
     assert out.splitlines()[-1].startswith(f"indexed 200 documents into {ix}")
-    assert fake_cli and fake_cli[0][0] == ("smollm2-135m",)  # _make_encoder passed the model name through
+    assert fake_cli and fake_cli[0][1]["config"].model == "smollm2-135m"  # the default model name went through
     with Index.open(ix) as index:
         assert index.n_docs == 200 and len(index.segments) == 2
         assert index.encoder_info == FakeEncoder().describe()
@@ -245,12 +245,12 @@ def test_index_passes_encoder_settings(fake_cli, capsys, tmp_path):
                        "--long-docs", "chunk", "--chunk-overlap", "32", "--dense-agg", "mean",
                        "--max-length", "256", "--sparse-topk", "64")
     assert code == 0, err
-    args, kwargs = fake_cli[0]
-    assert args == ("smollm2-135m",)
-    assert kwargs["prompt"] == "echo" and kwargs["pooling"] == "mean" and kwargs["expansion"] == 4
-    assert kwargs["own_words"] is False and kwargs["stopwords"] == ["foo", "bar"]
-    assert kwargs["long_docs"] == "chunk" and kwargs["chunk_overlap"] == 32 and kwargs["dense_agg"] == "mean"
-    assert kwargs["max_length"] == 256 and kwargs["sparse_topk"] == 64
+    cfg = fake_cli[0][1]["config"]
+    assert cfg.model == "smollm2-135m"
+    assert cfg.prompt == "echo" and cfg.pooling == "mean" and cfg.expansion == 4
+    assert cfg.own_words is False and cfg.stopwords == ["foo", "bar"]
+    assert cfg.long_docs == "chunk" and cfg.chunk_overlap == 32 and cfg.dense_agg == "mean"
+    assert cfg.max_length == 256 and cfg.sparse_topk == 64
 
 
 def test_index_rejects_unknown_setting_choice(fake_cli, capsys, tmp_path):
@@ -383,8 +383,8 @@ def test_resume_upsert_delete_merge_get_and_filters(tmp_path, capsys, fake_cli, 
 
 
 @pytest.mark.parametrize("argv, needles", [
-    (["delete", "IX"], ["--ids or with --filter"]),
-    (["delete", "IX", "--ids", "a", "--filter", "{}"], ["--ids or with --filter"]),
+    (["delete", "IX"], ["--ids, --filter or --all"]),
+    (["delete", "IX", "--ids", "a", "--filter", "{}"], ["--ids, --filter or --all"]),
     (["delete", "IX", "--filter", "{bad"], ["filter is not valid JSON"]),
     (["search", "IX", "q", "--filter", '{"a": {"$regex": "x"}}'], ["unknown operator '$regex'"]),
     (["merge", "IX", "--segments", "seg-999999"], ["no segment named seg-999999"]),

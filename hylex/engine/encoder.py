@@ -6,6 +6,7 @@ budget, left padding, sparse pruning and progress bars.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,9 +19,11 @@ import torch
 from hylex.corpus import clean_text
 from hylex.engine import lexicon, prompts
 from hylex.engine.cache import EncodingCache, namespace
+from hylex.engine.config import EncoderConfig  # noqa: F401  (re-exported)
 from hylex.engine.models import DEFAULT_MODEL, ResolvedModel, cache_dir, resolve_model
 from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, NEUTRAL_SETTINGS, POOLINGS
 from hylex.errors import HylexError, ModelError
+from hylex.utils import bar_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -36,93 +39,21 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     return "bfloat16" if device.type == "cpu" and amx is not None and amx() else "float32"
 
 
-@dataclass
-class EncoderConfig:
-    """Settings that change what the encoder outputs; recorded in every index manifest.
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers' own progress bar ("Loading weights") and warnings off while a model loads: loading is a
+    short step, and its notices are not the user's concern."""
+    from transformers.utils import logging as hf_logging
 
-    Attributes:
-        model: packaged model name, ``.gguf`` path, model folder or hub id.
-        prompt: prompt family (``promptreps``).
-        prompt: ``promptreps``, ``prompteol``, ``echo`` or ``none`` (see :mod:`hylex.engine.prompts`).
-        pooling: dense pooling: ``last`` (the prompt's last token, as PromptReps), ``mean`` (mean over the text's
-            tokens; for echo, its second copy), ``eos`` (an EOS token appended; sparse weights still come from the
-            token before it), ``weighted_mean`` (position-weighted mean over the text's tokens, later ones
-            weigh more, as SGPT).
-        max_length: tokens per text including the prompt; longer texts are truncated.
-        sparse_topk: vocabulary entries kept per text (0 keeps all of the text's own words).
-        own_words: keep sparse weight only on the token ids of the text's own words (PromptReps); off keeps any
-            alphanumeric vocabulary entry.
-        word_forms: which spellings of a word count as its own tokens: ``bare`` (the word alone) or ``both``
-            (also after a space: whole-word tokens of Llama-3 / Qwen-style tokenizers).
-        expansion: with ``own_words``, also keep this many top vocabulary entries beyond the text's own words
-            (alphanumeric tokens only): expansion terms.
-        stopwords: stopword list removed from the own-word filter: a name (``english``, ``none``) or a list.
-        long_docs: documents longer than ``max_length``: ``truncate``, or ``chunk`` into overlapping windows
-            whose representations are aggregated (queries are always truncated).
-        chunk_overlap: tokens shared by consecutive chunks.
-        dense_agg: how chunk dense vectors make the document's: ``first`` (the first chunk), ``mean``
-            (normalised mean) or ``maxsim`` (all chunk vectors are indexed; a document scores its best chunk).
-            Sparse weights of chunks are always aggregated by the maximum per term.
-        dtype: the transformer body's dtype: ``float32``, ``bfloat16``, or ``auto`` (bfloat16 on a GPU and on
-            CPUs with AMX bf16 units, where it is 3-4x faster with dense cosine > 0.9998 to fp32; float32
-            elsewhere). The LM head always runs in float32 so sparse weights keep their precision. Indexes
-            record the resolved dtype.
-    """
-
-    model: str = DEFAULT_MODEL
-    prompt: str = "promptreps"
-    pooling: str = "last"
-    max_length: int = 512
-    sparse_topk: int = 256  # chosen on SciFact train (benchmarks/README.md): 256 beat 128 and 64
-    own_words: bool = True
-    word_forms: str = "bare"
-    expansion: int = 0
-    stopwords: str | list = "english"
-    long_docs: str = "truncate"
-    chunk_overlap: int = 64
-    dense_agg: str = "first"
-    dtype: str = "auto"
-
-    def validate(self) -> None:
-        if self.prompt not in prompts.PROMPTS:
-            raise HylexError(f"prompt {self.prompt!r} is unknown: choose one of {', '.join(prompts.PROMPTS)}")
-        if self.pooling not in POOLINGS:
-            raise HylexError(f"pooling {self.pooling!r} is unknown: choose one of {', '.join(POOLINGS)}")
-        if isinstance(self.stopwords, (list, tuple)):
-            if not all(isinstance(w, str) for w in self.stopwords):
-                raise HylexError("stopwords must be a list name or a list of strings")
-            self.stopwords = sorted({w.lower() for w in self.stopwords})
-        elif self.stopwords not in lexicon.STOPWORD_LISTS:
-            raise HylexError(f"stopword list {self.stopwords!r} is unknown: choose one of "
-                             f"{', '.join(lexicon.STOPWORD_LISTS)} or pass a list of words")
-        if not isinstance(self.expansion, int) or self.expansion < 0:
-            raise HylexError(f"expansion must be an integer >= 0, not {self.expansion!r}")
-        if self.long_docs not in LONG_DOCS:
-            raise HylexError(f"long_docs {self.long_docs!r} is unknown: choose one of {', '.join(LONG_DOCS)}")
-        if self.dense_agg not in DENSE_AGGS:
-            raise HylexError(f"dense_agg {self.dense_agg!r} is unknown: choose one of {', '.join(DENSE_AGGS)}")
-        if not isinstance(self.chunk_overlap, int) or not 0 <= self.chunk_overlap < self.max_length // 2:
-            raise HylexError(f"chunk_overlap must be an integer in [0, max_length / 2), not {self.chunk_overlap!r}")
-        if self.word_forms not in lexicon.WORD_FORMS:
-            raise HylexError(f"word_forms {self.word_forms!r} is unknown: choose one of "
-                             f"{', '.join(lexicon.WORD_FORMS)}")
-        if not isinstance(self.own_words, bool):
-            raise HylexError(f"own_words must be true or false, not {self.own_words!r}")
-        if self.dtype not in DTYPES:
-            raise HylexError(f"dtype {self.dtype!r} is unknown: choose one of {', '.join(DTYPES)}")
-        if not isinstance(self.max_length, int) or self.max_length < 64:
-            raise HylexError(f"max_length must be an integer >= 64, not {self.max_length!r}")
-        if not isinstance(self.sparse_topk, int) or self.sparse_topk < 0:
-            raise HylexError(f"sparse_topk must be an integer >= 0 (0 = keep all own words), not "
-                             f"{self.sparse_topk!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 class Encoded(NamedTuple):
@@ -212,14 +143,15 @@ class Encoder:
         threads: torch intra-op threads on CPU (None keeps torch's default).
         batch_tokens: padded tokens per forward pass; batches are formed over length-sorted texts.
         max_batch: at most this many texts per forward pass.
-        progress: show tqdm progress bars.
+        progress: progress bars for document encoding that takes more than a second: True, False, or None
+            (default: only when stderr is a terminal). Query batches under 64 texts never draw one.
         cache: cache directory for converted models (default ``$HYLEX_CACHE_DIR`` or ``~/.cache/hylex``).
         encoding_cache: an LMDB folder caching encodings (``True``: ``<cache>/encodings``; ``False``: off).
     """
 
     def __init__(self, model: str | None = None, config: EncoderConfig | None = None, *, device: str = "auto",
                  threads: int | None = None, batch_tokens: int = 16384, max_batch: int = 64,
-                 progress: bool = True, cache: str | None = None,
+                 progress: bool | None = None, cache: str | None = None,
                  encoding_cache: str | bool = True, **overrides):
         cfg = EncoderConfig.from_dict({**(config.to_dict() if config else {}), **overrides})
         if model is not None:
@@ -249,8 +181,9 @@ class Encoder:
 
         t0 = time.perf_counter()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.path)
-            lm = AutoModelForCausalLM.from_pretrained(self.resolved.path, dtype=torch.float32)
+            with _quiet_loading():
+                self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.path)
+                lm = AutoModelForCausalLM.from_pretrained(self.resolved.path, dtype=torch.float32)
         except OSError as e:
             raise ModelError(f"cannot load model {self.config.model!r} from {self.resolved.path}: {e}. Use a "
                              f"packaged model name, a local model folder or a .gguf file") from e
@@ -445,8 +378,10 @@ class Encoder:
         rows_idx, rows_val = [None] * n, [None] * n
         stats.tokens += int(lengths.sum())
         logit_index = -2 if self.config.pooling == "eos" else -1
+        # one bar for a long step only: none for a few queries, and it appears after a second of work
         bar = tqdm(total=n, desc="encode queries" if kind == "query" else "encode documents", unit="text",
-                   disable=not self.progress, leave=False)
+                   disable=True if kind == "query" and n < 64 else bar_disabled(self.progress), leave=False,
+                   delay=1.0)
         with torch.inference_mode():
             for batch in batches:
                 width = int(lengths[batch].max())

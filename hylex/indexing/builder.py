@@ -16,6 +16,7 @@ from hylex.indexing.bm25 import bm25_settings
 from hylex.indexing.dense import DEFAULT_FACTORY
 from hylex.indexing.index import MANIFEST, Index, sparse_settings
 from hylex.indexing.protocols import TextEncoder
+from hylex.utils import bar_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +45,31 @@ def load_documents(corpus: str | os.PathLike) -> list[Document]:
     return docs
 
 
+def encoder_mismatch(info: dict, mine: dict, skip: tuple[str, ...] = ()) -> list[str]:
+    """What differs between an index's recorded encoder ``info`` and another encoder's description ``mine``
+    (both as :meth:`Encoder.describe` gives them): one ``"key: index X, given Y"`` per difference. A setting left
+    out of one of them counts as its neutral value (:data:`hylex.engine.settings.NEUTRAL_SETTINGS`)."""
+    from hylex.engine.settings import NEUTRAL_SETTINGS
+
+    diffs = []
+    for key in ("model_id", "fingerprint", "dim", "vocab_size"):
+        if key in info and key in mine and info[key] != mine[key] and key not in skip:
+            diffs.append(f"{key}: index {info[key]!r}, given {mine[key]!r}")
+    a, b = info.get("settings") or {}, mine.get("settings") or {}
+    for key in sorted(set(a) | set(b)):
+        if key in skip:
+            continue
+        va, vb = a.get(key, NEUTRAL_SETTINGS.get(key)), b.get(key, NEUTRAL_SETTINGS.get(key))
+        if va != vb:
+            diffs.append(f"{key}: index {va!r}, given {vb!r}")
+    return diffs
+
+
 def check_encoder_matches(index: Index, encoder: TextEncoder) -> None:
-    info, mine = index.encoder_info, encoder.describe()
-    same = (info.get("fingerprint") == mine.get("fingerprint") and info.get("settings") == mine.get("settings")
-            and info.get("dim") == mine.get("dim") and info.get("vocab_size") == mine.get("vocab_size"))
-    if not same:
-        def label(d: dict) -> str:
-            return (f"{d.get('model_id')} (fingerprint {d.get('fingerprint')}, dim {d.get('dim')}, vocab "
-                    f"{d.get('vocab_size')}) {d.get('settings')}")
-        raise HylexError(f"index {index.path} was built with {label(info)}, not {label(mine)}: use the same model "
-                         f"and settings, or index into a new directory")
+    diffs = encoder_mismatch(index.encoder_info, encoder.describe())
+    if diffs:
+        raise HylexError(f"index {index.path} was built with another encoder: {'; '.join(diffs[:4])}: use the "
+                         f"index's model and settings (leave the options out), or index into a new directory")
 
 
 EXISTING = ("error", "upsert", "resume")
@@ -62,7 +78,7 @@ EXISTING = ("error", "upsert", "resume")
 def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.PathLike, encoder: TextEncoder,
                 *, dense_factory: str = DEFAULT_FACTORY, chunk_size: int = 256, segment_size: int = 100_000,
                 bm25: dict | None = None, sparse: dict | None = None, merge: dict | None = None,
-                existing: str = "error", progress: bool = True, on_commit=None) -> BuildReport:
+                existing: str = "error", progress: bool | None = None, on_commit=None) -> BuildReport:
     """Index ``corpus`` (a JSONL path or documents) into ``index_dir``, creating it or adding to it.
 
     Every document is validated, and ids checked against the index, before any encoding or writing. Each
@@ -90,6 +106,8 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
     bm25_cfg = bm25_settings(bm25) if bm25 is not None else None
     sparse_cfg = sparse_settings(sparse) if sparse is not None else None
     path = Path(index_dir)
+    if path.exists() and not path.is_dir():
+        raise HylexError(f"index path {path} is a file, not a directory: pass a new or an existing index directory")
     if (path / MANIFEST).exists():
         index = Index.open(path, writable=True)
         try:
@@ -110,6 +128,7 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
     else:
         index = Index.create(path, encoder.describe(), dense_factory, bm25=bm25, sparse=sparse, merge=merge)
     report = BuildReport(index_dir=str(path))
+    quiet = encoder_progress = False
     try:
         rows = index.rows_of([d.id for d in docs])
         present = [(d, r) for d, r in zip(docs, rows) if r is not None]
@@ -130,7 +149,10 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
         maxsim = encoder.describe().get("settings", {}).get("dense_agg") == "maxsim"
         if maxsim and not hasattr(encoder, "encode_documents_chunked"):
             raise HylexError("dense_agg 'maxsim' needs an encoder with encode_documents_chunked")
-        bar = tqdm(total=len(docs), desc="index", unit="doc", disable=not progress)
+        # one bar for the whole step: the encoder's own bar is off meanwhile (nested bars leave blank lines)
+        bar = tqdm(total=len(docs), desc="index", unit="doc", disable=bar_disabled(progress), delay=1.0)
+        if hasattr(encoder, "progress"):
+            quiet, encoder_progress, encoder.progress = True, encoder.progress, False
         for start in range(0, len(docs), segment_size):
             seg_docs = docs[start:start + segment_size]
             dense_parts, sparse_parts, owner_parts = [], [], []
@@ -159,6 +181,8 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
                 on_commit(report.documents, len(docs))
         bar.close()
     finally:
+        if quiet:
+            encoder.progress = encoder_progress
         index.close()
     report.seconds = time.perf_counter() - t0
     return report

@@ -183,6 +183,8 @@ class Index:
         ``merge``: the automatic merge policy ``{"auto", "factor", "max_deleted"}`` (see :func:`merge_settings`).
         """
         p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise HylexError(f"{p} is a file, not a directory: choose a new or an empty directory for the index")
         if (p / MANIFEST).exists():
             raise HylexError(f"{p} already holds a hylex index: open it to add documents, or choose a new "
                              f"directory")
@@ -909,6 +911,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
 def _read_manifest(p: Path) -> dict:
     """The manifest of index directory ``p``, checked (format, version; version 3 read as 4)."""
+    if p.exists() and not p.is_dir():
+        raise IndexFormatError(f"{p} is a file, not an index directory: pass the directory given to "
+                               f"`hylex index --index`")
     if not p.is_dir():
         raise IndexFormatError(f"index directory {p} does not exist: build one with `hylex index CORPUS "
                                f"--index {p}`")
