@@ -196,3 +196,47 @@ def test_local_folder_and_gguf_path_load_the_same_model(fp32, tmp_path):
     assert from_file.resolved.model_id == gguf.name
     assert (tmp_path / "models").exists()  # converted once into the given cache
     np.testing.assert_allclose(from_file.encode_documents(text).dense, want.dense, atol=1e-6)
+
+
+def test_direct_load_equals_from_pretrained():
+    """The fast direct load of a converted folder gives exactly the weights, buffers and logits of transformers'
+    own from_pretrained (issue 12: model load was ~4.6 s of a one-shot search)."""
+    from transformers import AutoModelForCausalLM
+
+    from hylex.engine.models import _load_direct, load_causal_lm
+
+    folder = resolve_model("smollm2-135m").path
+    ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    from pathlib import Path
+
+    direct = _load_direct(Path(folder), Path(folder) / "model.safetensors")
+    assert direct is not None, "the packaged model's folder must take the direct path"
+    assert type(load_causal_lm(folder)) is type(ref)
+    ref_state, got_state = ref.state_dict(), direct.state_dict()
+    assert list(ref_state) == list(got_state)
+    for name, tensor in ref_state.items():
+        assert torch.equal(tensor, got_state[name]), name
+    for (n1, b1), (n2, b2) in zip(ref.named_buffers(), direct.named_buffers()):
+        assert n1 == n2 and torch.equal(b1, b2), n1
+    assert direct.get_output_embeddings().weight is direct.get_input_embeddings().weight  # still tied
+    ids = torch.tensor([[1, 42, 977, 4031, 12, 7]])
+    with torch.inference_mode():
+        assert torch.equal(ref(ids).logits, direct(ids).logits)
+
+
+def test_direct_load_falls_back_when_the_file_does_not_fill_the_model(tmp_path):
+    """A safetensors file missing a parameter must not leave random (uninitialised) weights: from_pretrained."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from hylex.engine.models import _load_direct
+
+    folder = resolve_model("smollm2-135m").path
+    for f in ("config.json", "generation_config.json"):
+        shutil.copy(f"{folder}/{f}", tmp_path / f)
+    state = load_file(f"{folder}/model.safetensors")
+    dropped = next(k for k in state if k.endswith("mlp.down_proj.weight"))
+    del state[dropped]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    assert _load_direct(tmp_path, tmp_path / "model.safetensors") is None

@@ -20,7 +20,7 @@ from hylex.corpus import clean_text
 from hylex.engine import lexicon, prompts
 from hylex.engine.cache import EncodingCache, namespace
 from hylex.engine.config import EncoderConfig  # noqa: F401  (re-exported)
-from hylex.engine.models import DEFAULT_MODEL, ResolvedModel, cache_dir, resolve_model
+from hylex.engine.models import DEFAULT_MODEL, ResolvedModel, cache_dir, load_causal_lm, resolve_model
 from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, NEUTRAL_SETTINGS, POOLINGS
 from hylex.errors import HylexError, ModelError
 from hylex.utils import bar_disabled
@@ -177,13 +177,13 @@ class Encoder:
 
     # -- loading ---------------------------------------------------------------------------------------------
     def _load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         t0 = time.perf_counter()
         try:
             with _quiet_loading():
                 self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.path)
-                lm = AutoModelForCausalLM.from_pretrained(self.resolved.path, dtype=torch.float32)
+                lm = load_causal_lm(self.resolved.path)
         except OSError as e:
             raise ModelError(f"cannot load model {self.config.model!r} from {self.resolved.path}: {e}. Use a "
                              f"packaged model name, a local model folder or a .gguf file") from e

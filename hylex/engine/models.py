@@ -200,3 +200,54 @@ def resolve_model(spec: str | os.PathLike = DEFAULT_MODEL, cache: str | os.PathL
         raise ModelError(f"model {spec!r} is neither a model folder nor a .gguf file")
     # A hub id: transformers fetches or reads it from its own cache; the fingerprint is the id itself.
     return ResolvedModel(model_id=spec, path=spec, fingerprint=hashlib.sha256(spec.encode()).hexdigest()[:16])
+
+
+def load_causal_lm(path: str | os.PathLike):
+    """The causal LM at ``path`` (a folder or hub id) in float32, in eval mode.
+
+    A local folder holding one ``model.safetensors`` of an unquantised model is read directly: the model is built
+    without random initialisation and the file's tensors are assigned to it (memory-mapped), which takes ~0.1 s
+    where ``from_pretrained`` takes several seconds on a small CPU. The direct path is used only when the file
+    fills every parameter and buffer exactly (tied output embeddings excepted); anything else goes through
+    ``from_pretrained``. ``tests/test_engine.py`` checks both give identical weights and logits.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(path)
+    weights = folder / "model.safetensors"
+    if folder.is_dir() and weights.is_file():
+        lm = _load_direct(folder, weights)
+        if lm is not None:
+            return lm
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
+def _load_direct(folder: Path, weights: Path):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover  (older transformers)
+        from transformers.modeling_utils import no_init_weights
+    config = AutoConfig.from_pretrained(str(folder))
+    if getattr(config, "quantization_config", None):
+        return None
+    with no_init_weights():
+        lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = load_file(str(weights))
+    if any(t.dtype != torch.float32 for t in state.values()):
+        return None  # other dtypes: from_pretrained casts them
+    missing, unexpected = lm.load_state_dict(state, strict=False, assign=True)
+    tied = set()
+    if getattr(config, "tie_word_embeddings", False) and lm.get_output_embeddings() is not None:
+        tied = {name for name, p in lm.named_parameters(remove_duplicate=False)
+                if p is lm.get_output_embeddings().weight}
+        lm.tie_weights()
+    if unexpected or set(missing) - tied:
+        logger.debug("direct load of %s does not match the model (missing %s, unexpected %s): using "
+                     "from_pretrained", folder, missing[:3], unexpected[:3])
+        return None
+    return lm.eval()
