@@ -232,6 +232,10 @@ def cmd_index(args) -> int:
           f"(encode {rep.encode_seconds:.1f}s{speed}; encoding cache hits {rep.cache_hits}/{rep.documents})"
           + (f"; {skipped} already indexed, skipped" if skipped else "")
           + (f"; {len(rejects)} invalid line(s) rejected" if rejects else ""))
+    if rep.truncated:
+        print(f"hylex: warning: {rep.truncated} of {rep.documents} documents were longer than max_length "
+              f"({getattr(getattr(encoder, 'config', None), 'max_length', '?')} tokens with the prompt) and only their beginning was encoded (BM25 "
+              f"and the stored text keep them whole); --long-docs chunk encodes them whole", file=sys.stderr)
     return 0
 
 
@@ -315,7 +319,7 @@ def cmd_merge(args) -> int:
 def cmd_eval(args) -> int:
     from hylex.corpus import load_beir
     from hylex.indexing.bm25 import check_b, check_k1
-    from hylex.retrieval.evaluation import evaluate_run, run_from_results, write_trec_run
+    from hylex.retrieval.evaluation import evaluate_run, judged_coverage, run_from_results, write_trec_run
     from hylex.retrieval.searcher import (
         DEFAULT_ARMS,
         Searcher,
@@ -337,6 +341,12 @@ def cmd_eval(args) -> int:
         check_b(args.bm25_b)
     _, queries, qrels = load_beir(args.beir_dir, args.split)
     s = Searcher(args.index, **_encoder_kwargs(args))
+    coverage = judged_coverage(s.index, qrels)
+    if coverage["missing"]:  # the numbers would still print, but they would not mean what they seem to
+        print(f"hylex: warning: {coverage['missing']} of the {coverage['judged']} documents judged in "
+              f"{args.split} ({coverage['relevant_missing']} of them relevant; e.g. {coverage['example']!r}) are "
+              f"not in {args.index}: they count as misses, so the metrics are lower than the collection's; index "
+              f"the whole corpus.jsonl to compare with published numbers", file=sys.stderr)
     qids = sorted(queries)
     texts = [queries[q] for q in qids]
     t = time.perf_counter()
@@ -354,6 +364,7 @@ def cmd_eval(args) -> int:
         metrics = evaluate_run(run_from_results(qids, res.ids, res.scores), qrels)
         out[mode] = {**{m: round(v, 4) for m, v in metrics.items()}, "search_seconds": round(search_s, 3)}
     out["queries"] = len(qids)
+    out["judged_missing"] = coverage["missing"]
     out["query_encode_seconds"] = round(encode_s, 2)
     out["runs_dir"] = str(runs_dir)
     if args.json:

@@ -366,10 +366,11 @@ def test_second_writer_refused_reader_works(index_copy, queries, fake_encoder):
 def test_other_encoder_refused(index_copy, fake_encoder, queries):
     n0, before = _snapshot(index_copy, queries)
     new = make_docs(3, prefix="other")
-    for other, what in [(FakeEncoder(fingerprint="fake-2"), "fake-2"),
-                        (FakeEncoder(settings={"hash": "md5"}), "md5"),
-                        (FakeEncoder(dim=16), "dim 16")]:
-        with pytest.raises(HylexError, match=f"was built with.*not.*{what}.*same model and settings"):
+    for other, what in [(FakeEncoder(fingerprint="fake-2"), "fingerprint: index 'fake-1', given 'fake-2'"),
+                        (FakeEncoder(settings={"hash": "md5"}), "hash: index .*, given 'md5'"),
+                        (FakeEncoder(dim=16), "dim: index \\d+, given 16")]:
+        # the message names the differing key and both values
+        with pytest.raises(HylexError, match=f"was built with another encoder: {what}.*model and settings"):
             build_index(new, index_copy, other, progress=False)
         # refused before anything was written, and the writer lock was released
         with Index.open(index_copy, writable=True) as w:

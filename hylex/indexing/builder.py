@@ -29,6 +29,7 @@ class BuildReport:
     encode_seconds: float = 0.0
     tokens: int = 0
     cache_hits: int = 0
+    truncated: int = 0  # documents cut to the encoder's max_length (only their beginning is encoded)
     index_dir: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -169,6 +170,7 @@ def build_index(corpus: str | os.PathLike | list[Document], index_dir: str | os.
                 if stats is not None:
                     report.tokens += stats.tokens
                     report.cache_hits += stats.cache_hits
+                    report.truncated += getattr(stats, "truncated", 0)
                 dense_parts.append(np.asarray(dense, np.float32))
                 sparse_parts.append(sp.csr_matrix(sparse, dtype=np.float32))
                 bar.update(len(chunk))

@@ -216,3 +216,24 @@ def evaluate_run(
 
     agg = ir_measures.calc_aggregate(measures, qrels_d, run_d)
     return {_metric_key(m): float(agg.get(m, 0.0)) for m in measures}
+
+
+def judged_coverage(index, qrels: dict[str, dict[str, int]]) -> dict:
+    """How many of the documents ``qrels`` judge are live in ``index``: ``{"judged", "missing", "relevant",
+    "relevant_missing", "example"}``. A judged document missing from the index can never be retrieved, so
+    metrics computed over such an index are lower than the collection's and say nothing about the ranking."""
+    from hylex.corpus import check_id
+    from hylex.errors import CorpusError
+
+    judged = sorted({d for rels in qrels.values() for d in rels})
+    relevant = {d for rels in qrels.values() for d, g in rels.items() if g > 0}
+    valid = []
+    for d in judged:
+        try:
+            valid.append(check_id(d))
+        except CorpusError:  # an id no index can hold is missing by definition
+            pass
+    present = {d for d, r in zip(valid, index.rows_of(valid)) if r is not None}
+    missing = [d for d in judged if d not in present]
+    return {"judged": len(judged), "missing": len(missing), "relevant": len(relevant),
+            "relevant_missing": sum(d in relevant for d in missing), "example": missing[0] if missing else None}
