@@ -248,6 +248,10 @@ def cmd_search(args) -> int:
         from hylex.retrieval.filters import check_filter
 
         flt = check_filter(args.filter)  # a bad filter fails before the model loads
+    from hylex.corpus import clean_text
+
+    # argv may carry lone surrogates (undecodable bytes): searched and printed as U+FFFD, like corpus texts
+    args.queries = [clean_text(q) for q in args.queries]
     s = Searcher(args.index, **_encoder_kwargs(args))
     res = s.search(args.queries, k=args.k, mode=args.mode, with_documents=True, filter=flt, **_fusion_kwargs(args))
     _print_hits(res, args.queries, args.json)
@@ -407,7 +411,9 @@ def cmd_demo(args) -> int:
         rep = build_index(docs, index_dir, encoder, progress=args.progress)
         print(f"indexed {rep.documents} documents in {rep.seconds:.1f}s")
     s = Searcher(index_dir, encoder=encoder)
-    queries = args.queries or list(EXAMPLE_QUERIES)
+    from hylex.corpus import clean_text
+
+    queries = [clean_text(q) for q in args.queries] if args.queries else list(EXAMPLE_QUERIES)
     res = s.search(queries, k=args.k, mode=args.mode, with_documents=True)
     _print_hits(res, queries, False)
     return 0
