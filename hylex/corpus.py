@@ -239,7 +239,7 @@ def _get_id(obj: dict[str, Any], name: str, lineno: int, what: str) -> tuple[str
         )
     text = str(value)
     if not text.strip():
-        raise CorpusError(f"{name} line {lineno}: {what} id is empty. Give the {what} a non-empty \"{key}\".")
+        raise CorpusError(f"{name} line {lineno}: {what} id is empty or only whitespace. Give the {what} a visible \"{key}\".")
     try:
         check_id(text, f"{what} id")
     except CorpusError as e:

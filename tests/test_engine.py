@@ -85,8 +85,11 @@ def test_matches_raw_hugging_face_forward(fp32):
     text = DOCS["volcano"]
     ids = fp32._token_ids([text], "passage")[0][0]
     batch = torch.tensor([ids])
+    from hylex.engine.models import load_causal_lm
+
+    hf = load_causal_lm(fp32.resolved.path)  # transformers' forward (the encoder runs hylex's native one)
     with torch.inference_mode():
-        raw = fp32.lm(input_ids=batch, output_hidden_states=True, logits_to_keep=1)
+        raw = hf(input_ids=batch, output_hidden_states=True, logits_to_keep=1)
     h = raw.hidden_states[-1][0, -1].float()
     out = fp32.encode_documents([text])
     np.testing.assert_allclose(out.dense[0], (h / h.norm()).numpy(), atol=2e-5)

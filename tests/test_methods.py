@@ -15,9 +15,21 @@ def make(**kw) -> Encoder:
     return Encoder(progress=False, encoding_cache=False, dtype="float32", **kw)
 
 
+_HF: dict = {}
+
+
+def raw_lm(enc: Encoder):
+    """The model through transformers (the reference; the encoder itself runs hylex's native forward)."""
+    from hylex.engine.models import load_causal_lm
+
+    if enc.resolved.path not in _HF:
+        _HF[enc.resolved.path] = load_causal_lm(enc.resolved.path)
+    return _HF[enc.resolved.path]
+
+
 def last_hidden(enc: Encoder, ids: list[int]) -> torch.Tensor:
     with torch.inference_mode():
-        out = enc.lm(input_ids=torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1)
+        out = raw_lm(enc)(input_ids=torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1)
     return out.hidden_states[-1][0].float(), out.logits[0, -1].float()
 
 

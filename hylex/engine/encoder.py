@@ -6,7 +6,6 @@ budget, left padding, sparse pruning and progress bars.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ from hylex.corpus import clean_text
 from hylex.engine import lexicon, prompts
 from hylex.engine.cache import EncodingCache, namespace
 from hylex.engine.config import EncoderConfig  # noqa: F401  (re-exported)
-from hylex.engine.models import DEFAULT_MODEL, ResolvedModel, cache_dir, load_causal_lm, resolve_model
+from hylex.engine.models import DEFAULT_MODEL, ResolvedModel, _quiet_loading, cache_dir, load_causal_lm, resolve_model
 from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, NEUTRAL_SETTINGS, POOLINGS
 from hylex.errors import HylexError, ModelError
 from hylex.utils import bar_disabled
@@ -37,23 +36,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
         return "bfloat16"
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return "bfloat16" if device.type == "cpu" and amx is not None and amx() else "float32"
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """transformers' own progress bar ("Loading weights") and warnings off while a model loads: loading is a
-    short step, and its notices are not the user's concern."""
-    from transformers.utils import logging as hf_logging
-
-    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 class Encoded(NamedTuple):
@@ -147,12 +129,18 @@ class Encoder:
             (default: only when stderr is a terminal). Query batches under 64 texts never draw one.
         cache: cache directory for converted models (default ``$HYLEX_CACHE_DIR`` or ``~/.cache/hylex``).
         encoding_cache: an LMDB folder caching encodings (``True``: ``<cache>/encodings``; ``False``: off).
+        backend: ``auto`` runs Llama/Qwen2 models on hylex's torch-only forward and tokenizer
+            (:mod:`hylex.engine.native`, the same outputs without importing ``transformers``: seconds off every
+            one-shot command) and anything else on ``transformers``; ``transformers`` always uses the latter.
     """
 
     def __init__(self, model: str | None = None, config: EncoderConfig | None = None, *, device: str = "auto",
                  threads: int | None = None, batch_tokens: int = 16384, max_batch: int = 64,
                  progress: bool | None = None, cache: str | None = None,
-                 encoding_cache: str | bool = True, **overrides):
+                 encoding_cache: str | bool = True, backend: str = "auto", **overrides):
+        if backend not in ("auto", "transformers"):
+            raise HylexError(f"backend must be 'auto' or 'transformers', not {backend!r}")
+        self.backend = backend
         cfg = EncoderConfig.from_dict({**(config.to_dict() if config else {}), **overrides})
         if model is not None:
             cfg.model = str(model)
@@ -177,13 +165,21 @@ class Encoder:
 
     # -- loading ---------------------------------------------------------------------------------------------
     def _load(self) -> None:
-        from transformers import AutoTokenizer
-
         t0 = time.perf_counter()
         try:
-            with _quiet_loading():
-                self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.path)
-                lm = load_causal_lm(self.resolved.path)
+            lm = tok = None
+            if self.backend == "auto":
+                from hylex.engine.native import load_native_lm, load_native_tokenizer
+
+                tok = load_native_tokenizer(self.resolved.path)
+                lm = load_native_lm(self.resolved.path) if tok is not None else None
+            if lm is None:
+                from transformers import AutoTokenizer
+
+                with _quiet_loading():
+                    tok = AutoTokenizer.from_pretrained(self.resolved.path)
+                    lm = load_causal_lm(self.resolved.path)
+            self.tokenizer = tok
         except OSError as e:
             raise ModelError(f"cannot load model {self.config.model!r} from {self.resolved.path}: {e}. Use a "
                              f"packaged model name, a local model folder or a .gguf file") from e
@@ -210,8 +206,9 @@ class Encoder:
         self._eos = eos
         self._words = lexicon.WordTokenCache(self.tokenizer, self.config.word_forms)
         self._fallback_mask = self._stop_mask = self._strings = None
-        logger.info("loaded %s (%s) in %.1fs: dim %d, vocab %d", self.config.model, self.resolved.path,
-                    time.perf_counter() - t0, self.dim, self.vocab_size)
+        self.backend_used = "native" if type(lm).__module__ == "hylex.engine.native" else "transformers"
+        logger.info("loaded %s (%s, %s) in %.1fs: dim %d, vocab %d", self.config.model, self.resolved.path,
+                    self.backend_used, time.perf_counter() - t0, self.dim, self.vocab_size)
 
     def describe(self) -> dict:
         """What an index manifest records about this encoder."""

@@ -6,6 +6,7 @@ safetensors folder in the user cache; later loads take about a second and give i
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -49,6 +50,23 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     ),
 }
 ALIASES = {"qwen2.5-coder-0.5b": "qwen2.5-0.5b", "smollm2": "smollm2-135m"}
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers' own progress bar ("Loading weights") and warnings off while a model loads: loading is a
+    short step, and its notices are not the user's concern."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
@@ -115,9 +133,11 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
         raise ModelError("loading a .gguf file needs the packages gguf and accelerate: run "
                          "`pip install gguf accelerate`")
-    logger.info("converting %s to an fp32 safetensors folder at %s (once; takes ~30 s)", gguf, dest)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # one line instead of transformers' three bars (dequantising, loading, writing shards)
+    logger.warning("converting %s to an fp32 safetensors folder at %s (once per machine; ~30-60 s)", gguf.name, dest)
+    with _quiet_loading():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model until its quantisation bookkeeping is dropped; the weights
     # are already dequantised fp32 tensors.
     model.hf_quantizer = None
@@ -126,8 +146,9 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
     try:
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+        with _quiet_loading():
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
         (tmp / "hylex_source.json").write_text(json.dumps(
             {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf), "gguf_bytes": gguf.stat().st_size}))
         if dest.exists():  # another process won the race: keep its copy
