@@ -1,0 +1,5 @@
+"""Data-centric tuning (contrastive fine-tuning of the encoder's dense and sparse representations).
+
+Built so far: :mod:`hylex.tuning.data` (training groups from BEIR qrels, pair files or a bare corpus; dev split;
+BM25-mined hard negatives). The trainer and ``hylex tune`` are not built yet (issue 13).
+"""

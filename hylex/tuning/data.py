@@ -1,0 +1,345 @@
+"""Training data for contrastive tuning: (query, positives, negatives) groups from BEIR qrels, pair files, or a bare
+corpus; a dev split carved from the training queries; hard negatives mined with hylex's own BM25.
+
+Everything here is plain Python and NumPy (no torch), validated with one-line errors that name the file, the
+line and the fix.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from hylex.corpus import Document, clean_text, load_beir, read_corpus
+from hylex.errors import HylexError
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDataError(HylexError):
+    """Training data that cannot be used, with what to fix."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """One training query with its passages.
+
+    Attributes:
+        query: the query text.
+        pos: relevant passages (at least one).
+        neg: passages known or mined to be non-relevant (may be empty: in-batch negatives still apply).
+        source: where the group came from (a file stem, ``beir:<name>``, ``corpus:<method>``).
+        qid: the query's id where the data has one (BEIR), else None.
+        pos_ids: corpus ids of the positives (BEIR; also every judged id, so mining never returns one).
+    """
+
+    query: str
+    pos: tuple[str, ...]
+    neg: tuple[str, ...] = ()
+    source: str = ""
+    qid: str | None = None
+    pos_ids: frozenset = field(default_factory=frozenset)
+
+
+@dataclass
+class TrainingData:
+    """Groups plus where they came from: ``sources`` counts groups per source, ``skipped`` the records left out
+    and why (``{"no positive": 12, ...}``)."""
+
+    groups: list[Group]
+    sources: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def summary(self) -> dict:
+        return {"groups": len(self.groups), "sources": dict(self.sources), "skipped": dict(self.skipped),
+                "positives": sum(len(g.pos) for g in self.groups),
+                "negatives": sum(len(g.neg) for g in self.groups)}
+
+
+def _doc_text(d: Document) -> str:
+    return f"{d.title}\n{d.text}".strip() if d.title else d.text
+
+
+# -- sources -------------------------------------------------------------------------------------------------
+def beir_groups(beir_dir: str | Path, split: str = "train", *, corpus: Sequence[Document] | None = None
+                ) -> tuple[TrainingData, list[Document]]:
+    """Groups from a BEIR folder's ``qrels/<split>.tsv``: each judged query with its relevant documents (grade > 0)
+    as positives and its documents judged 0 as negatives. Returns the data and the corpus (read once).
+
+    Raises:
+        TrainingDataError: qrels naming documents the corpus lacks, or no query with a positive.
+    """
+    corpus_path, queries, qrels = load_beir(beir_dir, split)
+    docs = list(corpus) if corpus is not None else list(read_corpus(corpus_path))
+    by_id = {d.id: d for d in docs}
+    unknown = sorted({did for judged in qrels.values() for did in judged if did not in by_id})
+    if unknown:
+        raise TrainingDataError(
+            f"qrels/{split}.tsv of {beir_dir} names {len(unknown)} documents missing from corpus.jsonl (e.g. "
+            f"{unknown[0]!r}): use the corpus that belongs to these qrels")
+    name = Path(beir_dir).name
+    groups, skipped = [], Counter()
+    for qid, judged in qrels.items():
+        pos = [did for did, rel in judged.items() if rel > 0]
+        if not pos:
+            skipped["no positive"] += 1
+            continue
+        neg = [did for did, rel in judged.items() if rel <= 0]
+        groups.append(Group(query=queries[qid], pos=tuple(_doc_text(by_id[d]) for d in pos),
+                            neg=tuple(_doc_text(by_id[d]) for d in neg), source=f"beir:{name}", qid=qid,
+                            pos_ids=frozenset(judged)))
+    if not groups:
+        raise TrainingDataError(f"qrels/{split}.tsv of {beir_dir} has no query with a relevant document (grade > 0):"
+                                f" pick a split with positive judgments")
+    return TrainingData(groups, {f"beir:{name}": len(groups)}, dict(skipped)), docs
+
+
+def _str_list(value, what: str, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TrainingDataError(f"{where}: \"{what}\" must be a list of strings: fix the record")
+    return tuple(clean_text(v) for v in value if v.strip())
+
+
+def read_pairs(path: str | Path, *, source: str | None = None) -> TrainingData:
+    """Groups from a JSONL pair file, one ``{"query": str, "pos": [str, ...], "neg": [str, ...]}`` per line (the
+    format of ``shared/data/train``; ``neg`` optional, ``pos`` may be one string). Records with an empty ``pos``
+    (labelled non-matches) are skipped and counted.
+
+    Raises:
+        TrainingDataError: a missing file, a line that is not a JSON object, a missing or non-string ``query``,
+            ``pos``/``neg`` that are not lists of strings, or a file with no usable record.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingDataError(f"pair file {p} does not exist: pass a JSONL file of "
+                                f'{{"query", "pos": [...], "neg": [...]}} records')
+    name = source or p.stem
+    groups, skipped = [], Counter()
+    with p.open(encoding="utf-8", errors="strict") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{p.name} line {lineno}"
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise TrainingDataError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
+            if not isinstance(obj, dict):
+                raise TrainingDataError(f"{where}: expected a JSON object with \"query\" and \"pos\"")
+            q = obj.get("query")
+            if not isinstance(q, str) or not q.strip():
+                raise TrainingDataError(f"{where}: \"query\" is missing or not a non-empty string: give every "
+                                        f"record a query")
+            if "pos" not in obj:
+                raise TrainingDataError(f"{where}: no \"pos\" field: give the record its relevant passages "
+                                        f"(an empty list marks a labelled non-match)")
+            pos = _str_list(obj["pos"], "pos", where)
+            neg = _str_list(obj.get("neg", []), "neg", where)
+            if not pos:
+                skipped["no positive"] += 1
+                continue
+            groups.append(Group(query=clean_text(q), pos=pos, neg=neg, source=name))
+    if not groups:
+        raise TrainingDataError(f"{p.name} has no record with a positive passage ({sum(skipped.values())} without): "
+                                f"nothing to train on")
+    return TrainingData(groups, {name: len(groups)}, dict(skipped))
+
+
+def mix(parts: Sequence[TrainingData], *, caps: Sequence[int | None] | None = None,
+        weights: Sequence[float] | None = None, total: int | None = None, seed: int = 0) -> TrainingData:
+    """Several sources in one set: each capped at ``caps[i]`` groups, or sampled in proportion to ``weights``
+    out of ``total`` groups (a source never gives more than it has). Sampling is seeded and without replacement.
+    """
+    if caps is not None and len(caps) != len(parts):
+        raise TrainingDataError(f"{len(caps)} caps for {len(parts)} sources: give one per source")
+    if weights is not None:
+        if len(weights) != len(parts):
+            raise TrainingDataError(f"{len(weights)} weights for {len(parts)} sources: give one per source")
+        if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise TrainingDataError("source weights must be finite, >= 0, and not all 0")
+        if total is None or total < 1:
+            raise TrainingDataError("sampling sources by weight needs a total number of groups >= 1")
+    rng = random.Random(seed)
+    out, sources, skipped = [], Counter(), Counter()
+    for i, part in enumerate(parts):
+        want = len(part.groups)
+        if caps is not None and caps[i] is not None:
+            if caps[i] < 0:
+                raise TrainingDataError(f"cap {caps[i]} for source {i} is negative: use 0 or more")
+            want = min(want, int(caps[i]))
+        if weights is not None:
+            want = min(want, int(round(total * weights[i] / sum(weights))))
+        chosen = part.groups if want >= len(part.groups) else rng.sample(part.groups, want)
+        out.extend(chosen)
+        for g in chosen:
+            sources[g.source] += 1
+        skipped.update(part.skipped)
+    if not out:
+        raise TrainingDataError("the mix holds no training group: raise the caps or weights")
+    rng.shuffle(out)
+    return TrainingData(out, dict(sources), dict(skipped))
+
+
+def dev_split(data: TrainingData, dev: int | float = 0.1, *, seed: int = 0, max_dev: int = 500
+              ) -> tuple[TrainingData, TrainingData]:
+    """Carve a dev set out of the training queries (never from a test split): ``dev`` a fraction in (0, 1) or a
+    number of queries, at most ``max_dev``. Groups with the same query text stay on one side.
+
+    Returns:
+        ``(train, dev)``.
+    """
+    queries = sorted({g.query for g in data.groups})
+    if isinstance(dev, float) and 0 < dev < 1:
+        n_dev = max(1, int(round(len(queries) * dev)))
+    elif isinstance(dev, int) and not isinstance(dev, bool) and dev >= 1:
+        n_dev = dev
+    else:
+        raise TrainingDataError(f"dev must be a fraction in (0, 1) or a number of queries >= 1, got {dev!r}")
+    n_dev = min(n_dev, max_dev)
+    if n_dev >= len(queries):
+        raise TrainingDataError(f"a dev set of {n_dev} queries leaves none of the {len(queries)} for training: "
+                                f"use a smaller dev set or more data")
+    held = set(random.Random(seed).sample(queries, n_dev))
+    train = [g for g in data.groups if g.query not in held]
+    dev_groups = [g for g in data.groups if g.query in held]
+    count = lambda gs: dict(Counter(g.source for g in gs))  # noqa: E731
+    return TrainingData(train, count(train), dict(data.skipped)), TrainingData(dev_groups, count(dev_groups))
+
+
+# -- pairs from a bare corpus ---------------------------------------------------------------------------------
+CORPUS_METHODS = ("title", "crop", "auto")
+_WORD = re.compile(r"\S+")
+
+
+def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto", *, seed: int = 0,
+                  min_words: int = 8, crop: tuple[float, float] = (0.1, 0.5), limit: int | None = None
+                  ) -> TrainingData:
+    """Self-supervised groups from documents alone (no labels).
+
+    ``title``: the title is the query, the body the positive (documents without a title are skipped).
+    ``crop``: two independent random spans of one document (each 10-50% of its words, as in Contriever) are
+    query and positive. ``auto``: ``title`` where at least half the documents have a title, else ``crop``.
+    Documents under ``min_words`` words are skipped. Negatives come from :func:`mine_negatives` or in-batch.
+    """
+    if method not in CORPUS_METHODS:
+        raise TrainingDataError(f"unknown pair construction {method!r}: choose one of {', '.join(CORPUS_METHODS)}")
+    lo, hi = crop
+    if not (0 < lo <= hi <= 1):
+        raise TrainingDataError(f"crop fractions must satisfy 0 < low <= high <= 1, got {crop}")
+    docs = list(read_corpus(corpus)) if isinstance(corpus, (str, Path)) else list(corpus)
+    if method == "auto":
+        titled = sum(1 for d in docs if d.title.strip())
+        method = "title" if titled * 2 >= len(docs) else "crop"
+    rng = random.Random(seed)
+    groups, skipped = [], Counter()
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    for i in order:
+        d = docs[i]
+        words = _WORD.findall(d.text)
+        if len(words) < min_words:
+            skipped["too short"] += 1
+            continue
+        if method == "title":
+            if not d.title.strip():
+                skipped["no title"] += 1
+                continue
+            q, p = d.title, d.text
+        else:
+            q, p = _crop(words, lo, hi, rng), _crop(words, lo, hi, rng)
+        groups.append(Group(query=q, pos=(p,), source=f"corpus:{method}", qid=d.id, pos_ids=frozenset({d.id})))
+        if limit is not None and len(groups) >= limit:
+            break
+    if not groups:
+        raise TrainingDataError(f"no document yields a {method} pair ({dict(skipped)}): use another --pairs method "
+                                f"or a corpus with longer texts")
+    return TrainingData(groups, {f"corpus:{method}": len(groups)}, dict(skipped))
+
+
+def _crop(words: list[str], lo: float, hi: float, rng: random.Random) -> str:
+    n = len(words)
+    size = max(1, int(round(n * rng.uniform(lo, hi))))
+    start = rng.randrange(0, n - size + 1)
+    return " ".join(words[start:start + size])
+
+
+# -- hard negatives -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MiningWindow:
+    """Which BM25 ranks negatives are drawn from: ranks ``skip + 1 .. depth`` (1-based), ``n`` of them per
+    query, sampled (seeded) from the window. The top ``skip`` are left out: they are often unjudged positives."""
+
+    skip: int = 3
+    depth: int = 50
+    n: int = 7
+
+    def __post_init__(self) -> None:
+        if self.skip < 0 or self.n < 1 or self.depth <= self.skip:
+            raise TrainingDataError(f"mining window needs skip >= 0, n >= 1 and depth > skip, got skip {self.skip}, "
+                                    f"depth {self.depth}, n {self.n}")
+
+
+def mine_negatives(data: TrainingData, passages: Sequence[Document] | Sequence[str] | None = None, *,
+                   window: MiningWindow = MiningWindow(), seed: int = 0, keep_given: bool = True,
+                   analyzer=None) -> TrainingData:
+    """Add BM25-mined hard negatives to every group.
+
+    ``passages``: the corpus to mine from (documents, or texts); by default the pool of every passage in the
+    data (positives and negatives of all groups). A mined passage is never a positive of its group: not one of
+    its ``pos_ids`` (every judged document of a BEIR query), and not equal to one of its positive texts.
+    ``keep_given``: keep the data's own negatives first (they are labelled), then mined ones up to ``window.n``.
+    """
+    from hylex.indexing.bm25 import Bm25Postings, bm25_search
+    from hylex.text import Bm25Analyzer
+
+    analyzer = analyzer or Bm25Analyzer()
+    if passages is None:
+        pool = sorted({t for g in data.groups for t in (*g.pos, *g.neg)})
+        ids = [None] * len(pool)
+    elif passages and isinstance(passages[0], Document):
+        pool = [_doc_text(d) for d in passages]
+        ids = [d.id for d in passages]
+    else:
+        pool = [str(t) for t in passages]
+        ids = [None] * len(pool)
+    if not pool:
+        raise TrainingDataError("no passages to mine negatives from")
+    postings = Bm25Postings.from_tokens(analyzer.analyze(pool))
+    depth = min(window.depth, len(pool))
+    _, rows = bm25_search([(0, postings)], analyzer.analyze([g.query for g in data.groups]), depth)
+    rng = random.Random(seed)
+    out = []
+    mined_total = 0
+    for g, ranked in zip(data.groups, rows):
+        pos_text = set(g.pos)
+        cand = [int(r) for r in ranked[window.skip:] if r >= 0]
+        cand = [r for r in cand if pool[r] not in pos_text and (ids[r] is None or ids[r] not in g.pos_ids)]
+        given = list(g.neg) if keep_given else []
+        need = max(0, window.n - len(given))
+        picked = rng.sample(cand, min(need, len(cand)))
+        picked.sort(key=cand.index)  # keep rank order
+        mined = [pool[r] for r in picked if pool[r] not in given]
+        mined_total += len(mined)
+        out.append(replace(g, neg=tuple(given + mined)))
+    logger.info("mined %d BM25 negatives for %d groups (ranks %d-%d)", mined_total, len(out), window.skip + 1,
+                window.depth)
+    return TrainingData(out, dict(data.sources), dict(data.skipped))
+
+
+def iter_texts(groups: Iterable[Group]) -> Iterable[str]:
+    for g in groups:
+        yield g.query
+        yield from g.pos
+        yield from g.neg
