@@ -362,6 +362,62 @@ class Encoder:
             self._stop_mask = torch.from_numpy(np.array([s.lower() in stop for s in self._token_strings()]))
         return self._stop_mask
 
+    def _batch_tensors(self, prompted: list[tuple[list[int], int, int]]):
+        """Left-padded model inputs for prompted rows ``(ids, start, end)``: input_ids, attention_mask and
+        position_ids long (B, L), pooling weights float32 (B, L). Positions count real tokens only, so a text's
+        encoding does not depend on its batch's padding."""
+        width = max(len(x[0]) for x in prompted)
+        input_ids = torch.full((len(prompted), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(prompted), width), dtype=torch.long)
+        for r, (x, _, _) in enumerate(prompted):
+            input_ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
+            attn[r, width - len(x):] = 1
+        pos = (attn.cumsum(1) - 1).clamp(min=0)
+        pool = self._pool_weights([(len(x), start, end) for x, start, end in prompted], width)
+        return input_ids, attn, pos, pool
+
+    def features(self, texts: Sequence[str], kind: str = "passage", max_length: int | None = None):
+        """The representations as differentiable tensors, for training: the same prompt, truncation, pooling and
+        own-word mask as :meth:`encode` (one row per text, never chunked), without the cache, normalisation
+        of sparse weights to top-k, or conversion to NumPy.
+
+        Args:
+            texts: B texts; kind: ``query`` or ``passage``.
+            max_length: a shorter token budget for training (passages cut to it), default the config's.
+
+        Returns:
+            ``(dense, sparse)``: dense float32 (B, H) L2-normalised; sparse float32 (B, V) =
+            ``log1p(relu(logits))`` kept on the text's own words (or every token when ``own_words`` is off),
+            before top-k pruning (``encode`` keeps the ``sparse_topk`` largest of these).
+        """
+        texts = self._check_texts(texts)
+        if not texts:
+            raise HylexError("features() needs at least one text")
+        saved = self.config.max_length
+        if max_length is not None:
+            self.config.max_length = int(max_length)
+        try:
+            units = self._units(texts, kind, chunk=False)
+        finally:
+            self.config.max_length = saved
+        input_ids, attn, pos, pool = self._batch_tensors([(u.ids, u.start, u.end) for u in units])
+        dev = self.device
+        dense, logits = self.module(input_ids.to(dev), attn.to(dev), pos.to(dev), pool.to(dev),
+                                    -2 if self.config.pooling == "eos" else -1)
+        weights = torch.log1p(torch.relu(logits))
+        cfg = self.config
+        if cfg.own_words:
+            words = [u.words for u in units]
+            mask = self._own_word_mask(words).to(dev)
+            if cfg.expansion:  # the same expansion terms as encode(): the strongest allowed ones not in the text
+                allowed = (self._alnum_mask() & ~self._stopword_tokens()).to(dev) & \
+                    ~self._own_word_mask(words, frozenset()).to(dev)
+                top = torch.topk((weights * allowed).detach(), min(cfg.expansion, self.vocab_size), dim=1).indices
+                mask = mask | torch.zeros_like(mask).scatter_(1, top, True) & allowed
+        else:
+            mask = self._alnum_mask().to(dev)
+        return torch.nn.functional.normalize(dense, dim=-1), weights * mask
+
     def _forward_units(self, units: list[_Unit], kind: str, stats: EncodeStats):
         """Encode without the cache: dense float32 (n, H) and per-unit sorted (term ids, weights)."""
         from tqdm.auto import tqdm
@@ -381,16 +437,8 @@ class Encoder:
                    delay=1.0)
         with torch.inference_mode():
             for batch in batches:
-                width = int(lengths[batch].max())
-                input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                attn = torch.zeros((len(batch), width), dtype=torch.long)
-                for r, i in enumerate(batch):
-                    x = prompted[i][0]
-                    input_ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
-                    attn[r, width - len(x):] = 1
-                # Positions count real tokens only, so a text's encoding does not depend on its batch's padding.
-                pos = (attn.cumsum(1) - 1).clamp(min=0)
-                pool = self._pool_weights([(int(lengths[i]), prompted[i][1], prompted[i][2]) for i in batch], width)
+                input_ids, attn, pos, pool = self._batch_tensors([prompted[i] for i in batch])
+                width = input_ids.shape[1]
                 tf = time.perf_counter()
                 dense, logits = self.module(input_ids.to(self.device), attn.to(self.device), pos.to(self.device),
                                             pool.to(self.device), logit_index)
