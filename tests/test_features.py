@@ -11,9 +11,9 @@ TEXTS = ["A volcano erupts when molten magma rises through the crust.", "parse a
          "?!? ---", "Stock markets fell sharply on Monday as bond yields rose. " * 40]
 
 
-def _check(enc: Encoder, kind: str, max_length: int | None = None, ref: Encoder | None = None):
+def _check(enc: Encoder, kind: str, max_text_tokens: int | None = None, ref: Encoder | None = None):
     with torch.no_grad():
-        dense, sparse = enc.features(TEXTS, kind, max_length=max_length)
+        dense, sparse = enc.features(TEXTS, kind, max_text_tokens=max_text_tokens)
     out = (ref or enc).encode(TEXTS, kind)
     np.testing.assert_allclose(dense.numpy(), out.dense, atol=2e-5)
     k = enc.config.sparse_topk
@@ -38,9 +38,12 @@ def test_features_equal_encode_with_other_settings():
 
 def test_features_with_a_training_length_equal_a_shorter_encoder():
     enc = Encoder(progress=False, encoding_cache=False, dtype="float32")
-    short = Encoder(progress=False, encoding_cache=False, dtype="float32", max_length=96)
-    _check(enc, "passage", max_length=96, ref=short)
+    overhead = enc._layouts["passage"].overhead
+    short = Encoder(progress=False, encoding_cache=False, dtype="float32", max_length=overhead + 40)
+    _check(enc, "passage", max_text_tokens=40, ref=short)
     assert enc.config.max_length == 512  # restored
+    with pytest.raises(Exception, match="max_text_tokens must be a positive integer"):
+        enc.features(TEXTS, "passage", max_text_tokens=0)
 
 
 def test_features_are_differentiable():

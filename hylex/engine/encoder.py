@@ -376,14 +376,15 @@ class Encoder:
         pool = self._pool_weights([(len(x), start, end) for x, start, end in prompted], width)
         return input_ids, attn, pos, pool
 
-    def features(self, texts: Sequence[str], kind: str = "passage", max_length: int | None = None):
+    def features(self, texts: Sequence[str], kind: str = "passage", max_text_tokens: int | None = None):
         """The representations as differentiable tensors, for training: the same prompt, truncation, pooling and
         own-word mask as :meth:`encode` (one row per text, never chunked), without the cache, normalisation
         of sparse weights to top-k, or conversion to NumPy.
 
         Args:
             texts: B texts; kind: ``query`` or ``passage``.
-            max_length: a shorter token budget for training (passages cut to it), default the config's.
+            max_text_tokens: cut each text to this many tokens (the prompt around it comes on top; at most what
+                ``max_length`` allows), for training on shorter passages; default: as :meth:`encode`.
 
         Returns:
             ``(dense, sparse)``: dense float32 (B, H) L2-normalised; sparse float32 (B, V) =
@@ -394,8 +395,12 @@ class Encoder:
         if not texts:
             raise HylexError("features() needs at least one text")
         saved = self.config.max_length
-        if max_length is not None:
-            self.config.max_length = int(max_length)
+        if max_text_tokens is not None:
+            if isinstance(max_text_tokens, bool) or not isinstance(max_text_tokens, int) or max_text_tokens < 1:
+                raise HylexError(f"max_text_tokens must be a positive integer, got {max_text_tokens!r}")
+            layout = self._layouts[kind]
+            need = layout.overhead + layout.copies * max_text_tokens + (1 if self.config.pooling == "eos" else 0)
+            self.config.max_length = min(saved, need)
         try:
             units = self._units(texts, kind, chunk=False)
         finally:

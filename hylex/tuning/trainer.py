@@ -1,0 +1,418 @@
+"""The training loop: LoRA (or full) fine-tuning of the encoder's dense and sparse representations together, from
+one forward pass per text through :meth:`hylex.engine.Encoder.features` (the module inference uses).
+
+State on disk is safetensors + JSON only (no pickle): checkpoints hold the trainable weights, AdamW's moments,
+the step and the RNG states, so ``resume`` continues to the same weights as an uninterrupted run (the batch
+order and negative sampling are functions of the seed and the step, not of how the run was split).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from hylex.tuning.data import Group, TrainingData, TrainingDataError
+from hylex.tuning.loss import ContrastiveLoss
+
+logger = logging.getLogger(__name__)
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """bfloat16 autocast pays on CUDA and on CPUs with AMX or AVX512-BF16 (this project's machine: the encoder
+    runs 1.8x faster); elsewhere it is emulated and slower than float32."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass
+class TuneArgs:
+    """Training settings (validated by :meth:`check`).
+
+    ``queries_per_step`` groups per optimizer step, each ``1 + negatives`` passages; ``accumulate`` splits a step
+    into that many forward/backward passes (memory), which does **not** widen the in-batch negatives: each
+    micro-batch's queries see only that micro-batch's passages (GradCache would; not implemented — raise
+    ``queries_per_step`` with gradient checkpointing instead).
+    """
+
+    steps: int = 500
+    queries_per_step: int = 16
+    negatives: int = 3
+    lr: float = 1e-4
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    accumulate: int = 1
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ALL_LINEAR
+    full: bool = False
+    query_max_length: int = 64     # text tokens (the prompt comes on top)
+    passage_max_length: int = 128
+    temperature: float = 0.01
+    dense_weight: float = 1.0
+    sparse_weight: float = 1.0
+    flops_q: float = 0.0
+    flops_p: float = 0.0
+    gradient_checkpointing: bool = False
+    bf16: str = "auto"
+    seed: int = 0
+    save_every: int = 100
+    eval_every: int = 100
+
+    def check(self) -> "TuneArgs":
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise TrainingDataError(f"{name} must be a positive integer, got {v!r}")
+
+        for name in ("steps", "queries_per_step", "accumulate", "lora_rank", "query_max_length",
+                     "passage_max_length", "save_every", "eval_every"):
+            positive_int(name)
+        if isinstance(self.negatives, bool) or not isinstance(self.negatives, int) or self.negatives < 0:
+            raise TrainingDataError(f"negatives must be an integer >= 0, got {self.negatives!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise TrainingDataError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (0 <= self.warmup < 1):
+            raise TrainingDataError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup!r}")
+        for name in ("weight_decay", "max_grad_norm", "lora_alpha", "lora_dropout"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise TrainingDataError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.queries_per_step % self.accumulate:
+            raise TrainingDataError(f"queries_per_step {self.queries_per_step} is not a multiple of accumulate "
+                                    f"{self.accumulate}")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise TrainingDataError(f"bf16 must be auto, on or off, got {self.bf16!r}")
+        ContrastiveLoss(self.temperature, self.dense_weight, self.sparse_weight, self.flops_q, self.flops_p)
+        return self
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    log: list = field(default_factory=list)
+
+
+# -- batches ---------------------------------------------------------------------------------------------------
+def batch_at(groups: Sequence[Group], step: int, args: TuneArgs) -> tuple[list[str], list[str]]:
+    """The queries (Q,) and passages (Q * (1 + negatives),) of optimizer step ``step`` (0-based): a seeded
+    permutation per epoch, each group's negatives drawn from its own (random in-pool passages of other groups
+    fill a group that has too few). Deterministic in (seed, step): a resumed run sees the same batches."""
+    q = args.queries_per_step
+    per_epoch = max(1, len(groups) // q)
+    epoch, within = divmod(step, per_epoch)
+    order = list(range(len(groups)))
+    random.Random(f"{args.seed}:epoch:{epoch}").shuffle(order)
+    chosen = [groups[i] for i in order[within * q:(within + 1) * q]]
+    if len(chosen) < q:  # fewer groups than a batch: repeat the epoch's order
+        chosen = [groups[order[i % len(order)]] for i in range(q)]
+    rng = random.Random(f"{args.seed}:step:{step}")
+    queries, passages = [], []
+    for j, g in enumerate(chosen):
+        queries.append(g.query)
+        passages.append(g.pos[rng.randrange(len(g.pos))])
+        negs = list(g.neg)
+        picked = rng.sample(negs, min(args.negatives, len(negs)))
+        while len(picked) < args.negatives:  # pad with another group's positive (a random negative)
+            other = groups[rng.randrange(len(groups))]
+            if other.query != g.query:
+                picked.append(other.pos[0])
+        passages.extend(picked)
+    return queries, passages
+
+
+# -- LoRA -----------------------------------------------------------------------------------------------------
+def add_lora(lm: torch.nn.Module, args: TuneArgs) -> list[str]:
+    """Put LoRA adapters (peft) on ``args.lora_targets`` of ``lm``; freeze everything else. Returns the trainable
+    parameter names."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    present = {name.rsplit(".", 1)[-1] for name, m in lm.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in args.lora_targets if t not in present]
+    if missing:
+        raise TrainingDataError(f"LoRA targets {missing} are not linear layers of this model (it has "
+                                f"{sorted(present)}): pick from those")
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    cfg = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                     target_modules=list(args.lora_targets), init_lora_weights=True)
+    torch.manual_seed(args.seed)  # LoRA A matrices are random: seeded so a run is reproducible
+    inject_adapter_in_model(cfg, lm)
+    return [n for n, p in lm.named_parameters() if p.requires_grad]
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, rank: int, alpha: float) -> torch.Tensor:
+    """The weight update of one LoRA pair: ``(alpha / rank) * B @ A`` (out, in)."""
+    return (b.float() @ a.float()) * (alpha / rank)
+
+
+def merge_lora(lm: torch.nn.Module, adapter: dict[str, torch.Tensor], rank: int, alpha: float) -> int:
+    """Add an adapter's deltas into ``lm``'s linear weights in place (``name.lora_A.weight`` /
+    ``name.lora_B.weight`` keys, peft's naming); returns how many layers changed. No peft needed."""
+    modules = dict(lm.named_modules())
+    n = 0
+    for key in adapter:
+        if not key.endswith(".lora_A.weight"):
+            continue
+        base = key[: -len(".lora_A.weight")]
+        b_key = base + ".lora_B.weight"
+        if base not in modules or b_key not in adapter:
+            raise TrainingDataError(f"adapter tensor {key} has no matching layer or lora_B in this model: the "
+                                    f"adapter belongs to another base model")
+        layer = modules[base]
+        with torch.no_grad():
+            layer.weight += lora_delta(adapter[key], adapter[b_key], rank, alpha).to(layer.weight.dtype)
+        n += 1
+    return n
+
+
+# -- optimizer state as safetensors + JSON --------------------------------------------------------------------
+def _save_optimizer(opt: torch.optim.Optimizer, names: list[str], folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        name = names[idx]
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{name}::{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{name}::{k}"] = v
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
+    (folder / "optimizer.json").write_text(json.dumps({"param_groups": groups, "scalars": scalars}))
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, names: list[str], folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    meta = json.loads((folder / "optimizer.json").read_text())
+    sd = opt.state_dict()
+    state = {}
+    for idx, name in enumerate(names):
+        st = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.split("::", 1)[0] == name}
+        st.update({k.split("::", 1)[1]: v for k, v in meta["scalars"].items() if k.split("::", 1)[0] == name})
+        if st:
+            state[idx] = st
+    groups = []
+    for g, saved in zip(sd["param_groups"], meta["param_groups"]):
+        groups.append({**saved, "params": g["params"]})
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].astype(np.uint32),
+            "python": random.getstate()}
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------
+class Trainer:
+    """Fine-tune ``encoder`` (an :class:`hylex.engine.Encoder` in float32) on ``train``.
+
+    ``workdir`` holds checkpoints (``checkpoints/step-N``) and ``log.jsonl``; ``evaluate(encoder) -> dict`` (e.g.
+    dev nDCG@10) runs every ``eval_every`` steps and at the end; ``progress`` draws a tqdm bar with loss and
+    tokens/s.
+    """
+
+    def __init__(self, encoder, train: TrainingData, args: TuneArgs, workdir: str | os.PathLike, *,
+                 evaluate: Callable | None = None, progress: bool | None = None):
+        if not train.groups:
+            raise TrainingDataError("no training groups: give pairs with at least one positive")
+        self.encoder, self.train, self.args = encoder, train, args.check()
+        self.workdir = Path(workdir)
+        self.evaluate, self.progress = evaluate, progress
+        self.loss = ContrastiveLoss(args.temperature, args.dense_weight, args.sparse_weight, args.flops_q,
+                                    args.flops_p)
+        device = encoder.device
+        self.autocast = args.bf16 == "on" or (args.bf16 == "auto" and bf16_is_fast(device))
+        lm = encoder.lm
+        if args.full:
+            for p in lm.parameters():
+                p.requires_grad_(True)
+            self.names = [n for n, p in lm.named_parameters() if p.requires_grad]
+        else:
+            self.names = add_lora(lm, args)
+        if args.gradient_checkpointing:
+            lm.gradient_checkpointing_enable()
+        params = dict(lm.named_parameters())
+        self.params = [params[n] for n in self.names]
+        self.opt = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=args.weight_decay)
+        warm = int(args.warmup * args.steps)
+
+        def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.0, (args.steps - step) / max(1, args.steps - warm))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
+        self.state = TrainState()
+        self._stop = False
+
+    # -- checkpoints --
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in zip(self.names, self.params)}
+
+    def adapter_weights(self) -> dict[str, torch.Tensor]:
+        """The LoRA tensors under peft's saved names (``...q_proj.lora_A.weight``), for :func:`merge_lora`."""
+        if self.args.full:
+            raise TrainingDataError("a full fine-tune has no adapter: save its weights instead")
+        return {n.replace(".default.", "."): t for n, t in self.trainable_state().items()}
+
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        final = self.workdir / "checkpoints" / f"step-{self.state.step:07d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self.trainable_state(), str(tmp / "weights.safetensors"))
+        _save_optimizer(self.opt, self.names, tmp)
+        rng = _rng_state()
+        save_file({"torch": rng["torch"], "numpy": torch.from_numpy(rng["numpy"].astype(np.int64))},
+                  str(tmp / "rng.safetensors"))
+        py = rng["python"]
+        (tmp / "trainer.json").write_text(json.dumps({
+            "step": self.state.step, "args": asdict(self.args), "scheduler": self.sched.state_dict(),
+            "python_rng": [py[0], list(py[1]), py[2]], "names": self.names}))
+        os.replace(tmp, final)  # a checkpoint is complete or absent
+        for old in sorted((self.workdir / "checkpoints").glob("step-???????"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)  # keep the last two
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted((self.workdir / "checkpoints").glob("step-???????"))
+        return found[-1] if found else None
+
+    def load_checkpoint(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        meta = json.loads((folder / "trainer.json").read_text())
+        saved = {k: v for k, v in meta["args"].items() if k not in ("steps", "save_every", "eval_every")}
+        mine = {k: v for k, v in asdict(self.args).items() if k in saved}
+        diffs = [f"{k}: checkpoint {saved[k]!r}, given {mine[k]!r}" for k in saved
+                 if json.loads(json.dumps(mine[k])) != saved[k]]
+        if diffs or meta["names"] != self.names:
+            what = "; ".join(diffs[:3]) or "other trainable parameters"
+            raise TrainingDataError(f"checkpoint {folder} was made with other settings ({what}): resume with the "
+                                    f"same settings, or start a new run")
+        weights = load_file(str(folder / "weights.safetensors"))
+        with torch.no_grad():
+            for n, p in zip(self.names, self.params):
+                p.copy_(weights[n])
+        _load_optimizer(self.opt, self.names, folder)
+        self.sched.load_state_dict(meta["scheduler"])
+        rng = load_file(str(folder / "rng.safetensors"))
+        torch.set_rng_state(rng["torch"])
+        st = np.random.get_state()
+        np.random.set_state((st[0], rng["numpy"].numpy().astype(np.uint32), *st[2:]))
+        py = meta["python_rng"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        self.state.step = int(meta["step"])
+
+    # -- one step --
+    def _step(self, step: int) -> dict:
+        args = self.args
+        queries, passages = batch_at(self.train.groups, step, args)
+        micro = args.queries_per_step // args.accumulate
+        group = 1 + args.negatives
+        parts_sum: dict[str, float] = {}
+        self.encoder.lm.train()
+        for m in range(args.accumulate):
+            qs = queries[m * micro:(m + 1) * micro]
+            ps = passages[m * micro * group:(m + 1) * micro * group]
+            with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                qd, qsp = self.encoder.features(qs, "query", max_text_tokens=args.query_max_length)
+                pd, psp = self.encoder.features(ps, "passage", max_text_tokens=args.passage_max_length)
+                parts = self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), group)
+            (parts["loss"] / args.accumulate).backward()
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / args.accumulate
+        if args.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.encoder.lm.eval()
+        return {**parts_sum, "lr": lr}
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        logger.warning("signal %d: saving a checkpoint after this step", signum)
+        self._stop = True
+
+    def run(self, *, resume: bool = False, until: int | None = None) -> TrainState:
+        """Train to ``args.steps`` (or stop after step ``until``, for tests and budgets); with ``resume``, continue
+        from the latest checkpoint. A SIGINT/SIGTERM finishes the current step, saves and returns."""
+        from tqdm.auto import tqdm
+
+        from hylex.utils import bar_disabled
+
+        args = self.args
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            ck = self.latest_checkpoint()
+            if ck is None:
+                raise TrainingDataError(f"nothing to resume in {self.workdir}: no checkpoint yet (start without "
+                                        f"--resume)")
+            self.load_checkpoint(ck)
+        else:
+            random.seed(args.seed)
+            np.random.seed(args.seed)
+            torch.manual_seed(args.seed)
+        end = args.steps if until is None else min(args.steps, until)
+        log = (self.workdir / "log.jsonl").open("a")
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in old:
+                signal.signal(s, self._on_signal)
+        except ValueError:  # not the main thread: no handlers
+            old = {}
+        bar = tqdm(total=end, initial=self.state.step, desc="tune", unit="step", disable=bar_disabled(self.progress))
+        t0 = time.perf_counter()
+        try:
+            while self.state.step < end and not self._stop:
+                ts = time.perf_counter()
+                rec = self._step(self.state.step)
+                self.state.step += 1
+                rec.update(step=self.state.step, seconds=round(time.perf_counter() - ts, 3))
+                if self.evaluate and (self.state.step % args.eval_every == 0 or self.state.step == args.steps):
+                    rec["dev"] = self.evaluate(self.encoder)
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                self.state.log.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+                bar.update(1)
+                if self.state.step % args.save_every == 0:
+                    self.save_checkpoint()
+            if self.state.step % args.save_every:
+                self.save_checkpoint()  # the last step (or an interrupted run) is always saved
+        finally:
+            bar.close()
+            log.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        logger.info("trained %d steps in %.1fs", self.state.step, time.perf_counter() - t0)
+        return self.state

@@ -1,0 +1,132 @@
+"""The trainer on a tiny random-weight Llama (the default model's tokenizer): the loss falls on a learnable toy
+task, resume equals an uninterrupted run, LoRA merges back into plain weights, bad settings are refused."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hylex.engine import Encoder
+from hylex.engine.models import resolve_model
+from hylex.tuning.data import Group, TrainingData, TrainingDataError
+from hylex.tuning.trainer import TuneArgs, Trainer, batch_at, merge_lora
+
+WORDS = ["volcano", "football", "finance", "cooking", "astronomy", "music", "chess", "garden", "ocean", "desert",
+         "railway", "medicine"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    src = Path(resolve_model("smollm2-135m").path)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=2, initializer_range=0.2)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(src / f, out / f)
+    return out
+
+
+def _encoder(folder: Path) -> Encoder:
+    # mean pooling: in a 2-layer random model the prompt's last token barely sees the text, so "last" pooling
+    # would leave nothing to learn from in a few steps
+    return Encoder(str(folder), progress=False, encoding_cache=False, dtype="float32", max_length=96,
+                   pooling="mean")
+
+
+def _toy() -> TrainingData:
+    # each topic's negative is the next topic's passage: every passage of a batch is distinct
+    groups = [Group(f"about {w}", (f"{w} {w} is the topic here",),
+                    neg=(f"{WORDS[(i + 1) % len(WORDS)]} {WORDS[(i + 1) % len(WORDS)]} is the topic here",),
+                    source="toy") for i, w in enumerate(WORDS)]
+    return TrainingData(groups, {"toy": len(groups)})
+
+
+ARGS = dict(queries_per_step=4, negatives=1, lr=5e-3, warmup=0.0, lora_rank=4, lora_alpha=8.0, temperature=0.05,
+            query_max_length=32, passage_max_length=32, save_every=3, eval_every=100, bf16="off")
+
+
+def test_loss_falls_on_a_toy_task(tiny_model, tmp_path):
+    enc = _encoder(tiny_model)
+    args = TuneArgs(steps=24, **ARGS)
+    state = Trainer(enc, _toy(), args, tmp_path / "run", progress=False).run()
+    losses = [r["loss"] for r in state.log]
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < 0.8 * first, (first, last)
+    logged = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(1, 25)) and {"dense", "sparse", "lr", "loss"} <= set(logged[0])
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_model, tmp_path):
+    args = TuneArgs(steps=6, **ARGS)
+    straight = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "a", progress=False)
+    straight.run()
+    first = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "b", progress=False)
+    first.run(until=3)
+    assert first.latest_checkpoint().name == "step-0000003"
+    second = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "b", progress=False)
+    second.run(resume=True)
+    a, b = straight.trainable_state(), second.trainable_state()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the trained adapter changed the model
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
+
+
+def test_resume_with_other_settings_is_refused(tiny_model, tmp_path):
+    Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=3, **ARGS), tmp_path / "r", progress=False).run()
+    other = TuneArgs(steps=3, **{**ARGS, "lr": 1e-3})
+    with pytest.raises(TrainingDataError, match="other settings.*lr: checkpoint 0.005, given 0.001"):
+        Trainer(_encoder(tiny_model), _toy(), other, tmp_path / "r", progress=False).run(resume=True)
+    with pytest.raises(TrainingDataError, match="nothing to resume"):
+        Trainer(_encoder(tiny_model), _toy(), other, tmp_path / "empty", progress=False).run(resume=True)
+
+
+def test_merged_adapter_equals_the_peft_model(tiny_model, tmp_path):
+    args = TuneArgs(steps=3, **ARGS)
+    tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "m", progress=False)
+    tr.run()
+    with torch.no_grad():
+        want = tr.encoder.features(["about chess"], "query")[0]
+    plain = _encoder(tiny_model)
+    adapter = tr.adapter_weights()
+    assert merge_lora(plain.lm, adapter, args.lora_rank, args.lora_alpha) == 2 * 7
+    with torch.no_grad():
+        got = plain.features(["about chess"], "query")[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_batches_are_deterministic_and_well_formed():
+    data = _toy()
+    args = TuneArgs(steps=10, **{**ARGS, "negatives": 2})
+    q, p = batch_at(data.groups, 5, args)  # one labelled negative each, one padded from another group
+    assert (q, p) == batch_at(data.groups, 5, args)
+    assert len(q) == 4 and len(p) == 12
+    for i, query in enumerate(q):
+        w = query.split()[1]
+        assert p[3 * i].startswith(w) and not any(x.startswith(w) for x in p[3 * i + 1:3 * i + 3])
+
+
+@pytest.mark.parametrize("kw, needle", [({"steps": 0}, "steps must be a positive integer"),
+                                        ({"lr": -1.0}, "lr must be"), ({"lr": float("nan")}, "lr must be"),
+                                        ({"queries_per_step": 0}, "queries_per_step"),
+                                        ({"queries_per_step": 6, "accumulate": 4}, "multiple of accumulate"),
+                                        ({"negatives": -1}, "negatives"), ({"warmup": 1.0}, "warmup"),
+                                        ({"bf16": "maybe"}, "bf16")])
+def test_bad_training_settings(kw, needle):
+    with pytest.raises(TrainingDataError, match=needle):
+        TuneArgs(**kw).check()
+
+
+def test_lora_targets_must_exist(tiny_model, tmp_path):
+    with pytest.raises(TrainingDataError, match="not linear layers of this model"):
+        Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=1, **{**ARGS, "lora_targets": ("c_attn",)}),
+                tmp_path / "x", progress=False)
