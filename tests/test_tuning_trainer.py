@@ -130,3 +130,63 @@ def test_lora_targets_must_exist(tiny_model, tmp_path):
     with pytest.raises(TrainingDataError, match="not linear layers of this model"):
         Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=1, **{**ARGS, "lora_targets": ("c_attn",)}),
                 tmp_path / "x", progress=False)
+
+
+def test_saved_model_loads_encodes_and_differs_from_its_base(tiny_model, tmp_path):
+    from hylex.engine.models import read_card
+    from hylex.tuning.output import save_tuned
+
+    args = TuneArgs(steps=3, **ARGS)
+    tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "w", progress=False)
+    tr.run()
+    with torch.no_grad():
+        want = tr.encoder.features(["about chess"], "query")[0]
+    out = save_tuned(tr, tmp_path / "tuned", training=_toy().summary(), dev={"ndcg@10": 0.5})
+    card = read_card(out)
+    assert card["base"]["model"] == str(tiny_model) and card["steps"] == 3 and card["adapter"]["rank"] == 4
+    assert card["settings"]["pooling"] == "mean" and card["training"]["groups"] == len(WORDS)
+    base = _encoder(tiny_model)
+    # settings come from the card: no pooling/max_length given here
+    tuned = Encoder(str(out), progress=False, encoding_cache=False, dtype="float32")
+    assert tuned.config.pooling == "mean" and tuned.config.max_length == 96
+    assert tuned.describe()["fingerprint"] == card["fingerprint"] != base.describe()["fingerprint"]
+    with torch.no_grad():
+        got = tuned.features(["about chess"], "query")[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    a, b = tuned.encode_queries(["about chess"]), base.encode_queries(["about chess"])
+    assert float((a.dense * b.dense).sum()) < 0.99999  # the tuned encoder encodes differently
+    from hylex.tuning.data import TrainingDataError as E
+    with pytest.raises(E, match="already exists"):
+        save_tuned(tr, out, training={})
+
+
+def test_a_failed_save_leaves_nothing_that_loads(tiny_model, tmp_path, monkeypatch):
+    import hylex.tuning.output as output
+
+    tr = Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=1, **ARGS), tmp_path / "w", progress=False)
+    tr.run()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(output, "sha256_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        output.save_tuned(tr, tmp_path / "tuned", training={})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+
+
+def test_tuned_model_whose_base_is_missing(tmp_path):
+    from hylex.errors import ModelError
+
+    d = tmp_path / "tuned"
+    d.mkdir()
+    (d / "adapter.safetensors").write_bytes(b"")
+    (d / "hylex-model.json").write_text(json.dumps({"format": "hylex-model", "fingerprint": "x",
+                                                    "base": {"model": str(tmp_path / "gone")},
+                                                    "adapter": {"file": "adapter.safetensors", "rank": 4,
+                                                                "alpha": 8}}))
+    with pytest.raises(ModelError, match="needs its base model .*gone.*install the base model"):
+        resolve_model(str(d))
+    (d / "hylex-model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        resolve_model(str(d))

@@ -157,6 +157,12 @@ class Encoder:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.resolved: ResolvedModel = resolve_model(cfg.model, cache)
+        card_settings = (self.resolved.card or {}).get("settings")
+        if card_settings and config is None:
+            # a tuned model encodes with the settings it was trained with, unless told otherwise
+            cfg = EncoderConfig.from_dict({**cfg.to_dict(), **card_settings, **overrides, "model": cfg.model})
+            cfg.validate()
+            self.config = cfg
         self._load()
         self.stats = EncodeStats()
         if encoding_cache is True:
@@ -180,6 +186,8 @@ class Encoder:
                     tok = AutoTokenizer.from_pretrained(self.resolved.path)
                     lm = load_causal_lm(self.resolved.path)
             self.tokenizer = tok
+            if self.resolved.adapters:
+                self._merge_adapters(lm)
         except OSError as e:
             raise ModelError(f"cannot load model {self.config.model!r} from {self.resolved.path}: {e}. Use a "
                              f"packaged model name, a local model folder or a .gguf file") from e
@@ -209,6 +217,16 @@ class Encoder:
         self.backend_used = "native" if type(lm).__module__ == "hylex.engine.native" else "transformers"
         logger.info("loaded %s (%s, %s) in %.1fs: dim %d, vocab %d", self.config.model, self.resolved.path,
                     self.backend_used, time.perf_counter() - t0, self.dim, self.vocab_size)
+
+    def _merge_adapters(self, lm) -> None:
+        """Add a tuned model's LoRA deltas into the base weights (no peft needed at inference)."""
+        from safetensors.torch import load_file
+
+        from hylex.engine.lora import merge_lora
+
+        for file, info in self.resolved.adapters:
+            n = merge_lora(lm, load_file(file), int(info["rank"]), float(info["alpha"]))
+            logger.info("merged adapter %s into %d layers", file, n)
 
     def describe(self) -> dict:
         """What an index manifest records about this encoder."""

@@ -162,11 +162,55 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """Where a model's loadable folder (or hub id) is, and the id recorded in index manifests."""
+    """Where a model's loadable folder (or hub id) is, and the id recorded in index manifests. A tuned model
+    (a folder with ``hylex-model.json`` holding a LoRA adapter) resolves to its base's folder in ``path`` plus
+    ``adapters``, ``(file, card["adapter"])`` pairs merged into it on load in order (a model tuned from a tuned
+    model carries its base's adapters first); ``card`` is its JSON."""
 
     model_id: str
     path: str
     fingerprint: str
+    adapters: tuple = ()
+    card: dict | None = None
+
+
+MODEL_CARD = "hylex-model.json"
+CARD_FORMAT = "hylex-model"
+
+
+def read_card(folder: str | os.PathLike) -> dict | None:
+    """The ``hylex-model.json`` of a tuned model folder, checked, or None when the folder has none."""
+    p = Path(folder) / MODEL_CARD
+    if not p.is_file():
+        return None
+    try:
+        card = json.loads(p.read_text())
+    except ValueError as e:
+        raise ModelError(f"{p} is not valid JSON ({e}): the tuned model is damaged; train it again") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT or "fingerprint" not in card:
+        raise ModelError(f"{p} is not a hylex model card (format {CARD_FORMAT!r} with a fingerprint)")
+    return card
+
+
+def _resolve_tuned(folder: Path, card: dict, cache) -> ResolvedModel:
+    if card.get("adapter") is None:  # full weights: the folder loads by itself
+        return ResolvedModel(model_id=str(folder), path=str(folder), fingerprint=card["fingerprint"], card=card)
+    base = card.get("base") or {}
+    try:
+        resolved = resolve_model(base.get("model", ""), cache)
+    except ModelError as e:
+        raise ModelError(f"tuned model {folder} needs its base model {base.get('model')!r}, which cannot be "
+                         f"loaded ({e}); install the base model first") from None
+    if base.get("fingerprint") and resolved.fingerprint != base["fingerprint"]:
+        raise ModelError(f"tuned model {folder} was trained on base {base.get('model')!r} with fingerprint "
+                         f"{base['fingerprint']}, but the installed one has {resolved.fingerprint}: install the "
+                         f"same base model")
+    adapter = card["adapter"]
+    f = folder / adapter["file"]
+    if not f.is_file():
+        raise ModelError(f"tuned model {folder} lacks its adapter file {adapter['file']}: train it again")
+    return ResolvedModel(model_id=str(folder), path=resolved.path, fingerprint=card["fingerprint"],
+                         adapters=resolved.adapters + ((str(f), adapter),), card=card)
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -211,6 +255,10 @@ def resolve_model(spec: str | os.PathLike = DEFAULT_MODEL, cache: str | os.PathL
         if not (dest / "config.json").exists():
             convert_gguf(path.resolve(), dest)
         return ResolvedModel(model_id=path.name, path=str(dest), fingerprint=_folder_fingerprint(dest))
+    if path.is_dir() and (path / MODEL_CARD).is_file():
+        card = read_card(path)
+        if card.get("adapter") is not None or (path / "config.json").exists():
+            return _resolve_tuned(path.resolve(), card, cache)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"folder {spec} has no config.json: pass a Hugging Face model folder, a .gguf "

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from hylex.engine.lora import merge_lora  # noqa: F401  (re-exported)
 from hylex.tuning.data import Group, TrainingData, TrainingDataError
 from hylex.tuning.loss import ContrastiveLoss
 
@@ -160,31 +161,6 @@ def add_lora(lm: torch.nn.Module, args: TuneArgs) -> list[str]:
     torch.manual_seed(args.seed)  # LoRA A matrices are random: seeded so a run is reproducible
     inject_adapter_in_model(cfg, lm)
     return [n for n, p in lm.named_parameters() if p.requires_grad]
-
-
-def lora_delta(a: torch.Tensor, b: torch.Tensor, rank: int, alpha: float) -> torch.Tensor:
-    """The weight update of one LoRA pair: ``(alpha / rank) * B @ A`` (out, in)."""
-    return (b.float() @ a.float()) * (alpha / rank)
-
-
-def merge_lora(lm: torch.nn.Module, adapter: dict[str, torch.Tensor], rank: int, alpha: float) -> int:
-    """Add an adapter's deltas into ``lm``'s linear weights in place (``name.lora_A.weight`` /
-    ``name.lora_B.weight`` keys, peft's naming); returns how many layers changed. No peft needed."""
-    modules = dict(lm.named_modules())
-    n = 0
-    for key in adapter:
-        if not key.endswith(".lora_A.weight"):
-            continue
-        base = key[: -len(".lora_A.weight")]
-        b_key = base + ".lora_B.weight"
-        if base not in modules or b_key not in adapter:
-            raise TrainingDataError(f"adapter tensor {key} has no matching layer or lora_B in this model: the "
-                                    f"adapter belongs to another base model")
-        layer = modules[base]
-        with torch.no_grad():
-            layer.weight += lora_delta(adapter[key], adapter[b_key], rank, alpha).to(layer.weight.dtype)
-        n += 1
-    return n
 
 
 # -- optimizer state as safetensors + JSON --------------------------------------------------------------------
