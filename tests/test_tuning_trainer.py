@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,3 +191,21 @@ def test_tuned_model_whose_base_is_missing(tmp_path):
     (d / "hylex-model.json").write_text("{not json")
     with pytest.raises(ModelError, match="not valid JSON"):
         resolve_model(str(d))
+
+
+def test_dev_evaluator_scores_each_arm_and_fusion(tiny_model):
+    from hylex.tuning.evaluate import FUSIONS, DevEvaluator, _topk, best_fusion
+
+    dev = _toy()
+    ev = DevEvaluator(dev, extra=["an unrelated passage about nothing"])
+    assert len(ev.pool) == len(WORDS) + 1  # each positive is another group's negative: pooled once
+    scores = ev(_encoder(tiny_model))
+    assert set(scores) == {"dense", "sparse", "bm25", *FUSIONS}
+    assert all(0 <= v <= 1 for v in scores.values())
+    # the BM25 arm finds every positive first ("about chess" shares only "chess" with its positive): perfect
+    assert scores["bm25"] == 1.0
+    assert best_fusion(scores)[0] in scores
+    D, I = _topk(np.array([[0.0, 2.0, 2.0, 1.0]], np.float32), 3, positive_only=True)
+    assert I.tolist() == [[1, 2, 3]] and D.tolist() == [[2.0, 2.0, 1.0]]
+    D, I = _topk(np.array([[0.0, 0.0, 1.0]], np.float32), 3, positive_only=True)
+    assert I.tolist() == [[2, -1, -1]]
