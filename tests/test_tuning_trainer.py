@@ -209,3 +209,27 @@ def test_dev_evaluator_scores_each_arm_and_fusion(tiny_model):
     assert I.tolist() == [[1, 2, 3]] and D.tolist() == [[2.0, 2.0, 1.0]]
     D, I = _topk(np.array([[0.0, 0.0, 1.0]], np.float32), 3, positive_only=True)
     assert I.tolist() == [[2, -1, -1]]
+
+
+def test_tune_end_to_end_on_pair_files(tiny_model, tmp_path):
+    from hylex.engine.models import read_card
+    from hylex.tuning.trainer import TuneArgs as A
+    from hylex.tuning.tune import DataArgs, tune
+
+    rows = [{"query": f"about {w}", "pos": [f"{w} {w} is the topic here"]} for w in WORDS]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = []
+    res = tune(DataArgs(pairs=[str(pairs)], dev=3, n=1, skip=0), tmp_path / "model", model=str(tiny_model),
+               args=A(steps=4, **{**ARGS, "eval_every": 2, "save_every": 2}),
+               encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=lines.append)
+    card = read_card(res.out)
+    assert card["training"]["groups"] == len(WORDS) - 3 and card["dev"]["queries"] == 3
+    assert len(card["dev"]["history"]) == 2 and card["fusion"]["chosen_on"] == "dev"
+    assert card["fusion"]["name"] in card["dev"]["after"]
+    assert any(x.startswith("estimate: ") and "GiB" in x for x in lines)
+    logged = [json.loads(x) for x in (tmp_path / "model.work" / "log.jsonl").read_text().splitlines()]
+    assert [("dev" in r) for r in logged] == [False, True, False, True]
+    assert Encoder(str(res.out), progress=False, encoding_cache=False).config.pooling == "mean"
+    with pytest.raises(TrainingDataError, match="exactly one source"):
+        tune(DataArgs(), tmp_path / "m2", model=str(tiny_model))

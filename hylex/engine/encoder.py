@@ -158,9 +158,16 @@ class Encoder:
         self.device = torch.device(device)
         self.resolved: ResolvedModel = resolve_model(cfg.model, cache)
         card_settings = (self.resolved.card or {}).get("settings")
-        if card_settings and config is None:
-            # a tuned model encodes with the settings it was trained with, unless told otherwise
-            cfg = EncoderConfig.from_dict({**cfg.to_dict(), **card_settings, **overrides, "model": cfg.model})
+        if card_settings:
+            # a tuned model encodes with the settings it was trained with: a setting left at its default (or
+            # not given) takes the card's; one given explicitly wins
+            default_cfg = EncoderConfig()
+            default_cfg.validate()  # derived defaults (chunk_overlap) filled in, as in cfg
+            default = default_cfg.to_dict()
+            mine = cfg.to_dict()
+            merged = {k: (card_settings[k] if k in card_settings and k not in overrides and mine[k] == default[k]
+                          and k not in ("model", "dtype") else v) for k, v in mine.items()}
+            cfg = EncoderConfig.from_dict(merged)
             cfg.validate()
             self.config = cfg
         self._load()

@@ -60,7 +60,8 @@ def save_tuned(trainer, out: str | os.PathLike, *, training: dict, dev: dict | N
             weights_sha = sha256_file(tmp / ADAPTER_FILE)
             adapter = {"file": ADAPTER_FILE, "rank": args.lora_rank, "alpha": args.lora_alpha,
                        "targets": list(args.lora_targets), "sha256": weights_sha}
-        settings = enc.describe().get("settings", {})
+        # the encoding settings trained with (not the model, not the runtime dtype)
+        settings = {k: v for k, v in enc.describe().get("settings", {}).items() if k not in ("model", "dtype")}
         # the model training started from (a tuned model too: its adapters load first, then this one)
         base = {"model": enc.resolved.model_id if enc.resolved.card else enc.config.model,
                 "fingerprint": enc.resolved.fingerprint}

@@ -1,0 +1,239 @@
+"""``tune()``: training data in, a tuned model folder out (what ``hylex tune`` runs).
+
+Data (:class:`DataArgs`) -> groups (BEIR qrels, pair files, or a bare corpus) -> BM25-mined hard negatives -> a
+dev split of the training queries -> :class:`Trainer` with dev nDCG@10 at each evaluation (the best evaluation's
+weights are kept: model selection; ``patience`` evaluations without gain stop the run: early stopping) -> the
+fusion that scores best on dev -> :func:`save_tuned`. Checkpoints and the JSONL log live in ``workdir``
+(default ``<out>.work``); ``resume`` continues there.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from hylex.tuning.data import (
+    MiningWindow, TrainingData, TrainingDataError, beir_groups, corpus_groups, dev_split, mine_negatives, mix,
+    read_pairs,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataArgs:
+    """Where training groups come from (exactly one of ``beir``, ``pairs``, ``from_corpus``).
+
+    ``caps`` / ``weights`` + ``total`` mix several pair files; ``mine`` adds BM25 negatives from ranks
+    ``skip + 1 .. depth`` (``n`` per query; from the corpus for BEIR and ``from_corpus``, else from the pair
+    files' own passages); ``dev`` (fraction or count of training queries, at most ``max_dev``) is held out for
+    model selection; ``dev_distractors`` corpus passages join the dev pool.
+    """
+
+    beir: str | None = None
+    split: str = "train"
+    pairs: Sequence[str] = ()
+    caps: Sequence[int | None] | None = None
+    weights: Sequence[float] | None = None
+    total: int | None = None
+    from_corpus: str | None = None
+    pair_method: str = "auto"
+    mine: bool = True
+    skip: int = 3
+    depth: int = 50
+    n: int = 7
+    dev: float | int = 0.1
+    max_dev: int = 200
+    dev_distractors: int = 300
+    seed: int = 0
+
+    def check(self) -> "DataArgs":
+        given = [x for x in (self.beir, list(self.pairs) or None, self.from_corpus) if x]
+        if len(given) != 1:
+            raise TrainingDataError("give exactly one source of training data: a BEIR folder (with --split), pair "
+                                    "files, or --from-corpus CORPUS.jsonl")
+        MiningWindow(self.skip, self.depth, self.n)
+        return self
+
+
+def load_data(d: DataArgs) -> tuple[TrainingData, TrainingData, list[str]]:
+    """``(train, dev, distractors)`` for ``d``."""
+    d.check()
+    docs = None
+    if d.beir:
+        data, docs = beir_groups(d.beir, d.split)
+    elif d.from_corpus:
+        from hylex.corpus import read_corpus
+
+        docs = list(read_corpus(d.from_corpus))
+        data = corpus_groups(docs, d.pair_method, seed=d.seed)
+    else:
+        parts = [read_pairs(p) for p in d.pairs]
+        data = parts[0] if len(parts) == 1 and d.caps is None and d.weights is None else \
+            mix(parts, caps=d.caps, weights=d.weights, total=d.total, seed=d.seed)
+    train, dev = dev_split(data, d.dev, seed=d.seed, max_dev=d.max_dev)
+    if d.mine:
+        pool = docs if docs is not None else None
+        window = MiningWindow(d.skip, d.depth, d.n)
+        train = mine_negatives(train, pool, window=window, seed=d.seed)
+        dev = mine_negatives(dev, pool, window=window, seed=d.seed + 1)
+    distractors: list[str] = []
+    if docs and d.dev_distractors:
+        rng = random.Random(d.seed)
+        sample = rng.sample(range(len(docs)), min(d.dev_distractors, len(docs)))
+        distractors = [f"{docs[i].title}\n{docs[i].text}".strip() if docs[i].title else docs[i].text for i in sample]
+    return train, dev, distractors
+
+
+def _rss_gib() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 2**20 if sys.platform != "darwin" else kb / 2**30
+
+
+def estimate(trainer, evaluator=None) -> dict:
+    """Time one training step (forward + backward, weights untouched) and report the run's estimated time and
+    the peak memory so far (the model and one step's activations)."""
+    from hylex.tuning.trainer import batch_at
+
+    args = trainer.args
+    t0 = time.perf_counter()
+    queries, passages = batch_at(trainer.train.groups, 0, args)
+    micro, group = args.queries_per_step // args.accumulate, 1 + args.negatives
+    import torch
+
+    with torch.autocast(trainer.encoder.device.type, dtype=torch.bfloat16, enabled=trainer.autocast):
+        qd, qs = trainer.encoder.features(queries[:micro], "query", max_text_tokens=args.query_max_length)
+        pd, ps = trainer.encoder.features(passages[:micro * group], "passage", max_text_tokens=args.passage_max_length)
+        loss = trainer.loss(qd.float(), qs.float(), pd.float(), ps.float(), group)["loss"]
+    loss.backward()
+    trainer.opt.zero_grad(set_to_none=True)
+    step_s = (time.perf_counter() - t0) * args.accumulate
+    n_evals = args.steps // args.eval_every + 1 if evaluator else 0
+    eval_s = 0.0
+    if evaluator:
+        te = time.perf_counter()
+        n = min(16, len(evaluator.pool))
+        trainer.encoder.encode_documents(evaluator.pool[:n])
+        eval_s = (time.perf_counter() - te) / n * (len(evaluator.pool) + len(evaluator.queries))
+    return {"seconds_per_step": round(step_s, 2), "steps": args.steps,
+            "estimated_minutes": round((step_s * args.steps + eval_s * n_evals) / 60, 1),
+            "eval_minutes_each": round(eval_s / 60, 1), "peak_rss_gib": round(_rss_gib(), 2)}
+
+
+def _save_best(workdir: Path, best: dict) -> None:
+    """The best evaluation's weights, kept across a resumed run (safetensors + JSON, written atomically)."""
+    from safetensors.torch import save_file
+
+    save_file(best["weights"], str(workdir / "best.tmp.safetensors"))
+    os.replace(workdir / "best.tmp.safetensors", workdir / "best.safetensors")
+    (workdir / "best.json").write_text(json.dumps({k: best[k] for k in ("score", "step", "scores")}))
+
+
+def _load_best(workdir: Path, best: dict) -> None:
+    from safetensors.torch import load_file
+
+    if (workdir / "best.json").is_file() and (workdir / "best.safetensors").is_file():
+        best.update(json.loads((workdir / "best.json").read_text()))
+        best["weights"] = load_file(str(workdir / "best.safetensors"))
+
+
+@dataclass
+class TuneResult:
+    out: Path
+    steps: int
+    dev: dict = field(default_factory=dict)
+    fusion: dict | None = None
+    estimate: dict = field(default_factory=dict)
+
+
+def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m", args=None,
+         encoder_options: dict | None = None, workdir: str | os.PathLike | None = None, resume: bool = False,
+         select_on: str = "dense+sparse", patience: int | None = None, device: str = "auto",
+         threads: int | None = None, progress: bool | None = None, report=print) -> TuneResult:
+    """Fine-tune ``model`` on ``data`` and write the tuned model to ``out`` (see the module docstring).
+
+    Args:
+        args: a :class:`TuneArgs` (default settings when None).
+        encoder_options: encoder settings (prompt, pooling, ...) to train with; a tuned model keeps them.
+        select_on: the dev score that picks the best evaluation (an arm or a fusion of :data:`FUSIONS`).
+        patience: stop after this many evaluations without a better ``select_on`` (None: never).
+        report: where the estimate and progress lines go (``print``; None for silence).
+    """
+    import torch
+
+    from hylex.engine.encoder import Encoder
+    from hylex.tuning.evaluate import FUSIONS, DevEvaluator, best_fusion
+    from hylex.tuning.output import check_output, save_tuned
+    from hylex.tuning.trainer import Trainer, TuneArgs
+
+    args = (args or TuneArgs()).check()
+    out = check_output(out)
+    if select_on not in ("dense", "sparse", "bm25", *FUSIONS):
+        raise TrainingDataError(f"select_on must be an arm or one of {', '.join(FUSIONS)}, got {select_on!r}")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise TrainingDataError(f"patience must be a positive integer, got {patience!r}")
+    say = report or (lambda *a, **k: None)
+    train, dev, distractors = load_data(data)
+    say(f"training data: {len(train)} groups ({', '.join(f'{k} {v}' for k, v in train.sources.items())}), "
+        f"dev {len(dev)} queries + {len(distractors)} distractors")
+    workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
+    encoder = Encoder(model, progress=False, encoding_cache=False, device=device, threads=threads,
+                      **{**(encoder_options or {}), "dtype": "float32"})
+    evaluator = DevEvaluator(dev, extra=distractors)
+    history: list[dict] = []
+    best = {"score": None, "weights": None, "step": 0, "scores": None}
+    waited = [0]
+
+    def evaluate(enc) -> dict:
+        scores = evaluator(enc)
+        history.append(scores)
+        s = scores[select_on]
+        if best["score"] is None or s > best["score"]:
+            best.update(score=s, weights=trainer.trainable_state(), step=trainer.state.step, scores=scores)
+            waited[0] = 0
+            _save_best(workdir, best)
+        else:
+            waited[0] += 1
+            if patience is not None and waited[0] >= patience:
+                say(f"no better {select_on} for {patience} evaluations: stopping")
+                trainer._stop = True
+        say(f"dev after step {trainer.state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        return scores
+
+    trainer = Trainer(encoder, train, args, workdir, evaluate=evaluate, progress=progress)
+    (workdir).mkdir(parents=True, exist_ok=True)
+    zero = evaluator(encoder)  # the starting point, for the card and the log
+    say("dev before training: " + ", ".join(f"{k} {v:.4f}" for k, v in zero.items()))
+    est = estimate(trainer, evaluator)
+    say(f"estimate: {est['seconds_per_step']} s/step x {est['steps']} steps + evaluations ~ "
+        f"{est['estimated_minutes']} min; peak memory so far {est['peak_rss_gib']} GiB")
+    (workdir / "run.json").write_text(json.dumps({"data": asdict(data), "args": asdict(args), "model": model,
+                                                  "encoder_options": encoder_options or {}, "estimate": est,
+                                                  "dev_before": zero}, default=str))
+    if resume:
+        _load_best(workdir, best)
+    trainer.run(resume=resume)
+    if best["weights"] is not None and best["score"] is not None and best["score"] >= zero[select_on]:
+        with torch.no_grad():
+            for n, p in zip(trainer.names, trainer.params):
+                p.copy_(best["weights"][n])
+        final = best["scores"]
+    else:
+        final = history[-1] if history else zero
+    name, arms, weights = best_fusion(final)
+    fusion = {"name": name, "arms": list(arms), "weights": list(weights), "method": "convex",
+              "dev": final[name], "chosen_on": "dev"}
+    dev_card = {"before": zero, "after": final, "selected_step": best["step"], "history": history,
+                "metric": evaluator.metric, "queries": len(dev), "pool": len(evaluator.pool)}
+    training = {**train.summary(), "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])}}
+    saved = save_tuned(trainer, out, training=training, dev=dev_card, fusion=fusion)
+    say(f"saved {saved} (step {best['step'] or trainer.state.step}; dev {select_on} {zero[select_on]:.4f} -> "
+        f"{final[select_on]:.4f}; best fusion on dev: {name})")
+    return TuneResult(saved, trainer.state.step, dev_card, fusion, est)
