@@ -320,6 +320,64 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def _int_or_none_list(text: str) -> list[int | None]:
+    out = []
+    for x in text.split(","):
+        x = x.strip()
+        if x in ("", "all", "none"):
+            out.append(None)
+            continue
+        try:
+            out.append(int(x))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: caps are integers or 'all', comma-separated") from None
+    return out
+
+
+def _dev_size(text: str) -> float | int:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a fraction, or a count of queries)") from None
+    return int(v) if v >= 1 and v.is_integer() else v
+
+
+def cmd_tune(args) -> int:
+    from hylex.tuning.data import TrainingDataError
+    from hylex.tuning.trainer import ALL_LINEAR, TuneArgs
+    from hylex.tuning.tune import DataArgs, tune
+
+    beir = pairs = None
+    if args.data:
+        if len(args.data) == 1 and Path(args.data[0]).is_dir():
+            beir = args.data[0]
+        else:
+            pairs = list(args.data)
+    data = DataArgs(beir=beir, split=args.split, pairs=pairs or (), caps=args.cap, weights=args.source_weights,
+                    total=args.total, from_corpus=args.from_corpus, pair_method=args.pairs_from,
+                    mine=not args.no_mine, skip=args.mine_skip, depth=args.mine_depth, n=args.mine_n, dev=args.dev,
+                    max_dev=args.max_dev, seed=args.seed).check()
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else ALL_LINEAR
+    targs = TuneArgs(steps=args.steps, queries_per_step=args.batch, negatives=args.negatives, lr=args.lr,
+                     warmup=args.warmup, weight_decay=args.weight_decay, accumulate=args.accumulate,
+                     lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=targets, full=args.full,
+                     query_max_length=args.query_tokens, passage_max_length=args.passage_tokens,
+                     temperature=args.temperature, dense_weight=args.dense_weight, sparse_weight=args.sparse_weight,
+                     flops_q=args.flops, flops_p=args.flops, gradient_checkpointing=args.gradient_checkpointing,
+                     bf16=args.bf16, seed=args.seed, save_every=args.save_every, eval_every=args.eval_every).check()
+    options = _encoder_options(args)
+    model = options.pop("model", None) or EncoderConfig().model
+    options.pop("dtype", None)
+    if args.resume and not Path(args.workdir or f"{args.out}.work").is_dir():
+        raise TrainingDataError(f"nothing to resume: {args.workdir or str(args.out) + '.work'} does not exist")
+    res = tune(data, args.out, model=model, args=targs, encoder_options=options, workdir=args.workdir,
+               resume=args.resume, select_on=args.select_on, patience=args.patience, device=args.device,
+               threads=args.threads, progress=args.progress)
+    print(json.dumps({"out": str(res.out), "steps": res.steps, "fusion": res.fusion,
+                      "dev_before": res.dev.get("before"), "dev_after": res.dev.get("after")}))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from hylex.corpus import load_beir
     from hylex.indexing.bm25 import check_b, check_k1
@@ -614,6 +672,61 @@ def build_parser() -> argparse.ArgumentParser:
                      help="most query texts waiting to be encoded; beyond, 503 with Retry-After")
     _add_encoder_args(pv2, with_settings=False)
     pv2.set_defaults(func=cmd_serve)
+
+    pt = sub.add_parser("tune", help="fine-tune the encoder's dense and sparse representations (LoRA) on "
+                                     "labelled pairs, a BEIR train split, or a bare corpus")
+    pt.add_argument("data", nargs="*", help="a BEIR folder (with --split), or JSONL pair files "
+                                            '{"query", "pos": [...], "neg": [...]}')
+    pt.add_argument("--out", required=True, help="the tuned model folder to write (must not exist)")
+    pt.add_argument("--split", default="train", help="BEIR qrels split to train on (never test) [train]")
+    pt.add_argument("--from-corpus", default=None, metavar="CORPUS",
+                    help="no labels: build pairs from a corpus's documents (see --pairs-from)")
+    pt.add_argument("--pairs-from", default="auto", choices=["auto", "title", "crop"],
+                    help="--from-corpus pairs: title -> body, two random spans of a document, or auto [auto]")
+    pt.add_argument("--cap", type=_int_or_none_list, default=None, help="per pair file, most groups (e.g. 2000,all)")
+    pt.add_argument("--source-weights", type=_float_list, default=None,
+                    help="per pair file, sampling weights (with --total)")
+    pt.add_argument("--total", type=_positive_int, default=None, help="groups sampled by --source-weights")
+    pt.add_argument("--no-mine", action="store_true", help="no BM25-mined hard negatives")
+    pt.add_argument("--mine-skip", type=int, default=3, help="BM25 ranks left out at the top (unjudged positives) [3]")
+    pt.add_argument("--mine-depth", type=_positive_int, default=50, help="deepest BM25 rank mined [50]")
+    pt.add_argument("--mine-n", type=_positive_int, default=7, help="negatives mined per query [7]")
+    pt.add_argument("--dev", type=_dev_size, default=0.1,
+                    help="training queries held out for model selection: a fraction or a count [0.1]")
+    pt.add_argument("--max-dev", type=_positive_int, default=200, help="most dev queries [200]")
+    g = pt.add_argument_group("training")
+    g.add_argument("--steps", type=_positive_int, default=500)
+    g.add_argument("--batch", type=_positive_int, default=16, help="queries per step [16]")
+    g.add_argument("--negatives", type=int, default=3, help="hard negatives per query in a step [3]")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps warming up [0.1]")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--accumulate", type=_positive_int, default=1,
+                   help="split each step into this many passes (memory; in-batch negatives stay per pass)")
+    g.add_argument("--lora-rank", type=_positive_int, default=16)
+    g.add_argument("--lora-alpha", type=float, default=32.0)
+    g.add_argument("--lora-targets", default=None, help="comma-separated layer names [all linear layers]")
+    g.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    g.add_argument("--query-tokens", type=_positive_int, default=64, help="query text tokens in training [64]")
+    g.add_argument("--passage-tokens", type=_positive_int, default=128, help="passage text tokens in training [128]")
+    g.add_argument("--temperature", type=float, default=0.01, help="dense InfoNCE temperature [0.01]")
+    g.add_argument("--dense-weight", type=float, default=1.0)
+    g.add_argument("--sparse-weight", type=float, default=1.0)
+    g.add_argument("--flops", type=float, default=0.0, help="FLOPS regularisation weight (with --expansion) [0]")
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
+                   help="bfloat16 autocast: auto = where fast (CUDA, AMX or AVX512-BF16 CPUs)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--save-every", type=_positive_int, default=100, help="checkpoint every N steps [100]")
+    g.add_argument("--eval-every", type=_positive_int, default=100, help="dev evaluation every N steps [100]")
+    g.add_argument("--patience", type=_positive_int, default=None,
+                   help="stop after N evaluations without a better dev score")
+    g.add_argument("--select-on", default="dense+sparse",
+                   help="dev score that picks the kept evaluation: an arm or a fusion [dense+sparse]")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the work folder")
+    g.add_argument("--workdir", default=None, help="checkpoints and log [OUT.work]")
+    _add_encoder_args(pt, with_settings=True)
+    pt.set_defaults(func=cmd_tune)
 
     pst = sub.add_parser("stats", help="show an index's segments, counts, sizes, model and settings")
     pst.add_argument("index", help="index directory")

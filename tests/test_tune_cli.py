@@ -1,0 +1,102 @@
+"""`hylex tune` on the real default model: 2 steps on 8 pairs; the saved folder loads, encodes and differs from the
+base; `--model DIR` works for index and search; bad input is one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hylex import cli
+from hylex.engine import Encoder
+from hylex.engine.models import read_card
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT.parent / "shared" / "data" / "train" / "selqa.jsonl"
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    if TRAIN.is_file():
+        lines = TRAIN.read_text().splitlines()[:10]
+    else:  # outside this project's machine: a small stand-in of the same format
+        lines = [json.dumps({"query": f"what does the {w} do", "pos": [f"The {w} is a part that works hard."],
+                             "neg": [f"Nothing here about a {w}."]}) for w in
+                 ("heart", "liver", "engine", "piston", "kidney", "brain", "valve", "rotor", "lung", "gear")]
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def tuned(pairs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tuned") / "model"
+    rc = cli.main(["tune", str(pairs), "--out", str(out), "--steps", "2", "--batch", "4", "--negatives", "1",
+                   "--dev", "2", "--eval-every", "2", "--save-every", "1", "--lr", "1e-3", "--no-progress",
+                   "--no-encoding-cache"])
+    assert rc == 0
+    return out
+
+
+def test_tuned_folder_loads_encodes_and_differs(tuned):
+    card = read_card(tuned)
+    assert card["base"]["model"] == "smollm2-135m" and card["steps"] == 2 and card["training"]["groups"] == 8
+    assert (tuned / "adapter.safetensors").stat().st_size < 20 * 2**20  # an adapter, not a model copy
+    base = Encoder(progress=False, encoding_cache=False, dtype="float32")
+    mine = Encoder(str(tuned), progress=False, encoding_cache=False, dtype="float32")
+    assert mine.describe()["fingerprint"] != base.describe()["fingerprint"]
+    texts = ["Where are Rockefeller Museum and LA Mayer Institute?"]
+    a, b = mine.encode_queries(texts), base.encode_queries(texts)
+    cos = float((a.dense * b.dense).sum())
+    assert 0.5 < cos < 0.99999  # changed, not destroyed
+    assert a.sparse.nnz > 0
+    log = [json.loads(x) for x in (tuned.parent / "model.work" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and "dev" in log[1]
+
+
+def test_index_built_with_the_tuned_model_refuses_the_base(tuned, tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in
+                              enumerate(["The museum holds Islamic art.", "Bond yields rose sharply."])))
+    assert cli.main(["index", str(corpus), "--index", str(tmp_path / "ix"), "--model", str(tuned),
+                     "--no-progress", "--no-encoding-cache"]) == 0
+    assert cli.main(["search", str(tmp_path / "ix"), "islamic art museum", "--json", "--no-encoding-cache"]) == 0
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[0]["hits"]
+    assert hits[0]["id"] == "d0"
+    rc = cli.main(["index", str(corpus), "--index", str(tmp_path / "ix"), "--upsert", "--model", "smollm2-135m",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model_id: index" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--steps", "0"], "must be a positive integer"),
+    (["--lr", "-1"], "lr must be a finite number > 0"),
+    (["--batch", "3", "--accumulate", "2"], "multiple of accumulate"),
+])
+def test_bad_tune_options(pairs, tmp_path, capsys, argv, needle):
+    with pytest.raises(SystemExit) if "positive integer" in needle else _nullcontext():
+        rc = cli.main(["tune", str(pairs), "--out", str(tmp_path / "m"), *argv])
+        assert rc == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_tune_refuses_an_existing_out_and_empty_data(pairs, tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    assert cli.main(["tune", str(pairs), "--out", str(tmp_path / "m")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    empty = tmp_path / "e.jsonl"
+    empty.write_text(json.dumps({"query": "q", "pos": []}) + "\n")
+    assert cli.main(["tune", str(empty), "--out", str(tmp_path / "m2")]) == 2
+    assert "no record with a positive" in capsys.readouterr().err
+    assert cli.main(["tune", str(pairs), "--out", str(tmp_path / "m3"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
