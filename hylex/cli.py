@@ -502,10 +502,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from hylex.indexing.index import Index
+    # from the manifest alone: no FAISS, SciPy or Numba to import, no segment to open
+    from hylex.indexing.manifest import index_stats
 
-    with Index.open(args.index) as index:
-        st = index.stats()
+    st = index_stats(args.index)
     if args.json:
         print(json.dumps(st))
         return 0

@@ -303,6 +303,27 @@ def test_commands_that_do_not_encode_do_not_import_torch(index_copy, argv):
     assert "TORCH=False TRANSFORMERS=False RC=0" in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("argv", [["--version"], ["stats", "{ix}"], ["stats", "{ix}", "--json"]])
+def test_stats_and_version_import_no_search_libraries(index_copy, argv, capsys):
+    """`hylex stats` reads the manifest alone: FAISS, SciPy and Numba stay unimported (~1 s of imports here)."""
+    argv = [a.replace("{ix}", str(index_copy)) for a in argv]
+    code = ("import sys\nfrom hylex.cli import main\ntry:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    rc = e.code\nsys.stderr.write('HEAVY=%s RC=%s' % (sorted(m for m in ('faiss', 'numba', 'scipy') "
+            "if m in sys.modules), rc))\n")
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env_for_child(),
+                       timeout=120)
+    assert "HEAVY=[] RC=0" in p.stderr, p.stderr
+    if argv[0] == "stats":
+        from hylex.indexing.index import Index
+
+        with Index.open(index_copy) as ix:
+            want = ix.stats()
+        if "--json" in argv:
+            assert json.loads(p.stdout) == json.loads(json.dumps(want))
+        else:
+            assert f"{want['documents']} documents" in p.stdout
+
+
 # -- 13. silent problems become visible ----------------------------------------------------------------------------
 def test_eval_warns_when_judged_documents_are_not_indexed(fake_cli, capsys, tmp_path):
     docs = make_docs(20)

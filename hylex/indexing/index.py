@@ -57,14 +57,10 @@ from hylex.utils import sha256_file
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "hylex-index"
-FORMAT_VERSION = 4  # 2: BM25 per segment; 3: quantized block-max sparse postings; 4: tombstones, merges
-READABLE_VERSIONS = (3, 4)  # a version-3 directory is read as version 4 without deletions (and written as 4)
-READABLE = " and ".join(map(str, READABLE_VERSIONS))
-MANIFEST = "manifest.json"
-OWNER_FILE = "dense_owner.npy"
-RAW_DENSE_FILE = "dense_raw.npy"  # float32 vectors, kept where the FAISS index cannot give them back exactly
-MERGE_DEFAULTS = {"auto": True, "factor": 10, "max_deleted": 0.5}
+from hylex.indexing.manifest import (  # noqa: E402,F401  (re-exported: the format's names live there)
+    FORMAT, FORMAT_VERSION, MANIFEST, MERGE_DEFAULTS, RAW_DENSE_FILE, OWNER_FILE, READABLE, READABLE_VERSIONS,
+    _read_manifest, manifest_stats, read_manifest,
+)
 
 
 def _library_versions() -> dict:
@@ -743,22 +739,7 @@ class Index:
 
     def stats(self) -> dict:
         """What the index holds: counts, segments with sizes, encoder model and settings, format."""
-        segs = []
-        for seg in self.manifest["segments"]:
-            segs.append({"name": seg["name"], "documents": int(seg["n_docs"]) - int(seg.get("deleted", 0)),
-                         "deleted": int(seg.get("deleted", 0)), "first_row": int(seg["row_offset"]),
-                         "dense_vectors": int(seg.get("n_vectors", seg["n_docs"])),
-                         "sparse_postings": int(seg["nnz"]), "bm25_postings": int(seg.get("bm25_nnz", 0)),
-                         "bytes": sum(int(f["bytes"]) for f in seg["files"].values())})
-        store_bytes = sum(f.stat().st_size for f in (self.path / "docs.lmdb").iterdir() if f.is_file())
-        return {"path": str(self.path), "format_version": self.manifest["format_version"],
-                "generation": self.manifest.get("generation", 0), "sparse": self.manifest["sparse"],
-                "hylex_version": self.manifest["libraries"].get("hylex"), "created": self.manifest["created"],
-                "updated": self.manifest["updated"], "documents": self.n_docs,
-                "deleted": sum(s["deleted"] for s in segs), "segments": segs,
-                "segment_bytes": sum(s["bytes"] for s in segs), "store_bytes": store_bytes,
-                "merge": self.manifest.get("merge", MERGE_DEFAULTS),
-                "encoder": self.encoder_info, "dense": self.manifest["dense"], "bm25": self.manifest["bm25"]}
+        return manifest_stats(self.path, self.manifest)
 
     def validate(self) -> list[str]:
         """Full check (file checksums, counts, the document store); returns a list of problems (empty when
@@ -901,48 +882,6 @@ def _lock_file(path: Path, wait: float) -> int:
                                        f"finish") from None
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.05)
-
-
-def read_manifest(path: str | os.PathLike) -> dict:
-    """The checked manifest of an index directory (format and version), without loading any segment: a cheap
-    way to fail early on a missing or foreign directory."""
-    return _read_manifest(Path(path))
-
-
-def _read_manifest(p: Path) -> dict:
-    """The manifest of index directory ``p``, checked (format, version; version 3 read as 4)."""
-    if p.exists() and not p.is_dir():
-        raise IndexFormatError(f"{p} is a file, not an index directory: pass the directory given to "
-                               f"`hylex index --index`")
-    if not p.is_dir():
-        raise IndexFormatError(f"index directory {p} does not exist: build one with `hylex index CORPUS "
-                               f"--index {p}`")
-    mf = p / MANIFEST
-    if not mf.exists():
-        raise IndexFormatError(f"{p} is not a hylex index (no {MANIFEST}): pass the directory given to "
-                               f"`hylex index --index`")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexFormatError(f"{mf} is damaged ({e}): rebuild the index") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise IndexFormatError(f"{p} is not a hylex index (manifest format is "
-                               f"{manifest.get('format') if isinstance(manifest, dict) else None!r}): "
-                               f"pass a directory made by `hylex index`")
-    if manifest.get("format_version") in (1, 2):
-        raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')} (float sparse "
-                               f"postings{'' if manifest.get('format_version') == 2 else ', no BM25'}); this hylex "
-                               f"({hylex.__version__}) reads versions {READABLE}: rebuild the index "
-                               f"(`hylex index CORPUS --index NEW_DIR`) or use the hylex version that wrote it "
-                               f"({manifest.get('libraries', {}).get('hylex')})")
-    if manifest.get("format_version") not in READABLE_VERSIONS:
-        raise IndexFormatError(f"{p} has index format version {manifest.get('format_version')}, this hylex "
-                               f"({hylex.__version__}) reads versions {READABLE}: rebuild the index or "
-                               f"use the hylex version that wrote it ({manifest.get('libraries', {}).get('hylex')})")
-    if manifest["format_version"] == 3:  # no deletions or merges yet: the same data, read as version 4
-        manifest = {**manifest, "format_version": FORMAT_VERSION, "next_row": int(manifest["n_docs"]),
-                    "generation": 0, "garbage": [], "merge": dict(MERGE_DEFAULTS)}
-    return manifest
 
 
 def _check_files(p: Path, segments: Sequence[dict], verify: bool) -> None:
