@@ -27,6 +27,7 @@ BASE = [
     "pytrec-eval-terrier>=0.5",
     "fastapi>=0.110",      # hylex serve
     "uvicorn>=0.29",
+    "swagger-ui-bundle>=1.1",  # /docs without a CDN
     "peft>=0.21,<0.22",    # LoRA for hylex.tuning (imported only when training)
 ]
 

@@ -128,7 +128,7 @@ def test_documents_stats_health_and_api_key(server):
     ("POST", "/search", {"sparse": [{"5": -1.0}], "mode": "sparse"}, 400, ">= 0"),
     ("POST", "/search", {"queries": ["q"] * 51}, 413, "limit is 50"),
     ("POST", "/search", {"mode": "dense"}, 400, "needs dense query vectors"),
-    ("DELETE", "/documents", {}, 400, "one of them"),
+    ("DELETE", "/documents", {}, 400, "exactly one of"),
     ("POST", "/documents", {"documents": []}, 422, "documents"),
     ("POST", "/documents", {"documents": [{"id": "x", "text": " "}]}, 400, "empty text"),
     ("POST", "/documents", {"documents": [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}]}, 400, "twice"),

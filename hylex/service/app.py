@@ -38,14 +38,15 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import hylex
-from hylex.corpus import Document
+from hylex.corpus import Document, check_id, clean_text
 from hylex.errors import HylexError, IndexLockedError
 from hylex.indexing.index import Index
 from hylex.retrieval.filters import check_filter, delete_where
@@ -118,8 +119,24 @@ class UpsertResponse(BaseModel):
 
 
 class DeleteRequest(_Model):
-    ids: list[str] | None = None
-    filter: dict[str, Any] | None = None
+    """Exactly one of ``ids``, ``filter`` (non-empty) or ``all: true``."""
+
+    ids: list[str] | None = Field(None, description="ids to delete", min_length=1)
+    filter: dict[str, Any] | None = Field(None, description="a non-empty metadata filter ({} is refused: use all)")
+    all: bool | None = Field(None, description="true deletes every document (an empty filter is refused)")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what was wrong and how to fix it")
+
+
+def _errors(*codes: int) -> dict:
+    """OpenAPI ``responses`` for the error statuses a route can answer, each with the ``{"error"}`` body."""
+    what = {400: "a bad value (named in the error)", 401: "missing or wrong API key (X-API-Key)",
+            404: "no such document", 413: "request body or batch over the limit",
+            422: "the body does not match the schema", 503: "busy or another writer holds the index: retry "
+                                                              "after Retry-After seconds"}
+    return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
 
 
 class DeleteResponse(BaseModel):
@@ -205,6 +222,117 @@ class Service:
         self.index.close()
 
 
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware counting the request body's bytes as they arrive: past ``limit`` it answers 413 at once
+    and stops reading, whatever ``Content-Length`` said (chunked bodies included). It sits outside every other
+    layer, so the 413 is the only response sent."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, int(limit)
+
+    async def _reject(self, send, status: int, message: str) -> None:
+        body = JSONResponse({"error": message}).body
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = f"request body over the limit of {self.limit} bytes: send smaller batches"
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                return await self._reject(send, 400, "Content-Length is not a number of bytes")
+            if int(length) > self.limit:
+                return await self._reject(send, 413, too_big)
+        seen, state = 0, {"started": False, "rejected": False}
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    if not state["started"]:
+                        await self._reject(send, 413, too_big)
+                        state["rejected"] = True
+                    raise _TooLarge
+            return message
+
+        async def guarded(message):
+            if state["rejected"]:
+                return  # the 413 went out: whatever the app tries after it is dropped
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except _TooLarge:
+            pass
+
+
+class _App(FastAPI):
+    """FastAPI with :class:`BodyLimit` outermost (outside Starlette's error middleware)."""
+
+    body_limit: int = DEFAULT_MAX_BODY
+
+    def build_middleware_stack(self):
+        return BodyLimit(super().build_middleware_stack(), self.body_limit)
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs`` from the swagger-ui assets of the ``swagger-ui-bundle`` package: no CDN, works offline."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        import swagger_ui_bundle
+    except ImportError:  # pragma: no cover  (a runtime dependency; without it /docs is absent, /openapi.json stays)
+        logger.warning("swagger-ui-bundle is not installed: /docs is off (the schema is at /openapi.json)")
+        return
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="hylex API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+
+
+def _security_scheme(app: FastAPI, keyed: bool, auth: str) -> None:
+    """Declare the ``X-API-Key`` header scheme in the OpenAPI schema, on the routes it protects."""
+    if not keyed:
+        return
+    base = app.openapi
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["ApiKey"] = {
+            "type": "apiKey", "in": "header", "name": "X-API-Key"}
+        for path, ops in schema.get("paths", {}).items():
+            for method, op in ops.items():
+                write = method in ("post", "put", "delete") and path != "/search"
+                if path != "/health" and (auth == "all" or write):
+                    op["security"] = [{"ApiKey": []}]
+                    op.setdefault("responses", {}).setdefault("401", {
+                        "description": "missing or wrong API key (X-API-Key)",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+
+
 def _hits(res, queries: list[str] | None, with_documents: bool) -> list[QueryResult]:
     out = []
     for q, hits in enumerate(res.to_list()):
@@ -257,18 +385,19 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         with service.lock:  # a commit in progress finishes first: nothing is half-applied
             service.close()
 
-    app = FastAPI(title="hylex", version=hylex.__version__, lifespan=lifespan,
-                  description="Hybrid dense + sparse retrieval from one LLM pass: search, documents, stats.")
+    app = _App(title="hylex", version=hylex.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+               description="Hybrid dense + sparse retrieval from one LLM pass: search, documents, stats. Every "
+                           "error is `{\"error\": \"...\"}` naming what was wrong and how to fix it.")
+    app.body_limit = int(max_body_bytes)
     app.state.service = service
+    _offline_docs(app)
+    _security_scheme(app, api_key is not None, auth)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return JSONResponse({"error": f"request body over the limit of {max_body_bytes} bytes: send smaller "
-                                          f"batches"}, status_code=413)
         write = request.method in ("POST", "PUT", "DELETE") and request.url.path != "/search"
-        if api_key is not None and (auth == "all" or write) and request.url.path not in ("/health",):
+        public = request.url.path in ("/health", "/docs", "/openapi.json") or request.url.path.startswith("/docs/")
+        if api_key is not None and (auth == "all" or write) and not public:
             given = request.headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode(), api_key.encode()):
                 return JSONResponse({"error": "missing or wrong API key: send it in the X-API-Key header"},
@@ -280,6 +409,14 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", 400),
                             headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # 404 / 405 / a body that is not JSON: the same {"error"} body as every other mistake
+        msg = {404: f"no route {request.url.path}: see /openapi.json for the routes",
+               405: f"{request.method} is not allowed on {request.url.path}: see /openapi.json"}.get(
+            exc.status_code, str(exc.detail))
+        return JSONResponse({"error": msg}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError):
         parts = []
@@ -289,7 +426,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         return JSONResponse({"error": "; ".join(parts), "detail": exc.errors()[:20]}, status_code=422,
                             headers=None)
 
-    @app.get("/health")
+    @app.get("/health", responses=_errors(503))
     def health() -> dict:
         # a liveness probe never waits behind a search or a commit: the count is refreshed only if the index is free
         if service.lock.acquire(blocking=False):
@@ -301,7 +438,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                 service.lock.release()
         return {"status": "ok", "documents": service.index.n_docs}
 
-    @app.get("/stats")
+    @app.get("/stats", responses=_errors(401))
     def stats() -> dict:
         with service.lock:
             out = service.current().stats()
@@ -311,8 +448,15 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                           "worker": service.worker.get("worker", 0), "workers": service.worker.get("workers", 1)}
         return out
 
-    @app.post("/search", response_model=SearchResponse)
+    @app.post("/search", response_model=SearchResponse, responses=_errors(400, 401, 413, 422, 503),
+              description="Give `queries` (texts), or pre-encoded `dense` and/or `sparse` vectors (with "
+                          "`bm25_queries` for a bm25 arm). `mode` hybrid fuses `arms` (default dense, sparse); the "
+                          "dense and sparse arms of text queries need the index's model.")
     async def search(req: SearchRequest) -> SearchResponse:
+        if req.queries is not None:  # lone surrogates -> U+FFFD, as everywhere else (and echoable as JSON)
+            req.queries = [clean_text(q) for q in req.queries]
+        if req.bm25_queries is not None:
+            req.bm25_queries = [clean_text(q) for q in req.bm25_queries]
         n = max(len(x) for x in (req.queries or [], req.dense or [], req.sparse or []))
         if n > max_batch:
             raise ServiceError(f"{n} queries in one request, the limit is {max_batch}: split the batch", 413)
@@ -322,6 +466,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             if len({len(v) for v in req.dense}) > 1:
                 raise ServiceError("dense queries must all have the same length (the index's dimension)")
             dense = np.asarray(req.dense, dtype=np.float32)
+            if not np.isfinite(dense).all():
+                raise ServiceError("dense queries hold NaN or infinite values: send finite numbers")
         sparse = None
         if req.sparse is not None:
             vocab = service.index.vocab_size
@@ -330,6 +476,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                 for term, w in q.items():
                     if not term.isdigit() or int(term) >= vocab:
                         raise ServiceError(f"sparse query {i}: term {term!r} is not a vocabulary id in [0, {vocab})")
+                    if not np.isfinite(w):
+                        raise ServiceError(f"sparse query {i}: term {term} has weight {w}: send finite numbers")
                     rows.append(i)
                     cols.append(int(term))
                     vals.append(w)
@@ -364,15 +512,27 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         res = await service.run(run_search)
         return SearchResponse(results=_hits(res, req.queries, req.with_documents))
 
-    @app.get("/documents/{doc_id}")
-    def get_document(doc_id: str) -> dict:
+    def _get(doc_id: str) -> dict:
+        check_id(doc_id)
         with service.lock:
             doc = service.current().get([doc_id])[0]
         if doc is None:
             raise ServiceError(f"no document {doc_id!r} in this index", 404)
         return doc
 
-    @app.post("/documents", response_model=UpsertResponse)
+    @app.get("/documents", responses=_errors(400, 401, 404, 422),
+             description="One document by id as a query parameter: works for every id, including ones with "
+                         "`/`, `?`, `#` or `%` (URL-encode it).")
+    def get_document_by_query(id: str = Query(..., min_length=1, max_length=511,
+                                              description="the document id")) -> dict:
+        return _get(id)
+
+    @app.get("/documents/{doc_id:path}", responses=_errors(400, 401, 404),
+             description="One document by id in the path (an id with `/` works as is or as `%2F`).")
+    def get_document(doc_id: str) -> dict:
+        return _get(doc_id)
+
+    @app.post("/documents", response_model=UpsertResponse, responses=_errors(400, 401, 413, 422, 503))
     async def upsert(req: UpsertRequest) -> UpsertResponse:
         if len(req.documents) > max_batch:
             raise ServiceError(f"{len(req.documents)} documents in one request, the limit is {max_batch}: split "
@@ -403,14 +563,26 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
 
         return await service.write(commit)
 
-    @app.delete("/documents", response_model=DeleteResponse)
+    @app.delete("/documents", response_model=DeleteResponse, responses=_errors(400, 401, 413, 422, 503),
+                description="Exactly one of `ids`, a non-empty `filter`, or `all: true` (deletes every document).")
     async def delete(req: DeleteRequest) -> DeleteResponse:
-        if (req.ids is None) == (req.filter is None):
-            raise ServiceError("give the documents to delete as \"ids\" or as \"filter\" (one of them)")
+        given = [name for name in ("ids", "filter", "all") if getattr(req, name) is not None]
+        if len(given) != 1:
+            raise ServiceError("give exactly one of \"ids\", \"filter\" or \"all\": true")
+        if req.all is not None and req.all is not True:
+            raise ServiceError("\"all\" must be true to delete every document (or leave it out)")
+        if req.filter is not None and not req.filter:
+            raise ServiceError("an empty filter matches every document: to delete them all, send {\"all\": true}")
         flt = check_filter(req.filter) if req.filter is not None else None
+        ids = [check_id(i) or i for i in req.ids] if req.ids is not None else None
+        if ids is not None and len(ids) > max_batch:
+            raise ServiceError(f"{len(ids)} ids in one request, the limit is {max_batch}: split the batch", 413)
 
         def commit(ix: Index) -> DeleteResponse:
-            n = ix.delete(req.ids) if req.ids is not None else delete_where(ix, flt)
+            if req.all:
+                n = ix.delete_all()
+            else:
+                n = ix.delete(ids) if ids is not None else delete_where(ix, flt)
             return DeleteResponse(deleted=n, documents=ix.n_docs)
 
         return await service.write(commit)

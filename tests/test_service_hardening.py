@@ -1,0 +1,190 @@
+"""Issue 12 over HTTP: bodies bounded on the bytes read (chunked too), every writable id readable, bad ids / lone
+surrogates / NaN / empty filters answered 4xx with {"error"}, 404/405/parse errors in the same shape, the OpenAPI
+schema documenting statuses and the API key, /docs served without a CDN."""
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.parse
+
+import pytest
+from conftest import FakeEncoder
+from test_service import KEY, Server
+
+from hylex.indexing import Index
+from hylex.service import create_app
+
+LIMIT = 200_000
+
+
+@pytest.fixture
+def server(index_copy):
+    with Server(create_app(index_copy, encoder=FakeEncoder(), api_key=KEY, max_body_bytes=LIMIT,
+                           max_batch=50)) as s:
+        yield s
+
+
+def _chunked(port: int, path: str, chunks: list[bytes], key: str | None = KEY) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"content-type": "application/json", "transfer-encoding": "chunked"}
+    if key:
+        headers["x-api-key"] = key
+    conn.putrequest("POST", path)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    try:
+        for c in chunks:
+            conn.send(f"{len(c):x}\r\n".encode() + c + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered 413 and closed before the rest was sent
+    r = conn.getresponse()
+    out = r.status, json.loads(r.read())
+    conn.close()
+    return out
+
+
+def _doc_body(n_bytes: int) -> bytes:
+    return json.dumps({"documents": [{"id": "big", "text": "x" * n_bytes}]}).encode()
+
+
+def test_chunked_body_over_the_limit_is_413_and_writes_nothing(server, index_copy):
+    body = _doc_body(2 * LIMIT)
+    chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)]
+    code, err = _chunked(server.port, "/documents", chunks)
+    assert code == 413 and "over the limit" in err["error"]  # was 200: only Content-Length was checked
+    code, err = _chunked(server.port, "/search", [json.dumps({"queries": ["q" * (2 * LIMIT)]}).encode()])
+    assert code == 413
+    with Index.open(index_copy) as ix:
+        assert ix.n_docs == 200 and ix.get(["big"]) == [None]
+    # under the limit, chunked works
+    code, out = _chunked(server.port, "/documents", [_doc_body(1000)])
+    assert code == 200 and out["committed"] == 1
+
+
+def test_content_length_over_the_limit_or_malformed(server):
+    code, err = server.call("POST", "/documents", raw=_doc_body(2 * LIMIT), key=KEY)
+    assert code == 413 and "over the limit" in err["error"]
+
+
+@pytest.mark.parametrize("doc_id", ["a/b", "dir/sub/file.txt", "with space", "percent%41", "q?x=1#frag", "ünï✓",
+                                    "x" * 511])
+def test_every_id_that_can_be_written_can_be_read(server, doc_id):
+    code, _ = server.call("POST", "/documents", {"documents": [{"id": doc_id, "text": "hello world"}]}, key=KEY)
+    assert code == 200
+    code, doc = server.call("GET", "/documents?id=" + urllib.parse.quote(doc_id, safe=""))
+    assert code == 200 and doc["id"] == doc_id  # was 404 for ids with /
+    if "?" not in doc_id and "#" not in doc_id:
+        code, doc = server.call("GET", "/documents/" + urllib.parse.quote(doc_id, safe="/"))
+        assert code == 200 and doc["id"] == doc_id
+    code, doc = server.call("GET", "/documents/" + urllib.parse.quote(doc_id, safe=""))
+    assert code == 200 and doc["id"] == doc_id
+
+
+@pytest.mark.parametrize("method, path, body, status, needle", [
+    ("POST", "/documents", {"documents": [{"id": "x" * 512, "text": "t"}]}, 400, "over the limit of 511"),
+    ("POST", "/documents", {"documents": [{"id": "é" * 256, "text": "t"}]}, 400, "512 UTF-8 bytes"),
+    ("POST", "/documents", {"documents": [{"id": "   ", "text": "t"}]}, 400, "whitespace"),
+    ("DELETE", "/documents", {"ids": [""]}, 400, "whitespace"),
+    ("DELETE", "/documents", {"ids": ["  "]}, 400, "whitespace"),
+    ("DELETE", "/documents", {"filter": {}}, 400, "send {\"all\": true}"),
+    ("DELETE", "/documents", {"all": False}, 400, "must be true"),
+    ("DELETE", "/documents", {"ids": ["a"], "all": True}, 400, "exactly one of"),
+    ("POST", "/search", {"queries": ["q"], "mode": "hybrid", "fusion": "rrf", "rrf_k": -1}, 400, "rrf_k"),
+    ("POST", "/search", {"queries": ["q"], "alpha": 7}, 400, "alpha"),
+    ("POST", "/search", {"queries": ["q"], "arms": ["dense", "bm25"], "weights": [-1, 1]}, 400, "weights"),
+    ("POST", "/search", {"queries": ["q"], "arms": ["dense", "bm25"], "weights": [1]}, 400, "one weight per arm"),
+])
+def test_bad_values_are_400_and_change_nothing(server, index_copy, method, path, body, status, needle):
+    code, err = server.call(method, path, body, key=KEY)
+    assert code == status, err  # each was a 500 before
+    assert needle in err["error"]
+    with Index.open(index_copy) as ix:
+        assert ix.n_docs == 200
+
+
+@pytest.mark.parametrize("raw, needle", [
+    (b'{"queries": ["q"], "rrf_k": NaN, "fusion": "rrf"}', "rrf_k"),
+    (b'{"queries": ["q"], "alpha": Infinity}', "alpha"),
+    (b'{"dense": [[NaN, 1.0]]}', "finite"),
+    (b'{"sparse": [{"3": NaN}]}', "finite"),
+])
+def test_nan_and_infinity_in_json_are_400(server, raw, needle):
+    code, err = server.call("POST", "/search", raw=raw)
+    assert code == 400 and needle in err["error"]
+
+
+def test_nan_metadata_is_refused(server, index_copy):
+    raw = b'{"documents": [{"id": "n1", "text": "t", "metadata": {"v": NaN}}]}'
+    code, err = server.call("POST", "/documents", raw=raw, key=KEY)
+    assert code == 400 and "NaN" in err["error"] or "nan" in err["error"]
+    with Index.open(index_copy) as ix:
+        assert ix.get(["n1"]) == [None]
+
+
+def test_lone_surrogates_are_replaced_not_500(server):
+    raw = b'{"documents": [{"id": "s1", "text": "lone surrogate \\ud800 here", "title": "t\\udc00"}]}'
+    code, out = server.call("POST", "/documents", raw=raw, key=KEY)
+    assert code == 200, out
+    code, doc = server.call("GET", "/documents/s1")
+    assert doc["text"] == "lone surrogate \ufffd here" and doc["title"] == "t\ufffd"
+    for mode in ("bm25", "hybrid", "sparse"):
+        code, out = server.call("POST", "/search", raw=b'{"queries": ["surrogate \\ud800 lone"], "mode": "%s"}'
+                                % mode.encode())
+        assert code == 200, out
+        assert out["results"][0]["query"] == "surrogate \ufffd lone"
+    code, out = server.call("POST", "/search", raw=b'{"queries": ["q"], "mode": "bm25", "bm25_queries": ["\\udfff"]}')
+    assert code in (200, 400)
+
+
+def test_delete_all_then_add(server, index_copy):
+    code, out = server.call("DELETE", "/documents", {"all": True}, key=KEY)
+    assert code == 200 and out == {"deleted": 200, "documents": 0}
+    code, out = server.call("POST", "/documents", {"documents": [{"id": "new", "text": "fresh start"}]}, key=KEY)
+    assert code == 200 and out["documents"] == 1
+
+
+@pytest.mark.parametrize("method, path, raw, status", [
+    ("GET", "/no-such-route", None, 404),
+    ("PUT", "/search", b"{}", 405),
+    ("POST", "/search", b"{not json", 422),
+    ("POST", "/search", b"", 422),
+])
+def test_framework_errors_have_the_error_body(server, method, path, raw, status):
+    code, err = server.call(method, path, raw=raw, key=KEY)
+    assert code == status and isinstance(err.get("error"), str) and err["error"]  # was {"detail": ...}
+
+
+def test_openapi_documents_statuses_errors_and_the_key(server):
+    code, schema = server.call("GET", "/openapi.json")
+    assert code == 200
+    assert schema["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header",
+                                                                 "name": "X-API-Key"}
+    assert "ErrorBody" in schema["components"]["schemas"]
+    paths = schema["paths"]
+    assert {"400", "401", "413", "422", "503"} <= set(paths["/documents"]["post"]["responses"])
+    assert paths["/documents"]["post"]["security"] == [{"ApiKey": []}]
+    assert "security" not in paths["/search"]["post"]  # auth="writes": searches are open
+    assert {"400", "404"} <= set(paths["/documents/{doc_id}"]["get"]["responses"])
+    assert "all" in schema["components"]["schemas"]["DeleteRequest"]["properties"]
+    err = paths["/search"]["post"]["responses"]["400"]["content"]["application/json"]["schema"]
+    assert err == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_docs_are_served_without_a_cdn(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/docs")
+    r = conn.getresponse()
+    html = r.read().decode()
+    assert r.status == 200 and "/docs/assets/swagger-ui-bundle.js" in html
+    assert "cdn" not in html.lower() and "http://" not in html and "https://" not in html.replace(
+        "https://swagger.io", "")
+    conn.request("GET", "/docs/assets/swagger-ui-bundle.js")
+    r = conn.getresponse()
+    assert r.status == 200 and len(r.read()) > 100_000
+    conn.request("GET", "/redoc")
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 404  # redoc would load from a CDN: off
+    conn.close()
