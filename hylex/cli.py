@@ -497,6 +497,7 @@ def cmd_serve(args) -> int:
                       app=dict(api_key=key, auth=args.auth, max_body_bytes=int(args.max_body_mb * 2**20),
                                max_batch=args.max_batch, batching=not args.no_batching,
                                batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+                               max_batch_tokens=args.max_batch_tokens, request_timeout=args.request_timeout,
                                write_wait=args.write_wait_s, encoder_kwargs=kwargs))
     return serve(cfg)
 
@@ -670,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how long a query waits for companions to share its forward pass")
     pv2.add_argument("--max-queue", type=_positive_int, default=1024,
                      help="most query texts waiting to be encoded; beyond, 503 with Retry-After")
+    pv2.add_argument("--max-batch-tokens", type=_positive_int, default=2048,
+                     help="most tokens (prompt included, estimated) per query forward pass: requests are answered "
+                          "batch by batch [2048]")
+    pv2.add_argument("--request-timeout", type=float, default=30.0,
+                     help="seconds a search may wait for its query encoding; one that cannot make it gets 503 with "
+                          "Retry-After at once [30]")
     _add_encoder_args(pv2, with_settings=False)
     pv2.set_defaults(func=cmd_serve)
 

@@ -200,7 +200,7 @@ def test_concurrent_searches_share_one_forward_pass(index_copy):
     assert all(code == 200 for code, _ in results)
     assert sum(enc.query_calls) == 12 and len(enc.query_calls) < 12, enc.query_calls
     assert stats == {"batching": True, "encode_batches": len(enc.query_calls), "encoded_query_texts": 12,
-                     "pid": os.getpid(), "worker": 0, "workers": 1}
+                     "timed_out": 0, "refused": 0, "pid": os.getpid(), "worker": 0, "workers": 1}
     with Index.open(index_copy) as ix:
         s = Searcher(ix, encoder=FakeEncoder())
         for (code, out), body in zip(results, bodies):

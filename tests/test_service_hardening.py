@@ -188,3 +188,21 @@ def test_docs_are_served_without_a_cdn(server):
     r.read()
     assert r.status == 404  # redoc would load from a CDN: off
     conn.close()
+
+
+def test_many_concurrent_searches_are_answered_batch_by_batch_or_refused_in_time(index_copy):
+    """Item 9: 60 concurrent text searches against a slow encoder: every request gets an answer (200, or 503 with
+    Retry-After when its request timeout cannot be met), none waits for all the others' forward passes."""
+    from test_service import CountingEncoder, concurrent
+
+    enc = CountingEncoder(delay=0.1)  # per forward pass
+    with Server(create_app(index_copy, encoder=enc, batch_wait_ms=5, max_batch_tokens=40,
+                           request_timeout=0.6)) as s:
+        results = concurrent(s, [{"queries": [f"star planet {i}"], "k": 3} for i in range(60)])
+        stats = s.call("GET", "/stats")[1]["service"]
+    codes = [c for c, _ in results]
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+    assert max(enc.query_calls) * 4 <= 40 + 4  # ~4 tokens per text here: a pass holds what fits in 40
+    busy = [out for c, out in results if c == 503]
+    assert all("timeout" in b["error"] or "timed out" in b["error"] for b in busy)
+    assert stats["timed_out"] + stats["refused"] == len(busy)

@@ -213,7 +213,12 @@ class Service:
         return self.index
 
     def encode_queries(self, texts: list[str]):
-        return self.encoder.encode_queries(texts)
+        enc = self.encoder
+        if self.batcher is not None and not self.batcher.prompt_tokens:
+            # the prompt's tokens count in every text's share of a batch's token budget
+            layout = (getattr(enc, "_layouts", None) or {}).get("query")
+            self.batcher.prompt_tokens = int(getattr(layout, "overhead", 0) or 0)
+        return enc.encode_queries(texts)
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -348,7 +353,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                max_body_bytes: int = DEFAULT_MAX_BODY, max_batch: int = DEFAULT_MAX_BATCH,
                batching: bool = True, batch_wait_ms: float = 5.0, max_queue: int = 1024,
                model_thread: bool = True, encoder_kwargs: dict | None = None,
-               write_wait: float = DEFAULT_WRITE_WAIT, worker: dict | None = None) -> FastAPI:
+               write_wait: float = DEFAULT_WRITE_WAIT, worker: dict | None = None, max_batch_tokens: int = 2048,
+               request_timeout: float | None = 30.0) -> FastAPI:
     """The FastAPI app serving ``index_dir``.
 
     Args:
@@ -364,6 +370,9 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             False leaves ``app.state.service.batcher.run()`` to the caller (``hylex serve`` runs it on the main
             thread, where torch encodes ~2x faster here, with the server on another thread). Needs batching.
         write_wait: seconds a write waits for the index's writer lock held by another process (then 503).
+        max_batch_tokens: most (estimated) tokens per query forward pass; requests are answered batch by batch.
+        request_timeout: seconds a search may wait for its query encoding (None: no limit); a search that cannot
+            make it is refused at once with 503 + Retry-After, one whose time runs out while queued likewise.
         worker: ``{"worker": i, "workers": n}``, shown by ``/stats`` (set by ``hylex serve --workers``).
     """
     if auth not in ("writes", "all"):
@@ -372,12 +381,19 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         raise HylexError("the API key is empty: pass a non-empty key, or none")
     if isinstance(write_wait, bool) or not isinstance(write_wait, (int, float)) or not write_wait >= 0:
         raise HylexError(f"write_wait must be a number of seconds >= 0, got {write_wait!r}")
+    if request_timeout is not None and (isinstance(request_timeout, bool) or
+                                        not isinstance(request_timeout, (int, float)) or not request_timeout > 0
+                                        or request_timeout == float("inf")):
+        raise HylexError(f"request_timeout must be a finite number of seconds > 0 (or None), got {request_timeout!r}")
+    if isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+        raise HylexError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
     service = Service(index_dir, encoder, encoder_kwargs, write_wait=write_wait, worker=worker)
     if not batching and not model_thread:
         raise HylexError("the model runs on the caller's thread only with batching on")
     if batching:
         service.batcher = QueryBatcher(service.encode_queries, max_wait=batch_wait_ms / 1000, max_queue=max_queue,
-                                       lock=service.encoder_lock, own_thread=model_thread)
+                                       lock=service.encoder_lock, own_thread=model_thread,
+                                       max_batch_tokens=max_batch_tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -444,7 +460,9 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             out = service.current().stats()
         b = service.batcher
         out["service"] = {"batching": b is not None, "encode_batches": b.batches if b else None,
-                          "encoded_query_texts": b.texts if b else None, "pid": os.getpid(),
+                          "encoded_query_texts": b.texts if b else None,
+                          "timed_out": b.expired if b else None, "refused": b.refused if b else None,
+                          "pid": os.getpid(),
                           "worker": service.worker.get("worker", 0), "workers": service.worker.get("workers", 1)}
         return out
 
@@ -489,10 +507,10 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                 raise ServiceError("a query text is empty: pass non-empty query texts")
             if service.batcher is not None:  # shares a forward pass with concurrent requests
                 try:
-                    dense, sparse = await service.batcher.encode(texts)
+                    dense, sparse = await service.batcher.encode(texts, timeout=request_timeout)
                 except Busy as e:
-                    raise ServiceError(f"the service is busy ({e}): retry shortly", 503, {"Retry-After": "1"}) \
-                        from None
+                    raise ServiceError(f"the service is busy ({e}): retry shortly", 503,
+                                       {"Retry-After": str(e.retry_after)}) from None
             else:
                 def encode_alone():
                     with service.encoder_lock:
