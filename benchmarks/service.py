@@ -11,6 +11,10 @@ errors (any non-200 answer or failed connection).
 
     python benchmarks/service.py --index benchmarks/.work/scifact-smollm2-135m-512 \\
         --queries ../shared/data/beir/scifact/queries.jsonl --clients 16 --seconds 60
+
+``--concurrency 16,64,200`` runs only the back-pressure phase (issue 12 item 9: one-query hybrid text searches
+from that many clients for ``--seconds`` each; answered/s, p50/p99 of the answered, 503s), ``--one-shot RUNS``
+only the wall times of one-shot commands in fresh processes (``--version``, ``stats``, ``search``).
 """
 from __future__ import annotations
 
@@ -114,6 +118,54 @@ def load(port: int, key: str, queries: list[str], clients: int, seconds: float, 
             "upsert": percentiles(lat_upsert)}
 
 
+def concurrency(port: int, queries: list[str], clients: int, seconds: float, seed: int) -> dict:
+    """``clients`` clients each looping one-query hybrid text searches for ``seconds``: what is answered (200),
+    what is refused in time (503), latency percentiles of the answered ones."""
+    ok, busy, other = [], [], []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def worker(w: int) -> None:
+        rng = random.Random(seed + w)
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            code = call(port, "POST", "/search", {"queries": [rng.choice(queries)], "k": 10, "with_documents": False})
+            dt = time.perf_counter() - t
+            with lock:
+                (ok if code == 200 else busy if code == 503 else other).append(dt if code == 200 else code)
+            if code == 503:
+                time.sleep(1.0)  # Retry-After
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "seconds": round(wall, 1), "answered": len(ok), "answered_per_s": round(len(ok) / wall, 2),
+            "refused_503": len(busy), "other_errors": len(other), "search": percentiles(ok),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def one_shot(index: Path, runs: int) -> list[dict]:
+    """Wall time of one-shot commands in fresh processes (median of ``runs``)."""
+    cmds = {"--version": ["--version"], "stats": ["stats", str(index)],
+            "search (hybrid)": ["search", str(index), "parse a JSON string", "-k", "3", "--no-encoding-cache"],
+            "search (bm25)": ["search", str(index), "parse a JSON string", "-k", "3", "--mode", "bm25"]}
+    out = []
+    for name, argv in cmds.items():
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "hylex", *argv], check=True, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t)
+        out.append({"phase": f"one-shot {name}", "runs": runs, "median_s": round(statistics.median(times), 2),
+                    "min_s": round(min(times), 2), "max_s": round(max(times), 2),
+                    "loadavg_1m": round(os.getloadavg()[0], 2)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index", default="benchmarks/.work/scifact-smollm2-135m-512",
@@ -128,6 +180,12 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2",
                     help="comma-separated worker counts to load with micro-batching on (batching off: 1 worker)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--concurrency", default=None,
+                    help="comma-separated client counts (e.g. 16,64,200): only the back-pressure runs, each "
+                         "--seconds long, one-query hybrid text searches, real model")
+    ap.add_argument("--request-timeout", type=float, default=30.0, help="the server's --request-timeout")
+    ap.add_argument("--one-shot", type=int, default=0, metavar="RUNS",
+                    help="only time one-shot commands (--version, stats, search) on --index, median of RUNS")
     args = ap.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
 
@@ -143,8 +201,27 @@ def main() -> None:
             sink.write(json.dumps(row) + "\n")
             sink.flush()
 
+    if args.one_shot:
+        for row in one_shot(Path(args.index), args.one_shot):
+            emit(row)
+        return
     queries = list(read_queries(args.queries).values())
     random.Random(0).shuffle(queries)
+    if args.concurrency:
+        work = Path(args.work)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(args.index, work / "index", ignore=shutil.ignore_patterns(".lock", "runs"))
+        server = Server(work / "index", ["--no-encoding-cache", "--request-timeout", str(args.request_timeout)],
+                        "bench-key")
+        try:
+            for _ in range(3):
+                call(server.port, "POST", "/search", {"queries": queries[:2]})  # warm-up: model, kernels
+            for i, clients in enumerate(int(c) for c in args.concurrency.split(",")):
+                res = concurrency(server.port, queries, clients, args.seconds, seed=100 * i)
+                emit({"phase": "concurrency", "request_timeout_s": args.request_timeout, **res})
+        finally:
+            server.stop()
+        return
     seq = queries[:args.sequential]
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)

@@ -33,6 +33,7 @@ import hmac
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -471,6 +472,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                           "`bm25_queries` for a bm25 arm). `mode` hybrid fuses `arms` (default dense, sparse); the "
                           "dense and sparse arms of text queries need the index's model.")
     async def search(req: SearchRequest) -> SearchResponse:
+        # the request timeout covers the whole search: encoding and the search itself on the model's thread
+        deadline = None if request_timeout is None else time.monotonic() + request_timeout
         if req.queries is not None:  # lone surrogates -> U+FFFD, as everywhere else (and echoable as JSON)
             req.queries = [clean_text(q) for q in req.queries]
         if req.bm25_queries is not None:
@@ -507,7 +510,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                 raise ServiceError("a query text is empty: pass non-empty query texts")
             if service.batcher is not None:  # shares a forward pass with concurrent requests
                 try:
-                    dense, sparse = await service.batcher.encode(texts, timeout=request_timeout)
+                    dense, sparse = await service.batcher.encode(
+                        texts, timeout=None if deadline is None else max(0.001, deadline - time.monotonic()))
                 except Busy as e:
                     raise ServiceError(f"the service is busy ({e}): retry shortly", 503,
                                        {"Retry-After": str(e.retry_after)}) from None
@@ -527,7 +531,14 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                 service.current()
                 return service.searcher.search(texts, dense=dense, sparse=sparse, bm25_queries=bm25_texts, **kwargs)
 
-        res = await service.run(run_search)
+        if service.batcher is not None:
+            try:
+                res = await service.batcher.call(run_search, deadline=deadline)
+            except Busy as e:
+                raise ServiceError(f"the service is busy ({e}): retry shortly", 503,
+                                   {"Retry-After": str(e.retry_after)}) from None
+        else:
+            res = await service.run(run_search)
         return SearchResponse(results=_hits(res, req.queries, req.with_documents))
 
     def _get(doc_id: str) -> dict:

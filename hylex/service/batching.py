@@ -68,6 +68,8 @@ class QueryBatcher:
         self._pending_tokens = 0
         self._count_lock = threading.Lock()
         self.seconds_per_token: float | None = None  # measured (moving average over batches)
+        self.task_seconds: float | None = None  # measured seconds per task (a search, a commit)
+        self._tasks_pending = 0
         self.batches = 0
         self.texts = 0
         self.expired = 0
@@ -86,7 +88,9 @@ class QueryBatcher:
         batch has been timed)."""
         if self.seconds_per_token is None:
             return None
-        return (self._pending_tokens + tokens) * self.seconds_per_token
+        # the query texts ahead, and the tasks ahead plus this request's own search
+        return (self._pending_tokens + tokens) * self.seconds_per_token + \
+            (self._tasks_pending + 1) * (self.task_seconds or 0.0)
 
     async def encode(self, texts: Sequence[str], timeout: float | None = None) -> tuple[np.ndarray, sp.csr_matrix]:
         """Encode ``texts`` in a shared batch; with ``timeout`` seconds, refuse (:class:`Busy`) at once when the
@@ -117,12 +121,15 @@ class QueryBatcher:
             self.expired += 1
             raise Busy(f"not encoded within the {timeout:g} s request timeout", retry_after=1.0) from None
 
-    async def call(self, fn: Callable[[], object]) -> object:
+    async def call(self, fn: Callable[[], object], deadline: float | None = None) -> object:
         """Run ``fn()`` on the batcher's thread (with ``lock``), between batches: document encoding, searches and
-        commits on the same thread as the query encoding."""
+        commits on the same thread as the query encoding. With a ``deadline`` (``time.monotonic()`` seconds; for
+        searches, never for commits) a task still queued when it passes is not run: :class:`Busy`."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._q.put((fn, fut, loop))
+        with self._count_lock:
+            self._tasks_pending += 1
+        self._q.put((fn, fut, loop, deadline))
         return await fut
 
     def close(self) -> None:
@@ -190,12 +197,21 @@ class QueryBatcher:
                 return
 
     def _task(self, item) -> None:
-        fn, fut, loop = item
+        fn, fut, loop, deadline = item
+        with self._count_lock:
+            self._tasks_pending -= 1
+        if deadline is not None and time.monotonic() > deadline:
+            self.expired += 1
+            _answer(loop, fut, None, Busy("the request timed out while queued"))
+            return
+        t0 = time.monotonic()
         try:
             with self.lock:
                 result, error = fn(), None
         except Exception as e:
             result, error = None, e
+        dt = time.monotonic() - t0
+        self.task_seconds = dt if self.task_seconds is None else 0.8 * self.task_seconds + 0.2 * dt
         _answer(loop, fut, result, error)
 
     def _serve(self, batch: list, tokens: int) -> None:
