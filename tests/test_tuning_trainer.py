@@ -62,7 +62,8 @@ def test_loss_falls_on_a_toy_task(tiny_model, tmp_path):
     first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
     assert last < 0.8 * first, (first, last)
     logged = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logged] == list(range(1, 25)) and {"dense", "sparse", "lr", "loss"} <= set(logged[0])
+    assert [r["step"] for r in logged] == list(range(1, 25))
+    assert {"dense", "sparse", "lr", "loss", "tokens", "tokens_per_s"} <= set(logged[0]) and logged[0]["tokens"] > 0
 
 
 def test_resume_equals_an_uninterrupted_run(tiny_model, tmp_path):

@@ -315,13 +315,16 @@ class Trainer:
         micro = args.queries_per_step // args.accumulate
         group = 1 + args.negatives
         parts_sum: dict[str, float] = {}
+        tokens = 0
         self.encoder.lm.train()
         for m in range(args.accumulate):
             qs = queries[m * micro:(m + 1) * micro]
             ps = passages[m * micro * group:(m + 1) * micro * group]
             with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 qd, qsp = self.encoder.features(qs, "query", max_text_tokens=args.query_max_length)
+                tokens += self.encoder.feature_tokens
                 pd, psp = self.encoder.features(ps, "passage", max_text_tokens=args.passage_max_length)
+                tokens += self.encoder.feature_tokens
                 parts = self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), group)
             (parts["loss"] / args.accumulate).backward()
             for k, v in parts.items():
@@ -333,7 +336,7 @@ class Trainer:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.encoder.lm.eval()
-        return {**parts_sum, "lr": lr}
+        return {**parts_sum, "lr": lr, "tokens": tokens}
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         logger.warning("signal %d: saving a checkpoint after this step", signum)
@@ -373,13 +376,14 @@ class Trainer:
                 ts = time.perf_counter()
                 rec = self._step(self.state.step)
                 self.state.step += 1
-                rec.update(step=self.state.step, seconds=round(time.perf_counter() - ts, 3))
+                dt = time.perf_counter() - ts
+                rec.update(step=self.state.step, seconds=round(dt, 3), tokens_per_s=round(rec["tokens"] / dt, 1))
                 if self.evaluate and (self.state.step % args.eval_every == 0 or self.state.step == args.steps):
                     rec["dev"] = self.evaluate(self.encoder)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 self.state.log.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
                 bar.update(1)
                 if self.state.step % args.save_every == 0:
                     self.save_checkpoint()
