@@ -234,3 +234,26 @@ def test_tune_end_to_end_on_pair_files(tiny_model, tmp_path):
     assert Encoder(str(res.out), progress=False, encoding_cache=False).config.pooling == "mean"
     with pytest.raises(TrainingDataError, match="exactly one source"):
         tune(DataArgs(), tmp_path / "m2", model=str(tiny_model))
+
+
+def test_tuning_a_tuned_model_chains_its_adapters(tiny_model, tmp_path):
+    from hylex.engine.models import read_card
+    from hylex.tuning.output import save_tuned
+
+    args = TuneArgs(steps=2, **ARGS)
+    first = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "w1", progress=False)
+    first.run()
+    one = save_tuned(first, tmp_path / "one", training={})
+    enc1 = Encoder(str(one), progress=False, encoding_cache=False, dtype="float32")
+    second = Trainer(enc1, _toy(), TuneArgs(steps=2, **{**ARGS, "seed": 1}), tmp_path / "w2", progress=False)
+    second.run()
+    with torch.no_grad():
+        want = second.encoder.features(["about chess"], "query")[0]
+    two = save_tuned(second, tmp_path / "two", training={})
+    card = read_card(two)
+    assert card["base"] == {"model": str(one), "fingerprint": read_card(one)["fingerprint"]}
+    enc2 = Encoder(str(two), progress=False, encoding_cache=False, dtype="float32")
+    assert len(enc2.resolved.adapters) == 2 and enc2.config.pooling == "mean"
+    with torch.no_grad():
+        got = enc2.features(["about chess"], "query")[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
