@@ -257,3 +257,12 @@ def test_tuning_a_tuned_model_chains_its_adapters(tiny_model, tmp_path):
     with torch.no_grad():
         got = enc2.features(["about chess"], "query")[0]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_resume_from_another_base_model_is_refused(tiny_model, tmp_path):
+    args = TuneArgs(steps=2, **ARGS)
+    Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "r", progress=False).run()
+    other = Encoder(str(tiny_model), progress=False, encoding_cache=False, dtype="float32", max_length=96,
+                    pooling="last")
+    with pytest.raises(TrainingDataError, match="another model.*encoder settings differ|another model"):
+        Trainer(other, _toy(), args, tmp_path / "r", progress=False).run(resume=True)

@@ -272,11 +272,16 @@ class Trainer:
         py = rng["python"]
         (tmp / "trainer.json").write_text(json.dumps({
             "step": self.state.step, "args": asdict(self.args), "scheduler": self.sched.state_dict(),
-            "python_rng": [py[0], list(py[1]), py[2]], "names": self.names}))
+            "python_rng": [py[0], list(py[1]), py[2]], "names": self.names, "encoder": self._encoder_id()}))
         os.replace(tmp, final)  # a checkpoint is complete or absent
         for old in sorted((self.workdir / "checkpoints").glob("step-???????"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)  # keep the last two
         return final
+
+    def _encoder_id(self) -> dict:
+        d = self.encoder.describe()
+        settings = {k: v for k, v in d.get("settings", {}).items() if k != "dtype"}
+        return {"model_id": d["model_id"], "fingerprint": d["fingerprint"], "settings": settings}
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted((self.workdir / "checkpoints").glob("step-???????"))
@@ -286,6 +291,12 @@ class Trainer:
         from safetensors.torch import load_file
 
         meta = json.loads((folder / "trainer.json").read_text())
+        mine_enc, theirs = self._encoder_id(), meta.get("encoder")
+        if theirs is not None and theirs != json.loads(json.dumps(mine_enc)):
+            what = [f"{k}: checkpoint {theirs.get(k)!r}, given {mine_enc.get(k)!r}" for k in ("model_id", "fingerprint")
+                    if theirs.get(k) != mine_enc.get(k)] or ["encoder settings differ"]
+            raise TrainingDataError(f"checkpoint {folder} was made from another model ({'; '.join(what)}): resume "
+                                    f"with the same --model and settings, or start a new run")
         saved = {k: v for k, v in meta["args"].items() if k not in ("steps", "save_every", "eval_every")}
         mine = {k: v for k, v in asdict(self.args).items() if k in saved}
         diffs = [f"{k}: checkpoint {saved[k]!r}, given {mine[k]!r}" for k in saved
