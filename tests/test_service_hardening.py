@@ -277,3 +277,21 @@ def test_openapi_states_the_cross_field_rules(server, index_copy):
     for path, param in (("/documents", "id"), ("/documents/{doc_id}", "doc_id")):
         p = next(x for x in schema["paths"][path]["get"]["parameters"] if x["name"] == param)
         assert p["schema"]["maxLength"] == 511 and p["schema"]["pattern"] == r"\S"
+
+
+@pytest.mark.parametrize("ctype, raw", [("text/plain", b'{"queries": ["q"]}'), ("text/plain", b"hello"),
+                                        ("application/x-www-form-urlencoded", b"a=1")])
+def test_a_body_that_is_not_json_is_415_not_500(server, ctype, raw):
+    for method, path in (("POST", "/search"), ("POST", "/documents"), ("DELETE", "/documents")):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request(method, path, body=raw, headers={"content-type": ctype, "x-api-key": KEY})
+        r = conn.getresponse()
+        body = json.loads(r.read())  # was "Internal Server Error": the 422 detail held the raw bytes
+        conn.close()
+        assert r.status == 415 and "application/json" in body["error"], (method, path, body)
+
+
+def test_validation_errors_carry_only_json_values(server):
+    code, err = server.call("POST", "/search", raw=b'{"queries": ["q"], "k": "x"}')
+    assert code == 422 and "k" in err["error"]
+    assert all(set(d) == {"type", "loc", "msg"} for d in err["detail"])

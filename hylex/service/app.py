@@ -139,6 +139,7 @@ def _errors(*codes: int) -> dict:
     """OpenAPI ``responses`` for the error statuses a route can answer, each with the ``{"error"}`` body."""
     what = {400: "a bad value (named in the error)", 401: "missing or wrong API key (X-API-Key)",
             404: "no such document", 413: "request body or batch over the limit",
+            415: "the body is not JSON (send Content-Type: application/json)",
             422: "the body does not match the schema", 503: "busy or another writer holds the index: retry "
                                                               "after Retry-After seconds"}
     return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
@@ -581,12 +582,21 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), (bytes, bytearray))
+               for e in errors):  # a body FastAPI did not parse as JSON: its Content-Type says it is something else
+            ctype = request.headers.get("content-type", "")
+            return JSONResponse({"error": f"the body must be JSON, got Content-Type {ctype!r}: send "
+                                          f"Content-Type: application/json"}, status_code=415)
         parts = []
-        for e in exc.errors()[:5]:
+        for e in errors[:5]:
             where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
             parts.append(f"{where or 'body'}: {e.get('msg')}")
-        return JSONResponse({"error": "; ".join(parts), "detail": exc.errors()[:20]}, status_code=422,
-                            headers=None)
+        # only plain fields: "input" and "ctx" may hold bytes or exceptions, which JSON cannot carry (was a 500)
+        detail = [{"type": str(e.get("type")), "loc": [x if isinstance(x, (int, str)) else str(x)
+                                                        for x in e.get("loc", ())], "msg": str(e.get("msg"))}
+                  for e in errors[:20]]
+        return JSONResponse({"error": "; ".join(parts), "detail": detail}, status_code=422)
 
     @app.get("/health", responses=_errors(503))
     def health() -> dict:
@@ -612,7 +622,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                           "worker": service.worker.get("worker", 0), "workers": service.worker.get("workers", 1)}
         return out
 
-    @app.post("/search", response_model=SearchResponse, responses=_errors(400, 401, 413, 422, 503),
+    @app.post("/search", response_model=SearchResponse, responses=_errors(400, 401, 413, 415, 422, 503),
               description="Give `queries` (texts), or pre-encoded `dense` and/or `sparse` vectors (with "
                           "`bm25_queries` for a bm25 arm). `mode` hybrid fuses `arms` (default dense, sparse); the "
                           "dense and sparse arms of text queries need the index's model.")
@@ -698,7 +708,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     def get_document(doc_id: str) -> dict:
         return _get(doc_id)
 
-    @app.post("/documents", response_model=UpsertResponse, responses=_errors(400, 401, 413, 422, 503))
+    @app.post("/documents", response_model=UpsertResponse, responses=_errors(400, 401, 413, 415, 422, 503))
     async def upsert(req: UpsertRequest) -> UpsertResponse:
         if len(req.documents) > max_batch:
             raise ServiceError(f"{len(req.documents)} documents in one request, the limit is {max_batch}: split "
@@ -729,7 +739,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
 
         return await service.write(commit)
 
-    @app.delete("/documents", response_model=DeleteResponse, responses=_errors(400, 401, 413, 422, 503),
+    @app.delete("/documents", response_model=DeleteResponse, responses=_errors(400, 401, 413, 415, 422, 503),
                 description="Exactly one of `ids`, a non-empty `filter`, or `all: true` (deletes every document).")
     async def delete(req: DeleteRequest) -> DeleteResponse:
         given = [name for name in ("ids", "filter", "all") if getattr(req, name) is not None]
