@@ -29,6 +29,7 @@ import time
 import zlib
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 import scipy.sparse as sp
@@ -159,7 +160,8 @@ def run_mode(mode: str, max_time: int, workdir: Path, seed: int) -> dict:
 
 def summarize(mode: str, report: Path, st: subprocess.CompletedProcess, duration: float) -> dict:
     """Counts from Schemathesis's ndjson events: requests, 5xx answers, failed checks by name."""
-    requests = server_errors = 0
+    requests = server_errors = positive = 0
+    positive_400: dict[str, int] = {}
     statuses: dict[str, int] = {}
     failures: dict[str, int] = {}
     examples: list[str] = []
@@ -169,7 +171,8 @@ def summarize(mode: str, report: Path, st: subprocess.CompletedProcess, duration
             for key, body in ev.items():
                 if key != "ScenarioFinished":
                     continue
-                for case in (body.get("recorder") or {}).get("interactions", {}).values():
+                rec = body.get("recorder") or {}
+                for cid, case in rec.get("interactions", {}).items():
                     resp = case.get("response")
                     if resp is None:
                         continue
@@ -177,6 +180,12 @@ def summarize(mode: str, report: Path, st: subprocess.CompletedProcess, duration
                     code = resp.get("status_code")
                     statuses[str(code)] = statuses.get(str(code), 0) + 1
                     server_errors += code is not None and code >= 500
+                    meta = ((rec.get("cases", {}).get(cid) or {}).get("value") or {}).get("meta") or {}
+                    if (meta.get("generation") or {}).get("mode") == "positive":
+                        positive += 1
+                        if code == 400:  # a cross-field rule the schema cannot state (tolerated on /search only)
+                            what = f"{case['request']['method']} {urlsplit(case['request']['uri']).path}"
+                            positive_400[what] = positive_400.get(what, 0) + 1
                 for checks in (body.get("recorder") or {}).get("checks", {}).values():
                     for c in checks:
                         if str(c.get("status", "")).lower() == "failure":
@@ -188,6 +197,7 @@ def summarize(mode: str, report: Path, st: subprocess.CompletedProcess, duration
     tail = (st.stdout or "").strip().splitlines()[-1:] or [""]
     return {"bench": "fuzz_service", "mode": mode, "schemathesis": _st_version(), "requests": requests,
             "server_errors": server_errors, "check_failures": sum(failures.values()), "failures": failures,
+            "positive_requests": positive, "positive_400": positive_400,
             "statuses": dict(sorted(statuses.items())), "duration_s": round(duration, 1),
             "st_exit": st.returncode, "summary": tail[0][:200], "examples": examples}
 

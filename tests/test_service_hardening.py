@@ -295,3 +295,11 @@ def test_validation_errors_carry_only_json_values(server):
     code, err = server.call("POST", "/search", raw=b'{"queries": ["q"], "k": "x"}')
     assert code == 422 and "k" in err["error"]
     assert all(set(d) == {"type", "loc", "msg"} for d in err["detail"])
+
+
+def test_vectors_beyond_float32_are_400_and_the_schema_says_so(server):
+    code, err = server.call("POST", "/search", {"dense": [[1e300] + [0.0] * 31], "mode": "dense"})
+    assert code == 400 and "finite" in err["error"]
+    code, schema = server.call("GET", "/openapi.json")
+    item = schema["components"]["schemas"]["SearchRequest"]["properties"]["dense"]["anyOf"][0]["items"]["items"]
+    assert item["maximum"] == pytest.approx(3.4028234663852886e38) and item["minimum"] == -item["maximum"]

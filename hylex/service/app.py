@@ -393,11 +393,13 @@ def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int) -> None:
             texts = {"type": "array", "items": _NONBLANK, "minItems": 1, "maxItems": max_batch}
             _nonnull(s, "queries", texts)
             _nonnull(s, "bm25_queries", texts)
+            f32 = float(np.finfo(np.float32).max)  # vectors are float32: a larger number would be infinite
             _nonnull(s, "dense", {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
-                "type": "array", "items": {"type": "number"}, "minItems": dim, "maxItems": dim}})
+                "type": "array", "items": {"type": "number", "minimum": -f32, "maximum": f32}, "minItems": dim,
+                "maxItems": dim}})
             _nonnull(s, "sparse", {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
                 "type": "object", "propertyNames": {"pattern": _below(vocab)},
-                "additionalProperties": {"type": "number", "minimum": 0}}})
+                "additionalProperties": {"type": "number", "minimum": 0, "maximum": f32}}})
             _nonnull(s, "arms", {"type": "array", "items": {"enum": ["dense", "sparse", "bm25"]}, "minItems": 1,
                                  "maxItems": 3, "uniqueItems": True})
             _nonnull(s, "weights", {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 1,
