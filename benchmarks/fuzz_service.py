@@ -1,6 +1,6 @@
 """Fuzz `hylex serve` with Schemathesis: every check of the OpenAPI contract against a live server.
 
-    python benchmarks/fuzz_service.py [--max-time 60] [--modes open,writes,all] [--out benchmarks/results/fuzz_service.jsonl]
+    python benchmarks/fuzz_service.py [--max-time 60] [--modes open,writes,all] [--out FILE.jsonl]
 
 For each auth mode it builds a small index (200 synthetic documents) with a stub encoder (a deterministic hashing
 bag-of-words: no model, so the run measures the HTTP layer, not the LLM), starts ``hylex serve --port 0 --encoder
@@ -139,8 +139,9 @@ def run_mode(mode: str, max_time: int, workdir: Path, seed: int) -> dict:
         try:
             config = workdir / "schemathesis.toml"
             config.write_text(CONFIG)
-            cmd = ["st", "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all", "--mode", "all", "--max-time",
-                   str(max_time), "--workers", "1", "--seed", str(seed), "--request-timeout", "30",
+            cmd = ["st", "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all",
+                   "--mode", "all", "--max-time", str(max_time), "--workers", "1", "--seed", str(seed),
+                   "--request-timeout", "30",
                    "--report", "ndjson", "--report-dir", str(report), "--no-color",
                    "--generation-database", "none", "--suppress-health-check", "all"]
             if mode != "open":

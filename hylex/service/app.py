@@ -446,7 +446,8 @@ def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int) -> None:
         d = comp.get("DocumentIn")
         if d:
             d["properties"]["id"] = {**_ID, "title": "Id"}
-            d["anyOf"] = [{"properties": {"text": _NONBLANK}}, {"required": ["title"], "properties": {"title": _NONBLANK}}]
+            d["anyOf"] = [{"properties": {"text": _NONBLANK}},
+                          {"required": ["title"], "properties": {"title": _NONBLANK}}]
             d["description"] = "a document: its text or its title (or both) not blank"
         u = comp.get("UpsertRequest")
         if u:
