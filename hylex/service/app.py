@@ -79,6 +79,11 @@ class SearchRequest(_Model):
     alpha: float | None = None
     rrf_k: float = 60.0
     depth: int = Field(1000, ge=1, le=10000)
+    k1: float | None = Field(None, description="BM25 k1 (default: the index's)")
+    b: float | None = Field(None, description="BM25 b in [0, 1] (default: the index's)")
+    query_cut: int | None = Field(None, description="approximate sparse search: query terms searched")
+    heap_factor: float = Field(1.0, description="approximate sparse search: >= 1 (1 is exact)")
+    candidates: int | None = Field(None, description="approximate sparse search: candidates scored exactly")
     filter: dict[str, Any] | None = None
     with_documents: bool = True
     explain: bool = Field(False, description="each hit's per-arm scores and the terms behind them")
@@ -135,6 +140,7 @@ def _errors(*codes: int) -> dict:
     """OpenAPI ``responses`` for the error statuses a route can answer, each with the ``{"error"}`` body."""
     what = {400: "a bad value (named in the error)", 401: "missing or wrong API key (X-API-Key)",
             404: "no such document", 413: "request body or batch over the limit",
+            415: "the body is not JSON (send Content-Type: application/json)",
             422: "the body does not match the schema", 503: "busy or another writer holds the index: retry "
                                                               "after Retry-After seconds"}
     return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
@@ -339,6 +345,146 @@ def _security_scheme(app: FastAPI, keyed: bool, auth: str) -> None:
     app.openapi = openapi
 
 
+_ID = {"type": "string", "minLength": 1, "maxLength": 511, "pattern": r"\S",
+       "description": "1 to 511 UTF-8 bytes, not only whitespace"}
+_NONBLANK = {"type": "string", "pattern": r"\S", "description": "not empty or only whitespace"}
+_SCALAR = {"type": ["string", "number", "boolean", "null"]}
+
+
+def _below(n: int) -> str:
+    """A regex for the decimal integers 0 .. n - 1 (no leading zeros)."""
+    top = str(n - 1)
+    alts = [f"[1-9][0-9]{{0,{len(top) - 2}}}" if len(top) > 2 else ("[1-9]" if len(top) == 2 else "")]
+    alts = ["0"] + [a for a in alts if a]
+    for i, ch in enumerate(top):  # numbers of len(top) digits that are <= top
+        rest = len(top) - i - 1
+        lo = "1" if i == 0 else "0"
+        if int(ch) > int(lo):
+            alts.append(f"{top[:i]}[{lo}-{int(ch) - 1}]" + ("[0-9]" * rest))
+    alts.append(top)
+    return "^(" + "|".join(dict.fromkeys(alts)) + ")$"
+
+
+def _nonnull(schema: dict, name: str, sub: dict) -> None:
+    """Replace the non-null branch of property ``name`` (``X | None``) by ``sub``, keeping null allowed."""
+    prop = schema["properties"][name]
+    keep = {k: v for k, v in prop.items() if k in ("title", "description", "default")}
+    if "anyOf" in prop:
+        schema["properties"][name] = {**keep, "anyOf": [sub, {"type": "null"}]}
+    else:
+        schema["properties"][name] = {**keep, **sub}
+
+
+def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int) -> None:
+    """Write into the OpenAPI schema the rules pydantic does not state: id and text shapes, the batch limit, the
+    index's dimension and vocabulary, which of ids / filter / all a delete takes, text-or-title documents.
+    A client (or Schemathesis) generating from the schema then sends requests the service accepts."""
+    base = app.openapi
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        comp = schema.get("components", {}).get("schemas", {})
+        filt = {"type": "object", "propertyNames": {"pattern": "^[^$]"}, "additionalProperties": _SCALAR,
+                "description": "field: value equality; operators ($in, $gte, $and, ...) are documented in the "
+                               "README"}
+        s = comp.get("SearchRequest")
+        if s:
+            texts = {"type": "array", "items": _NONBLANK, "minItems": 1, "maxItems": max_batch}
+            _nonnull(s, "queries", texts)
+            _nonnull(s, "bm25_queries", texts)
+            f32 = float(np.finfo(np.float32).max)  # vectors are float32: a larger number would be infinite
+            _nonnull(s, "dense", {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
+                "type": "array", "items": {"type": "number", "minimum": -f32, "maximum": f32}, "minItems": dim,
+                "maxItems": dim}})
+            _nonnull(s, "sparse", {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
+                "type": "object", "propertyNames": {"pattern": _below(vocab)},
+                "additionalProperties": {"type": "number", "minimum": 0, "maximum": f32}}})
+            _nonnull(s, "arms", {"type": "array", "items": {"enum": ["dense", "sparse", "bm25"]}, "minItems": 1,
+                                 "maxItems": 3, "uniqueItems": True})
+            _nonnull(s, "weights", {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 1,
+                                    "maxItems": 3})
+            _nonnull(s, "alpha", {"type": "number", "minimum": 0, "maximum": 1})
+            _nonnull(s, "filter", filt)
+            s["properties"]["rrf_k"].update({"minimum": 0})
+            for name in ("k1", "b"):
+                if name in s["properties"]:
+                    _nonnull(s, name, {"type": "number", "exclusiveMinimum": 0} if name == "k1" else
+                             {"type": "number", "minimum": 0, "maximum": 1})
+            for name in ("query_cut", "candidates"):
+                if name in s["properties"]:
+                    _nonnull(s, name, {"type": "integer", "minimum": 1})
+            if "heap_factor" in s["properties"]:
+                s["properties"]["heap_factor"].update({"minimum": 1})
+            none, arr = {"type": "null"}, {"type": "array"}
+            s["anyOf"] = [  # query texts alone, or pre-encoded vectors (and bm25 texts) without them
+                {"required": ["queries"], "properties": {"dense": none, "sparse": none, "bm25_queries": none}},
+                {"properties": {"queries": none}, "anyOf": [  # each searched arm needs its input
+                    {"required": ["mode", "dense"], "properties": {"mode": {"const": "dense"}, "dense": arr}},
+                    {"required": ["mode", "sparse"], "properties": {"mode": {"const": "sparse"}, "sparse": arr}},
+                    {"required": ["mode", "bm25_queries"], "properties": {"mode": {"const": "bm25"},
+                                                                          "bm25_queries": arr}},
+                    {"required": ["dense", "sparse", "bm25_queries"],
+                     "properties": {"dense": arr, "sparse": arr, "bm25_queries": arr}}]}]
+            s["not"] = {"required": ["alpha", "weights"], "properties": {"alpha": {"type": "number"},
+                                                                        "weights": {"type": "array"}}}
+            s["properties"]["weights"]["anyOf"][0]["contains"] = {"type": "number", "exclusiveMinimum": 0}
+            s["allOf"] = [
+                {"anyOf": [  # one weight per arm (the default arms are dense, sparse)
+                    {"properties": {"weights": none}},
+                    {"properties": {"arms": none, "weights": {"minItems": 2, "maxItems": 2}}},
+                    *({"required": ["arms"], "properties": {"arms": {"type": "array", "minItems": n, "maxItems": n},
+                                                            "weights": {"minItems": n, "maxItems": n}}}
+                      for n in (1, 2, 3))]},
+                {"anyOf": [  # alpha weighs dense against sparse in a convex hybrid fusion
+                    {"properties": {"alpha": none}},
+                    {"required": ["mode"], "properties": {"mode": {"enum": ["dense", "sparse", "bm25"]}}},
+                    {"required": ["fusion"], "properties": {"fusion": {"const": "rrf"}}},
+                    {"properties": {"arms": none}},
+                    {"required": ["arms"], "properties": {"arms": {"type": "array", "maxItems": 2, "allOf": [
+                        {"contains": {"const": "dense"}}, {"contains": {"const": "sparse"}}]}}}]}]
+        d = comp.get("DocumentIn")
+        if d:
+            d["properties"]["id"] = {**_ID, "title": "Id"}
+            d["anyOf"] = [{"properties": {"text": _NONBLANK}},
+                          {"required": ["title"], "properties": {"title": _NONBLANK}}]
+            d["description"] = "a document: its text or its title (or both) not blank"
+        u = comp.get("UpsertRequest")
+        if u:
+            u["properties"]["documents"]["maxItems"] = max_batch
+        r = comp.get("DeleteRequest")
+        if r:
+            _nonnull(r, "ids", {"type": "array", "items": _ID, "minItems": 1, "maxItems": max_batch})
+            _nonnull(r, "filter", {**filt, "minProperties": 1})
+            _nonnull(r, "all", {"const": True})
+            r["oneOf"] = [{"required": [n], "properties": {n: {"not": {"type": "null"}}}}
+                          for n in ("ids", "filter", "all")]
+        for path, ops in schema.get("paths", {}).items():
+            if path.startswith("/documents"):
+                for param in ops.get("get", {}).get("parameters", []):
+                    if param.get("name") in ("id", "doc_id"):
+                        param["schema"] = {**_ID, "title": param["schema"].get("title", "Id")}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+
+
+def _allowed(app: FastAPI, scope: dict) -> list[str]:
+    """The methods some route of ``app`` serves at the request's path (the ``Allow`` header of a 405)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            probe = next(iter(route.methods))
+            if route.matches({**scope, "method": probe})[0] == Match.FULL:
+                methods |= set(route.methods)
+    return sorted(methods)
+
+
 def _hits(res, queries: list[str] | None, with_documents: bool) -> list[QueryResult]:
     out = []
     for q, hits in enumerate(res.to_list()):
@@ -408,6 +554,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     app.body_limit = int(max_body_bytes)
     app.state.service = service
     _offline_docs(app)
+    _contract(app, max_batch, service.index.dim, service.index.vocab_size)
     _security_scheme(app, api_key is not None, auth)
 
     @app.middleware("http")
@@ -432,16 +579,28 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         msg = {404: f"no route {request.url.path}: see /openapi.json for the routes",
                405: f"{request.method} is not allowed on {request.url.path}: see /openapi.json"}.get(
             exc.status_code, str(exc.detail))
-        return JSONResponse({"error": msg}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matching it
+            headers["Allow"] = ", ".join(_allowed(app, request.scope)) or headers.get("Allow", "")
+        return JSONResponse({"error": msg}, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), (bytes, bytearray))
+               for e in errors):  # a body FastAPI did not parse as JSON: its Content-Type says it is something else
+            ctype = request.headers.get("content-type", "")
+            return JSONResponse({"error": f"the body must be JSON, got Content-Type {ctype!r}: send "
+                                          f"Content-Type: application/json"}, status_code=415)
         parts = []
-        for e in exc.errors()[:5]:
+        for e in errors[:5]:
             where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
             parts.append(f"{where or 'body'}: {e.get('msg')}")
-        return JSONResponse({"error": "; ".join(parts), "detail": exc.errors()[:20]}, status_code=422,
-                            headers=None)
+        # only plain fields: "input" and "ctx" may hold bytes or exceptions, which JSON cannot carry (was a 500)
+        detail = [{"type": str(e.get("type")), "loc": [x if isinstance(x, (int, str)) else str(x)
+                                                        for x in e.get("loc", ())], "msg": str(e.get("msg"))}
+                  for e in errors[:20]]
+        return JSONResponse({"error": "; ".join(parts), "detail": detail}, status_code=422)
 
     @app.get("/health", responses=_errors(503))
     def health() -> dict:
@@ -467,7 +626,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                           "worker": service.worker.get("worker", 0), "workers": service.worker.get("workers", 1)}
         return out
 
-    @app.post("/search", response_model=SearchResponse, responses=_errors(400, 401, 413, 422, 503),
+    @app.post("/search", response_model=SearchResponse, responses=_errors(400, 401, 413, 415, 422, 503),
               description="Give `queries` (texts), or pre-encoded `dense` and/or `sparse` vectors (with "
                           "`bm25_queries` for a bm25 arm). `mode` hybrid fuses `arms` (default dense, sparse); the "
                           "dense and sparse arms of text queries need the index's model.")
@@ -522,7 +681,9 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                 dense, sparse = await run_in_threadpool(encode_alone)
             texts, bm25_texts = None, req.queries  # the texts still serve the bm25 arm and explanations
         kwargs = dict(k=req.k, mode=req.mode, fusion=req.fusion, alpha=req.alpha, rrf_k=req.rrf_k, depth=req.depth,
-                      weights=req.weights, filter=flt, with_documents=req.with_documents, explain=req.explain)
+                      weights=req.weights, filter=flt, with_documents=req.with_documents, explain=req.explain,
+                      k1=req.k1, b=req.b, query_cut=req.query_cut, heap_factor=req.heap_factor,
+                      candidates=req.candidates)
         if req.arms is not None:
             kwargs["arms"] = req.arms
 
@@ -561,7 +722,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     def get_document(doc_id: str) -> dict:
         return _get(doc_id)
 
-    @app.post("/documents", response_model=UpsertResponse, responses=_errors(400, 401, 413, 422, 503))
+    @app.post("/documents", response_model=UpsertResponse, responses=_errors(400, 401, 413, 415, 422, 503))
     async def upsert(req: UpsertRequest) -> UpsertResponse:
         if len(req.documents) > max_batch:
             raise ServiceError(f"{len(req.documents)} documents in one request, the limit is {max_batch}: split "
@@ -592,7 +753,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
 
         return await service.write(commit)
 
-    @app.delete("/documents", response_model=DeleteResponse, responses=_errors(400, 401, 413, 422, 503),
+    @app.delete("/documents", response_model=DeleteResponse, responses=_errors(400, 401, 413, 415, 422, 503),
                 description="Exactly one of `ids`, a non-empty `filter`, or `all: true` (deletes every document).")
     async def delete(req: DeleteRequest) -> DeleteResponse:
         given = [name for name in ("ids", "filter", "all") if getattr(req, name) is not None]
