@@ -418,3 +418,21 @@ def test_global_flags_after_the_subcommand(where):
     assert args.progress is False and args.verbose is True
     args = cli.build_parser().parse_args(["stats", "IX"])
     assert args.progress is None and args.verbose is False
+
+
+def test_create_killed_before_its_manifest_can_be_created_again(tmp_path, fake_encoder):
+    """A `hylex index` killed between mkdir and the manifest leaves an empty segments/: a rerun (or --resume)
+    creates the index there (the crash test caught this refused as "not empty")."""
+    from hylex.indexing import build_index
+
+    ix = tmp_path / "ix"
+    (ix / "segments").mkdir(parents=True)
+    (ix / ".lock").write_text("")
+    build_index(make_docs(5), ix, fake_encoder, progress=False, existing="resume")
+    with Index.open(ix) as opened:
+        assert opened.n_docs == 5
+    other = tmp_path / "other"
+    (other / "segments").mkdir(parents=True)
+    (other / "segments" / "seg-000001").mkdir()  # not a leftover of a create: refused
+    with pytest.raises(HylexError, match="not empty"):
+        build_index(make_docs(5), other, fake_encoder, progress=False)

@@ -184,7 +184,7 @@ class Index:
         if (p / MANIFEST).exists():
             raise HylexError(f"{p} already holds a hylex index: open it to add documents, or choose a new "
                              f"directory")
-        if p.exists() and any(p.iterdir()):
+        if p.exists() and not _only_creation_leftovers(p):
             raise HylexError(f"{p} exists and is not empty, and is not a hylex index: choose an empty or new "
                              f"directory")
         for key in ("model_id", "dim", "vocab_size", "settings"):
@@ -882,6 +882,18 @@ def _lock_file(path: Path, wait: float) -> int:
                                        f"finish") from None
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.05)
+
+
+def _only_creation_leftovers(p: Path) -> bool:
+    """True when directory ``p`` is empty, or holds only what a :meth:`Index.create` killed before its manifest
+    leaves behind (an empty ``segments/``, a lock file): such a directory may be created into again."""
+    for entry in p.iterdir():
+        if entry.name == "segments" and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if entry.name in (".lock", "readers.lock") and entry.is_file():
+            continue
+        return False
+    return True
 
 
 def _check_files(p: Path, segments: Sequence[dict], verify: bool) -> None:
