@@ -747,15 +747,14 @@ def test_save_load_round_trip(tmp_path, data, mmap, forward):
     X, _, queries, live = data
     idx = ImpactIndex.from_csr(X, bits=16, block_size=3, keep_top=300, forward=forward)
     files = idx.save(tmp_path / "imp")
-    assert len(files) == 9 + 3 * forward and all((tmp_path / "imp" / f).exists() for f in files)
+    assert len(files) == 10 + 3 * forward and all((tmp_path / "imp" / f).exists() for f in files)
     for f in files[:-1]:
         np.load(tmp_path / "imp" / f, allow_pickle=False)  # plain arrays, no pickle
     back = ImpactIndex.load(tmp_path / "imp", mmap=mmap)
     assert isinstance(back.docs, np.memmap) == mmap and back.has_forward == forward
     assert back.meta() == idx.meta() and back.nbytes == idx.nbytes and repr(back) == repr(idx)
     names = INV_ARRAYS + (FWD_ARRAYS if forward else ())
-    assert idx.nbytes == sum(getattr(idx, n).nbytes for n in names)
-    assert idx.nbytes == sum((tmp_path / "imp" / f"impact_{n}.npy").stat().st_size - 128 for n in names)
+    assert idx.nbytes == sum((tmp_path / "imp" / f).stat().st_size - 128 for f in files[:-1])
     for name in names:
         a, b = getattr(idx, name), getattr(back, name)
         assert a.dtype == b.dtype
@@ -777,8 +776,8 @@ def _saved_small(tmp_path):
     return idx, json.loads((tmp_path / "impact_meta.json").read_text())
 
 
-@pytest.mark.parametrize("change", [{"format": 1}, {"format": None}, {"vocab_size": 6}, {"nnz": 1}, {"bits": 16},
-                                    {"n_docs": 21}])
+@pytest.mark.parametrize("change", [{"format": 1}, {"format": None}, {"vocab_size": 4}, {"nnz": 1}, {"bits": 16},
+                                    {"n_docs": 21}, {"n_terms": 4}, {"n_terms": 6}, {"term_scale_fill": None}])
 def test_load_rejects_bad_metadata(tmp_path, change):
     _, meta = _saved_small(tmp_path)
     meta.update(change)
@@ -789,13 +788,69 @@ def test_load_rejects_bad_metadata(tmp_path, change):
 
 @pytest.mark.parametrize("name,bad", [("impacts", lambda a: a.astype(np.uint16)),
                                       ("term_scale", lambda a: a[:-1]),
+                                      ("terms", lambda a: a[::-1]),
+                                      ("terms", lambda a: a.astype(np.int64)),
                                       ("fwd_indptr", lambda a: a[:-1]),
                                       ("fwd_impacts", lambda a: a[:-1])])
 def test_load_rejects_bad_arrays(tmp_path, name, bad):
     idx, _ = _saved_small(tmp_path)
-    np.save(tmp_path / f"impact_{name}.npy", bad(getattr(idx, name)))
+    arr = np.load(tmp_path / f"impact_{name}.npy") if name in ("terms", "term_scale") else getattr(idx, name)
+    np.save(tmp_path / f"impact_{name}.npy", bad(arr))
     with pytest.raises(ValueError, match="match"):
         ImpactIndex.load(tmp_path)
+
+
+def save_format_2(idx, directory):
+    """Write ``idx`` in impact format 2, as hylex wrote segments before format 3 (every per-term array
+    vocabulary-sized)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = INV_ARRAYS + (FWD_ARRAYS if idx.has_forward else ())
+    for name in names:
+        np.save(directory / f"impact_{name}.npy", np.ascontiguousarray(getattr(idx, name)), allow_pickle=False)
+    (directory / "impact_meta.json").write_text(json.dumps({**idx.meta(), "format": 2}))
+
+
+@pytest.mark.parametrize("max_weight", [None, 16.0])
+def test_small_index_stores_only_its_terms(tmp_path, max_weight):
+    """Issue 12 item 15: three documents over a 49,152-term vocabulary took ~0.9 MiB (three vocabulary-sized
+    per-term arrays); only the terms present are stored now, and loading gives back the same arrays exactly."""
+    V = 49152
+    rng = np.random.default_rng(3)
+    X = sp.random(3, V, density=40 / V, random_state=rng, format="csr", dtype=np.float32)
+    X.data = (X.data * 5).astype(np.float32)
+    idx = ImpactIndex.from_csr(X, bits=16, max_weight=max_weight)
+    files = idx.save(tmp_path / "imp")
+    size = sum((tmp_path / "imp" / f).stat().st_size for f in files)
+    assert size < 16 << 10, size  # was 983,440 bytes (indptr, block_indptr, term_scale sized V)
+    back = ImpactIndex.load(tmp_path / "imp")
+    assert back.vocab_size == V and back.meta() == idx.meta()
+    for name in INV_ARRAYS + FWD_ARRAYS:
+        a, b = getattr(idx, name), getattr(back, name)
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    q = sp.random(4, V, density=30 / V, random_state=rng, format="lil", dtype=np.float32)
+    q[0, int(X.indices[0])] = 1.0  # at least one hit
+    q = q.tocsr()
+    assert_same(back.search(q, 3), idx.search(q, 3))
+
+
+@pytest.mark.parametrize("forward", [True, False])
+def test_format_2_layout_is_read(tmp_path, data, indexes, forward):
+    """Segments written before format 3 (vocabulary-sized per-term arrays) still load, memory-mapped, and search
+    bit for bit as before; saving them again writes format 3 with the same content."""
+    X, _, queries, live = data
+    idx = indexes[(16, 3)] if forward else ImpactIndex.from_csr(X, bits=16, block_size=3, forward=False)
+    save_format_2(idx, tmp_path / "old")
+    old = ImpactIndex.load(tmp_path / "old")
+    assert isinstance(old.indptr, np.memmap) and len(old.indptr) == VOCAB + 1
+    for name in INV_ARRAYS + (FWD_ARRAYS if forward else ()):
+        np.testing.assert_array_equal(getattr(old, name), getattr(idx, name))
+    qm = query_matrix(queries, VOCAB, np.float32)
+    for kw in ({}, {"query_cut": 4}, {"heap_factor": 1.5}):
+        assert_same(old.search(qm, K, live, **kw), idx.search(qm, K, live, **kw))
+    old.save(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "impact_meta.json").read_text())["format"] == 3
+    assert_same(ImpactIndex.load(tmp_path / "new").search(qm, K, live), idx.search(qm, K, live))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-SEG_FILES = {"dense.faiss", *(f"impact_{a}.npy" for a in ("indptr", "docs", "impacts", "block_indptr", "block_max",
-                                                          "block_first", "block_last", "term_scale", "fwd_indptr",
+SEG_FILES = {"dense.faiss", *(f"impact_{a}.npy" for a in ("terms", "indptr", "docs", "impacts", "block_indptr",
+                                                          "block_max", "block_first", "block_last", "term_scale",
+                                                          "fwd_indptr",
                                                           "fwd_terms", "fwd_impacts")), "impact_meta.json", "bm25_terms.npy",
              "bm25_indptr.npy", "bm25_docs.npy", "bm25_tf.npy", "bm25_doclen.npy"}
 

@@ -351,7 +351,7 @@ def test_reader_keeps_its_snapshot_while_a_writer_commits(tmp_path, fake_encoder
         before = all_modes(reader, enc)
         w.delete([d.id for d in POOL[:10]])
         w.upsert(POOL_V2[15:25], *encode(enc, POOL_V2[15:25]))
-        w.merge()  # the reader's segments become garbage, removed only by the next commit
+        w.merge()  # the reader's segments become garbage, kept while it holds its snapshot
         after = all_modes(reader, enc)
         for mode in before:
             assert before[mode].ids.tolist() == after[mode].ids.tolist(), mode
@@ -360,7 +360,7 @@ def test_reader_keeps_its_snapshot_while_a_writer_commits(tmp_path, fake_encoder
         with pytest.raises(HylexError, match="another process is writing"):
             Index.open(tmp_path / "ix", writable=True)
         reader.close()
-        w.add(POOL[40:45], *encode(enc, POOL[40:45]))  # cleans the garbage
+        w.add(POOL[40:45], *encode(enc, POOL[40:45]))  # the first commit after it closed removes the garbage
         assert len(list((tmp_path / "ix" / "segments").iterdir())) == len(w.segments)
         assert w.store.count() == w.n_docs and w.validate() == []
 
@@ -446,7 +446,7 @@ def test_reader_refresh_takes_up_other_commits(tmp_path, fake_encoder):
         assert reader.segments[1].name == w.segments[1].name and reader.get([POOL[0].id]) == [None]
         assert_equivalent(reader, w, enc)
         w.merge()
-        w.add(POOL[30:35], *encode(enc, POOL[30:35]))  # removes the merged segments' files
+        w.add(POOL[30:35], *encode(enc, POOL[30:35]))  # the merged segments stay: the reader still holds them
         assert reader.refresh() is True and len(reader.segments) == 2 and reader.n_docs == 34
         assert first not in reader.segments
         assert_equivalent(reader, scratch(tmp_path, enc, POOL[1:35], like=w), enc)
@@ -528,3 +528,237 @@ def test_a_writer_waits_for_the_lock_when_asked(tmp_path, fake_encoder):
     reader.release_writer()
     Index.open(tmp_path / "ix", writable=True).close()
     reader.close()
+
+
+# -- disk: small segments, garbage removed when no reader needs it (issue 12, item 15) ---------------------------
+def _du(path) -> int:
+    from pathlib import Path
+
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _superseded(path) -> list[str]:
+    """What the index directory holds beyond what its manifest names (segment directories and files, stored rows
+    of no listed segment), and the garbage entries its manifest still lists."""
+    m = json.loads((path / "manifest.json").read_text())
+    listed = {s["name"]: s for s in m["segments"]}
+    out = [f"garbage entry {g}" for g in m.get("garbage", [])]
+    for d in (path / "segments").iterdir():
+        if d.name not in listed:
+            out.append(f"segment {d.name}")
+            continue
+        out += [f"{d.name}/{f.name}" for f in d.iterdir() if f.name not in listed[d.name]["files"]]
+    with Index.open(path) as ix:
+        rows = {r for seg in ix.segments for r in range(seg.row_offset, seg.row_offset + seg.n_docs)}
+        out += [f"row {r}" for r, _ in ix.store.scan(0, 1 << 62) if r not in rows]
+    return out
+
+
+def test_a_small_upsert_adds_a_small_segment(tmp_path):
+    """A 3-document upsert into an index of the default model's sizes (dense 576, vocabulary 49,152) wrote a
+    993,698-byte segment, 983,440 bytes of it vocabulary-sized per-term arrays; now it is a few KB."""
+    from conftest import FakeEncoder
+
+    enc = FakeEncoder(dim=576, vocab_size=49152)
+    with Index.create(tmp_path / "ix", enc.describe()) as ix:
+        ix.add(POOL[:40], *encode(enc, POOL[:40]))
+        before = {d.name for d in (tmp_path / "ix" / "segments").iterdir()}
+        ix.upsert(POOL_V2[:3], *encode(enc, POOL_V2[:3]))
+        new = [d for d in (tmp_path / "ix" / "segments").iterdir() if d.name not in before]
+        assert len(new) == 1
+        assert _du(new[0]) < 64 << 10, _du(new[0])  # 11,734 bytes, 6,957 of them the 3 dense vectors
+        assert _du(tmp_path / "ix" / "segments") < 256 << 10
+        qd, qs = enc.encode_queries(QUERY_TEXTS)
+        got = Searcher(ix, encoder=enc).search(None, k=10, mode="sparse", sparse=qs)
+        live = POOL_V2[:3] + POOL[3:40]
+        ref = scratch(tmp_path, enc, live, like=ix)
+        assert_same_results(got, Searcher(ref, encoder=enc).search(None, k=10, mode="sparse", sparse=qs))
+        ref.close()
+
+
+def test_merge_with_no_other_reader_leaves_no_superseded_file(tmp_path, fake_encoder, capsys):
+    """`hylex merge DIR` kept every merged segment, old tombstone and stored row until the next commit; with no
+    other handle open, the commit removes them at once (a delete and an upsert likewise)."""
+    from hylex import cli
+
+    enc = fake_encoder
+    path = tmp_path / "ix"
+    with Index.create(path, enc.describe(), merge={"auto": False}) as w:
+        for i in range(0, 40, 10):
+            w.add(POOL[i:i + 10], *encode(enc, POOL[i:i + 10]))
+        w.delete([d.id for d in POOL[:5]])
+        w.delete([d.id for d in POOL[5:7]])  # supersedes the first tombstone file
+        assert _superseded(path) == []
+        w.upsert(POOL_V2[10:13], *encode(enc, POOL_V2[10:13]))
+        assert _superseded(path) == []
+    size = _du(path / "segments")
+    assert cli.main(["merge", str(path), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert _superseded(path) == []
+    assert [d.name for d in (path / "segments").iterdir()] == ["seg-000005"]
+    assert _du(path / "segments") < size
+    assert list((path / "readers").iterdir()) == []  # every handle closed: no lock file left
+    with Index.open(path) as ix:
+        assert ix.validate() == [] and ix.store.count() == ix.n_docs == 33
+        assert_equivalent(ix, scratch(tmp_path, enc, POOL_V2[10:13] + POOL[7:10] + POOL[13:40], like=ix), enc)
+    reader = Index.open(path)
+    with Index.open(path, writable=True) as w:
+        w.delete([POOL[7].id])
+        w.merge()
+    assert "segment seg-000005" in _superseded(path)  # kept for `reader`
+    reader.close()
+    assert cli.main(["merge", str(path), "--no-progress"]) == 0  # nothing to merge; what it kept goes
+    assert "nothing to merge" in capsys.readouterr().out
+    assert _superseded(path) == [] and list((path / "readers").iterdir()) == []
+
+
+def _read_everything(ix, enc, ids):
+    return all_modes(ix, enc), ix.get(ids), ix.documents(list(range(int(ix.manifest["next_row"]))))
+
+
+def test_garbage_is_kept_while_an_older_snapshot_is_open(tmp_path, fake_encoder):
+    """A reader of an older generation keeps searching and fetching its documents through any number of commits
+    (before, the second commit after its snapshot dropped its documents' rows); the commit after it closes (or
+    refreshes) removes the garbage."""
+    enc = fake_encoder
+    path = tmp_path / "ix"
+    ids = [d.id for d in POOL[:40]]
+    with Index.create(path, enc.describe(), merge={"auto": False}) as w:
+        w.add(POOL[:20], *encode(enc, POOL[:20]))
+        w.add(POOL[20:40], *encode(enc, POOL[20:40]))
+        old = Index.open(path)
+        before = _read_everything(old, enc, ids)
+        w.delete([d.id for d in POOL[:10]])
+        w.upsert(POOL_V2[15:25], *encode(enc, POOL_V2[15:25]))
+        w.merge()
+        w.add(POOL[40:45], *encode(enc, POOL[40:45]))
+        w.delete([POOL[41].id])
+        mid = Index.open(path)  # a reader of the merged generation, then one more commit
+        w.upsert(POOL_V2[40:42], *encode(enc, POOL_V2[40:42]))
+        assert any(s.startswith("segment seg-00000") for s in _superseded(path))
+        after = _read_everything(old, enc, ids)
+        for mode in before[0]:
+            assert before[0][mode].ids.tolist() == after[0][mode].ids.tolist(), mode
+            np.testing.assert_array_equal(before[0][mode].scores, after[0][mode].scores)
+        assert before[1] == after[1] and before[2] == after[2]
+        assert [d["id"] for d in after[1]] == ids and after[1][0]["text"] == POOL[0].text
+        assert old.validate() == []
+        old.close()
+        w.delete([POOL[42].id])  # removes what only `old` read (the merged segments, their rows), keeps the
+        leftover = _superseded(path)  # tombstone files superseded since `mid` opened
+        assert leftover and not any(s.startswith(("segment", "row")) for s in leftover), leftover
+        assert sorted(g["generation"] for g in w.manifest["garbage"]) == [8, 9]
+        assert mid.refresh() is True  # moves to the current generation
+        w.delete([POOL[43].id])  # removes all garbage older than it; keeps what this commit superseded
+        assert [g["generation"] for g in w.manifest["garbage"]] == [w.manifest["generation"]]
+        assert mid.n_docs == w.n_docs + 1 and mid.validate() == [] and w.validate() == []
+        mid.close()
+        w.delete([POOL[44].id])
+        assert _superseded(path) == []
+        assert [f.name for f in (path / "readers").iterdir()] == [f"gen-{w.manifest['generation']:09d}.lock"]
+
+
+CHILD = r"""
+import json, sys
+from hylex.indexing import Index
+from hylex.retrieval import Searcher
+ix = Index.open(sys.argv[1])
+ids = json.loads(sys.argv[2])
+def report():
+    D, I = Searcher(ix).search_bm25(["star galaxy telescope", "recipe oven flour"], 10)
+    docs = ix.get(ids)
+    print(json.dumps({"D": D.tolist(), "I": I.tolist(), "docs": docs, "n": ix.n_docs}), flush=True)
+report()
+sys.stdin.readline()
+report()
+sys.stdin.readline()
+ix.close()
+"""
+
+
+def test_a_reader_in_another_process_keeps_its_snapshot(tmp_path, fake_encoder):
+    """Another process holding the index open at an older generation: a merge keeps what it reads until it
+    exits, and the next commit after that removes it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    enc = fake_encoder
+    path = tmp_path / "ix"
+    ids = [d.id for d in POOL[:30]]
+    with Index.create(path, enc.describe(), merge={"auto": False}) as w:
+        w.add(POOL[:15], *encode(enc, POOL[:15]))
+        w.add(POOL[15:30], *encode(enc, POOL[15:30]))
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), json.dumps(ids)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        first = json.loads(child.stdout.readline())
+        assert first["n"] == 30 and [d["id"] for d in first["docs"]] == ids
+        with Index.open(path, writable=True) as w:
+            w.upsert(POOL_V2[:5], *encode(enc, POOL_V2[:5]))
+            w.delete([d.id for d in POOL[20:25]])
+            w.merge()
+            w.add(POOL[30:35], *encode(enc, POOL[30:35]))
+            assert {"segment seg-000000", "segment seg-000001"} <= set(_superseded(path))
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert json.loads(child.stdout.readline()) == first  # its searches and documents are unchanged
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert child.wait(60) == 0
+            w.delete([POOL[30].id])
+            assert _superseded(path) == []
+            assert w.validate() == [] and w.n_docs == 29
+            assert w.store.count() == 30  # the merged-away rows are gone; a tombstoned one stays until merged
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_segments_of_the_vocabulary_sized_impact_format_are_read(tmp_path, fake_encoder):
+    """Indexes written before impact format 3 (every segment's per-term arrays vocabulary-sized) open, search
+    exactly as before, take new segments beside their old ones and merge into the new format."""
+    import hashlib
+
+    from hylex.indexing.impact import ImpactIndex
+
+    enc = fake_encoder
+    path = tmp_path / "ix"
+    with Index.create(path, enc.describe(), merge={"auto": False}) as w:
+        w.add(POOL[:25], *encode(enc, POOL[:25]))
+        w.add(POOL[25:50], *encode(enc, POOL[25:50]))
+        w.delete([POOL[3].id])
+        want = all_modes(w, enc)
+    m = json.loads((path / "manifest.json").read_text())
+    for seg in m["segments"]:  # rewrite each segment's sparse postings as format 2 wrote them
+        d = path / "segments" / seg["name"]
+        imp = ImpactIndex.load(d, mmap=False)
+        (d / "impact_terms.npy").unlink()
+        del seg["files"]["impact_terms.npy"]
+        for name in ("indptr", "docs", "impacts", "block_indptr", "block_max", "block_first", "block_last",
+                     "term_scale", "fwd_indptr", "fwd_terms", "fwd_impacts"):
+            np.save(d / f"impact_{name}.npy", np.ascontiguousarray(getattr(imp, name)), allow_pickle=False)
+        (d / "impact_meta.json").write_text(json.dumps({**imp.meta(), "format": 2}))
+        for fname in seg["files"]:
+            if fname.startswith("impact_"):
+                data = (d / fname).read_bytes()
+                seg["files"][fname] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        assert (d / "impact_indptr.npy").stat().st_size > 8 * enc.vocab_size
+    (path / "manifest.json").write_text(json.dumps(m))
+    with Index.open(path, writable=True) as ix:
+        assert ix.validate() == [] and len(ix.segments[0].sparse.indptr) == enc.vocab_size + 1
+        got = all_modes(ix, enc)
+        for mode in want:
+            assert got[mode].ids.tolist() == want[mode].ids.tolist(), mode
+            np.testing.assert_array_equal(got[mode].scores, want[mode].scores)
+        ix.upsert(POOL_V2[:5], *encode(enc, POOL_V2[:5]))  # a format-3 segment beside format-2 ones
+        live = POOL_V2[:5] + POOL[5:50]  # p0003 was deleted: the upsert adds it again
+        assert_equivalent(ix, scratch(tmp_path, enc, live, like=ix), enc)
+        ix.merge()
+        assert json.loads((path / "segments" / ix.segments[0].name / "impact_meta.json").read_text())["format"] == 3
+        assert_equivalent(ix, scratch(tmp_path, enc, live, name="scratch2", like=ix), enc)
+        assert ix.validate() == [] and _superseded(path) == []

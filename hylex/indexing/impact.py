@@ -29,6 +29,17 @@ smaller count), chosen on the unquantized weights, ties by doc id ascending. Bot
 
 Saved as ``.npy`` files (memory-mapped on load, no pickle) plus ``impact_meta.json`` with the format, bits,
 block_size, n_docs, vocab_size, nnz, the pruning options and whether a forward index is present.
+
+On disk (format 3) the per-term arrays hold only the T terms present, so that a small segment is small whatever
+the vocabulary (V = 49,152 made every segment ~0.9 MiB; a 3-document segment is now a few KB):
+``impact_terms.npy`` uint32 (T,) the present term ids ascending, ``impact_indptr.npy`` / ``impact_block_indptr.npy``
+int64 (T+1,) and ``impact_term_scale.npy`` float32 (T,) over those terms, and ``term_scale_fill`` in the JSON: the
+scale of every other term (0 with per-term scales, the fixed scale with ``max_weight``; the query quantization
+reads absent terms' scales too, so they are kept exactly). A term is "present" when it has postings or a scale
+other than the fill. :meth:`ImpactIndex.load` expands them to the V-sized arrays above, in memory (20 bytes per
+vocabulary term, ~1 MB per loaded segment for V = 49,152; a cumulative sum, well under a millisecond), so the
+kernels are unchanged and results identical. Format 2 (the V-sized arrays as they are in memory, memory-mapped)
+is still read.
 """
 from __future__ import annotations
 
@@ -42,10 +53,13 @@ import scipy.sparse as sp
 
 from hylex.kernels.blockmax import DEFAULT_WINDOW, impact_topk_approx, impact_topk_exact, impact_topk_subset
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 2: per-term arrays sized to the vocabulary; 3: sized to the terms present
+READABLE_FORMATS = (2, 3)
 META_FILE = "impact_meta.json"
 ARRAYS = ("indptr", "docs", "impacts", "block_indptr", "block_max", "block_first", "block_last", "term_scale")
-FILES = tuple(f"impact_{name}.npy" for name in ARRAYS)
+PER_TERM = ("indptr", "block_indptr", "term_scale")  # stored for the present terms only (format 3)
+SAVED = ("terms",) + ARRAYS  # the arrays format 3 writes (``terms``: the present term ids)
+FILES = tuple(f"impact_{name}.npy" for name in SAVED)
 FWD_ARRAYS = ("fwd_indptr", "fwd_terms", "fwd_impacts")
 FWD_FILES = tuple(f"impact_{name}.npy" for name in FWD_ARRAYS)
 _DTYPES = {8: np.uint8, 16: np.uint16}
@@ -208,10 +222,10 @@ class ImpactIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the index arrays, forward index included (what :meth:`save` writes, less the .npy headers and
-        the JSON)."""
-        names = ARRAYS + (FWD_ARRAYS if self.has_forward else ())
-        return int(sum(np.asarray(getattr(self, name)).nbytes for name in names))
+        """Bytes of the index arrays as saved, forward index included (what :meth:`save` writes, less the .npy
+        headers and the JSON; in memory the per-term arrays are vocabulary-sized)."""
+        arrays, _ = self._stored()
+        return int(sum(a.nbytes for a in arrays.values()))
 
     @property
     def has_forward(self) -> bool:
@@ -226,6 +240,28 @@ class ImpactIndex:
         return {"format": FORMAT_VERSION, "bits": self.bits, "block_size": self.block_size,
                 "n_docs": self.n_docs, "vocab_size": self.vocab_size, "nnz": self.nnz,
                 "keep_fraction": self.keep_fraction, "keep_top": self.keep_top, "forward": self.has_forward}
+
+    def _stored(self) -> tuple[dict, float]:
+        """The arrays :meth:`save` writes ({name: array}, per-term ones for the present terms only) and the scale
+        of the terms left out."""
+        indptr, block_indptr = np.asarray(self.indptr), np.asarray(self.block_indptr)
+        scale = np.asarray(self.term_scale, dtype=np.float32)
+        lens = np.diff(indptr)
+        absent = lens == 0
+        fill = scale[np.argmax(absent)] if absent.any() else np.float32(0)
+        # compared as bits: a term is kept when its scale is not exactly the fill
+        present = ~absent | (scale.view(np.uint32) != np.float32(fill).view(np.uint32))
+        terms = np.flatnonzero(present)
+        out = {"terms": terms.astype(np.uint32),
+               "indptr": np.concatenate(([0], np.cumsum(lens[terms]))).astype(np.int64),
+               "block_indptr": np.concatenate(([0], np.cumsum(np.diff(block_indptr)[terms]))).astype(np.int64),
+               "term_scale": np.ascontiguousarray(scale[terms])}
+        for name in ARRAYS:
+            if name not in out:
+                out[name] = np.ascontiguousarray(getattr(self, name))
+        if self.has_forward:
+            out.update((name, np.ascontiguousarray(getattr(self, name))) for name in FWD_ARRAYS)
+        return out, float(fill)
 
     def kernel_args(self) -> tuple:
         """The index arguments of the :mod:`hylex.kernels.blockmax` kernels, in their order:
@@ -296,24 +332,30 @@ class ImpactIndex:
     # -----------------------------------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike) -> list[str]:
-        """Write the arrays as ``.npy`` (no pickle) and ``impact_meta.json``; returns the file names."""
+        """Write the arrays as ``.npy`` (no pickle; per-term arrays for the present terms only, format 3) and
+        ``impact_meta.json``; returns the file names."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        pairs = list(zip(ARRAYS, FILES)) + (list(zip(FWD_ARRAYS, FWD_FILES)) if self.has_forward else [])
-        for name, fname in pairs:
-            np.save(d / fname, np.ascontiguousarray(getattr(self, name)), allow_pickle=False)
-        (d / META_FILE).write_text(json.dumps(self.meta(), indent=1, sort_keys=True))
-        return [f for _, f in pairs] + [META_FILE]
+        arrays, fill = self._stored()
+        names = SAVED + (FWD_ARRAYS if self.has_forward else ())
+        for name in names:
+            np.save(d / f"impact_{name}.npy", arrays[name], allow_pickle=False)
+        meta = {**self.meta(), "n_terms": int(len(arrays["terms"])), "term_scale_fill": fill}
+        (d / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return [f"impact_{name}.npy" for name in names] + [META_FILE]
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> "ImpactIndex":
         """Open a saved index (arrays memory-mapped read-only unless ``mmap=False``)."""
         d = Path(directory)
         meta = json.loads((d / META_FILE).read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported impact index format {meta.get('format')!r} in {d}")
+        fmt = meta.get("format")
+        if fmt not in READABLE_FORMATS or isinstance(fmt, bool):
+            raise ValueError(f"unsupported impact index format {fmt!r} in {d}")
         mode = "r" if mmap else None
-        arrays = {name: np.load(d / fname, mmap_mode=mode, allow_pickle=False) for name, fname in zip(ARRAYS, FILES)}
+        arrays = {name: np.load(d / f"impact_{name}.npy", mmap_mode=mode, allow_pickle=False) for name in ARRAYS}
+        if fmt == 3:
+            arrays.update(_expand(d, meta, arrays))
         bits = int(meta["bits"])
         if bits not in _DTYPES or arrays["impacts"].dtype != _DTYPES[bits] or arrays["block_max"].dtype != _DTYPES[bits]:
             raise ValueError(f"impact arrays in {d} do not match bits={bits}")
@@ -336,6 +378,33 @@ class ImpactIndex:
     def __repr__(self) -> str:
         return (f"ImpactIndex(n_docs={self.n_docs}, vocab_size={self.vocab_size}, nnz={self.nnz}, bits={self.bits}, "
                 f"block_size={self.block_size}, n_blocks={self.n_blocks})")
+
+
+def _expand(d: Path, meta: dict, arrays: dict) -> dict:
+    """Format 3's per-term arrays (present terms only) as the vocabulary-sized arrays the kernels take."""
+    terms = np.load(d / "impact_terms.npy", allow_pickle=False)
+    V, T = meta["vocab_size"], meta["n_terms"]
+    if not (isinstance(V, int) and isinstance(T, int) and 0 <= T <= V):
+        raise ValueError(f"impact index metadata in {d} do not match its arrays (vocab_size, n_terms)")
+    parts = {name: np.asarray(arrays[name]) for name in PER_TERM}
+    if (terms.dtype != np.uint32 or terms.shape != (T,) or parts["indptr"].shape != (T + 1,)
+            or parts["block_indptr"].shape != (T + 1,) or parts["term_scale"].shape != (T,)
+            or parts["indptr"].dtype != np.int64 or parts["block_indptr"].dtype != np.int64
+            or (T and (int(terms[-1]) >= V or (np.diff(terms.astype(np.int64)) <= 0).any()))
+            or (np.diff(parts["indptr"]) < 0).any() or (np.diff(parts["block_indptr"]) < 0).any()
+            or parts["indptr"][0] != 0 or parts["block_indptr"][0] != 0):
+        raise ValueError(f"impact index per-term arrays in {d} do not match its metadata")
+    fill = meta.get("term_scale_fill")
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+        raise ValueError(f"impact index metadata in {d} do not match its format (no term_scale_fill)")
+    lens = np.zeros(V, dtype=np.int64)
+    blens = np.zeros(V, dtype=np.int64)
+    lens[terms] = np.diff(parts["indptr"])
+    blens[terms] = np.diff(parts["block_indptr"])
+    scale = np.full(V, np.float32(fill), dtype=parts["term_scale"].dtype)
+    scale[terms] = parts["term_scale"]
+    return {"indptr": np.concatenate(([0], np.cumsum(lens))).astype(np.int64),
+            "block_indptr": np.concatenate(([0], np.cumsum(blens))).astype(np.int64), "term_scale": scale}
 
 
 __all__ = ["FILES", "META_FILE", "ImpactIndex"]

@@ -7,8 +7,12 @@ Layout::
                                  sizes and sha256
     DIR/docs.lmdb/               documents, metadata, external id <-> global row
     DIR/segments/seg-000000/     dense.faiss, impact_*.npy + impact_meta.json (quantized sparse postings in blocks
-                                 and the forward index, :mod:`hylex.indexing.impact`), bm25_terms.npy, bm25_indptr.npy, bm25_docs.npy, bm25_tf.npy, bm25_doclen.npy
+                                 and the forward index, :mod:`hylex.indexing.impact`; per-term arrays stored for
+                                 the segment's own terms only, so a small segment is a few KB), bm25_terms.npy,
+                                 bm25_indptr.npy, bm25_docs.npy, bm25_tf.npy, bm25_doclen.npy
     DIR/.lock                    held by the one writer
+    DIR/readers/gen-N.lock       held (shared) by every open handle that has loaded generation N
+                                 (:mod:`hylex.indexing.readers`)
 
     DIR/segments/seg-000000/deleted-G.npy, bm25_deleted-G.npy
                                  the segment's tombstones as of generation G (int32 local rows) and what they
@@ -23,9 +27,14 @@ Commit protocol (every add, upsert, delete and merge): new segment files and tom
 new names and fsynced, then the documents (one LMDB transaction, synced), then the manifest is replaced
 atomically (write, fsync, rename, fsync the directory). The manifest is the commit point: a crash before it
 leaves the previous manifest, which names only complete files; the store's rows it does not cover are ignored
-and cleaned by the next writer. Files a commit supersedes (merged segments, old tombstones, their documents)
-are listed as ``garbage`` and removed by the next commit, so a reader that opened the previous manifest keeps a
-consistent snapshot meanwhile.
+and cleaned by the next writer. Files a commit supersedes (merged segments, old tombstones, their documents'
+rows) are listed as ``garbage`` with the generation of the commit that superseded them. Right after
+publishing, the commit removes every garbage entry that no open handle can still read (none holds an older
+generation, :mod:`hylex.indexing.readers`), then rewrites the manifest without them: a merge of an index
+nobody else has open leaves no superseded file behind, while a reader holding an older snapshot keeps it whole
+(files and documents) until it refreshes or closes, and the first commit after that removes them. Removal is
+idempotent and touches nothing the manifest names, so a crash during it leaves the new state (the entries
+still listed are removed by a later commit).
 """
 from __future__ import annotations
 
@@ -51,6 +60,7 @@ from hylex.errors import HylexError, IndexFormatError, IndexLockedError
 from hylex.indexing.bm25 import Bm25Postings, bm25_settings, deleted_df
 from hylex.indexing.dense import DEFAULT_FACTORY, DenseIndex
 from hylex.indexing.impact import ImpactIndex
+from hylex.indexing.readers import READERS_DIR, ReaderMark, Sweep, read_generation
 from hylex.indexing.store import DocStore
 from hylex.text import Bm25Analyzer
 from hylex.utils import sha256_file
@@ -145,19 +155,23 @@ class Index:
     Use :meth:`create` for a new directory and :meth:`open` for an existing one.
     """
 
-    def __init__(self, path: Path, manifest: dict, writable: bool, mmap: bool = True):
+    def __init__(self, path: Path, manifest: dict, writable: bool, mmap: bool = True,
+                 reader: ReaderMark | None = None):
         self.path = path
         self.manifest = manifest
         self.writable = writable
         self._lock_fd = None
         self.store = None
+        self._reader = reader  # this handle's registration as a holder of the manifest's generation
         self._analyzer: Bm25Analyzer | None = None
         self._offsets: np.ndarray | None = None  # segments' first rows, for row -> segment lookups
         self._manifest_key: tuple | None = None  # (mtime, size, inode) of the manifest last read, for refresh()
         self.columns_cache: dict = {}  # (segment name, field) -> metadata column, see hylex.retrieval.filters
-        if writable:
-            self.acquire_writer()
         try:
+            if writable:
+                self.acquire_writer()
+            if reader is None:  # create(): the writer lock is held, so the generation cannot move meanwhile
+                self._reader = ReaderMark.take(path, _generation(manifest))
             self.store = DocStore(path / "docs.lmdb")
             self.segments: list[Segment] = [self._load_segment(s, mmap) for s in manifest["segments"]]
         except BaseException:
@@ -220,11 +234,30 @@ class Index:
         ``writable``: take the writer lock (held until :meth:`close`), waiting up to ``wait`` seconds for another
         writer to finish (default: refused at once with :class:`~hylex.errors.IndexLockedError`). A process that
         writes now and then can instead open read-only and commit inside :meth:`writing`.
+
+        The handle registers the manifest generation it loaded (``DIR/readers/``, :mod:`hylex.indexing.readers`):
+        commits keep whatever it may still read until it is refreshed (:meth:`refresh`) or closed: close handles that
+        are no longer needed.
         """
         p = Path(path)
-        manifest = _read_manifest(p)
-        _check_files(p, manifest["segments"], verify)
-        index = cls(p, manifest, writable=False, mmap=mmap)
+        for _ in range(50):
+            manifest = _read_manifest(p)
+            gen = _generation(manifest)
+            mark = ReaderMark.take(p, gen)
+            # registered first, then the generation read again: if a writer published meanwhile, its sweep may
+            # have missed this registration and removed files of `manifest`, so read anew
+            if mark is None or read_generation(p) == gen:
+                break
+            mark.release()
+        else:
+            raise HylexError(f"index {p} changed 50 times while it was being opened: try again")
+        try:
+            _check_files(p, manifest["segments"], verify)
+            index = cls(p, manifest, writable=False, mmap=mmap, reader=mark)
+        except BaseException:
+            if mark is not None:
+                mark.release()
+            raise
         if writable:
             try:
                 index.acquire_writer(wait)
@@ -252,6 +285,12 @@ class Index:
                     self.manifest.get("generation"):
                 self._manifest_key = key
                 return False
+            # register the new generation before loading it (see open()); the old one is let go once replaced
+            gen = _generation(manifest)
+            mark = ReaderMark.take(self.path, gen)
+            if mark is not None and read_generation(self.path) != gen:
+                mark.release()
+                continue
             loaded = {s.name: (e, s) for e, s in zip(self.manifest["segments"], self.segments)}
             try:
                 changed = [e for e in manifest["segments"] if loaded.get(e["name"], (None,))[0] != e]
@@ -259,15 +298,24 @@ class Index:
                 segments = [loaded[e["name"]][1] if e not in changed else self._load_segment(e, mmap=True)
                             for e in manifest["segments"]]
             except (IndexFormatError, OSError):
+                if mark is not None:
+                    mark.release()
                 if attempt == 2:
                     raise
-                continue  # a writer committed again meanwhile (and removed what it superseded): read anew
+                continue  # files went meanwhile (read unregistered): read anew
             gone = [n for n in loaded if n not in {e["name"] for e in manifest["segments"]}]
             self.manifest, self.segments, self._offsets = manifest, segments, None
             self._columns_cache_drop(gone)
             self._manifest_key = key
+            self._move_reader(mark)
             return True
         return False
+
+    def _move_reader(self, mark: ReaderMark | None) -> None:
+        """Hold ``mark`` (the generation now loaded, or None) instead of the previous registration."""
+        old, self._reader = self._reader, mark
+        if old is not None:
+            old.release()
 
     # -- the writer lock ---------------------------------------------------------------------------------------
     def acquire_writer(self, wait: float = 0.0) -> None:
@@ -325,6 +373,7 @@ class Index:
         if self.store is not None:
             self.store.close()
         self.release_writer()
+        self._move_reader(None)  # the next commit may remove what only this snapshot still read
 
     def __enter__(self) -> Index:
         return self
@@ -344,7 +393,7 @@ class Index:
                             int(seg["bm25_deleted_len"]), len(rows))
         return Segment(seg["name"], int(seg["row_offset"]), int(seg["n_docs"]),
                        DenseIndex.load(d / "dense.faiss", self.manifest["dense"]["factory"], mmap=mmap),
-                       _load_sparse(d, int(seg["n_docs"]), mmap),
+                       _load_sparse(d, int(seg["n_docs"]), self.vocab_size, mmap),
                        Bm25Postings.load(d, mmap=mmap, total_len=seg["bm25_len"]),
                        np.load(d / OWNER_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
                        if OWNER_FILE in files else None, deleted, bm25_deleted)
@@ -502,15 +551,17 @@ class Index:
 
     def merge(self, names: Sequence[str] | None = None) -> str | None:
         """Merge segments (default: all, when there are several or any has deletions) into one new segment of
-        their live documents, dropping the deleted ones. Returns the new segment's name (None if nothing to do)."""
+        their live documents, dropping the deleted ones. Returns the new segment's name (None if nothing to do).
+        Either way, superseded files no open handle still reads are removed."""
         self._check_writable()
         segs = self.segments if names is None else [s for s in self.segments if s.name in set(names)]
         if names is not None and len(segs) != len(set(names)):
             unknown = sorted(set(names) - {s.name for s in self.segments})
             raise HylexError(f"no segment named {', '.join(unknown)} in {self.path}: see `hylex stats`")
-        if not segs or (len(segs) == 1 and segs[0].n_deleted == 0):
-            return None
         self._prepare_write()
+        if not segs or (len(segs) == 1 and segs[0].n_deleted == 0):
+            self._collect_garbage()  # nothing to rewrite; what older snapshots or a crash left may go now
+            return None
         return self._merge(segs)
 
     def _merge(self, segs: list[Segment]) -> str | None:
@@ -576,31 +627,51 @@ class Index:
 
     # -- the commit protocol -----------------------------------------------------------------------------------
     def _prepare_write(self) -> None:
-        """Before a commit: remove what the last commits left for later (garbage) and what an interrupted
-        commit left (store rows past ``next_row``, temporary or unlisted segment directories)."""
-        garbage = self.manifest.get("garbage", [])
-        ranges = [tuple(r) for g in garbage for r in g.get("rows", [])]
-        dropped = self.store.drop(ranges) if ranges else 0
+        """Before a commit: remove what an interrupted commit left (store rows past ``next_row``, temporary or
+        unlisted segment directories; not the segments that garbage still keeps for older readers)."""
         dropped_tail = self.store.truncate(int(self.manifest["next_row"]))
         if dropped_tail:
             logger.warning("dropped %d uncommitted documents left by an interrupted commit", dropped_tail)
-        listed = {s["name"] for s in self.manifest["segments"]}
+        keep = {s["name"] for s in self.manifest["segments"]} | {
+            name for g in self.manifest.get("garbage", []) for name in g.get("segments", [])}
         for d in (self.path / "segments").iterdir():
-            if d.name not in listed:
+            if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)
-        for g in garbage:
-            for seg_name, fname in g.get("files", []):
-                if seg_name in listed:
-                    try:
-                        (self.path / "segments" / seg_name / fname).unlink()
-                    except FileNotFoundError:
-                        pass
-        if garbage:
-            self.store.sync()
-            manifest = {**self.manifest, "garbage": []}
+
+    def _collect_garbage(self) -> None:
+        """After publishing (writer lock held, this handle registered at the new generation): remove the garbage
+        entries no open handle can read any more (:mod:`hylex.indexing.readers`): their stored rows, files and
+        segment directories, then the manifest without them. The others wait for a later commit."""
+        garbage = self.manifest.get("garbage", [])
+        if not garbage and not (self.path / READERS_DIR).is_dir():
+            return
+        current = _generation(self.manifest)
+        with Sweep(self.path, current) as sweep:
+            # entries of manifests written before generations were recorded count as of the current one
+            ready = [g for g in garbage if int(g.get("generation", current)) <= sweep.oldest_held]
+            if not ready:
+                return
+            ranges = [tuple(r) for g in ready for r in g.get("rows", [])]
+            dropped = self.store.drop(ranges) if ranges else 0
+            if ranges:
+                self.store.sync()
+            root = self.path / "segments"
+            listed = {s["name"] for s in self.manifest["segments"]}
+            touched = set()
+            for g in ready:
+                for seg_name, fname in g.get("files", []):
+                    if seg_name in listed:  # in a dropped segment, the file goes with its directory
+                        touched.add(seg_name)
+                        with contextlib.suppress(FileNotFoundError):
+                            (root / seg_name / fname).unlink()
+                for seg_name in g.get("segments", []):
+                    shutil.rmtree(root / seg_name, ignore_errors=True)
+            for d in [root / n for n in sorted(touched)] + [root]:
+                _fsync_dir(d)
+            manifest = {**self.manifest, "garbage": [g for g in garbage if not any(g is r for r in ready)]}
             _write_json_atomic(self.path / MANIFEST, manifest)
             self.manifest = manifest
-            logger.debug("removed the garbage of earlier commits (%d stored documents)", dropped)
+            logger.debug("removed the garbage of %d commits (%d stored documents)", len(ready), dropped)
 
     def _write_segment(self, first_row: int, dense: np.ndarray, dense_owner: np.ndarray | None, *,
                        sparse_csr: sp.csr_matrix, bm25: Bm25Postings) -> tuple[str, dict, int]:
@@ -648,7 +719,7 @@ class Index:
         """Write tombstone files for ``deletes``, then replace the manifest: the commit point."""
         gen = int(self.manifest.get("generation", 0)) + 1
         by_name = {s.name: s for s in self.segments}
-        garbage = {"files": [], "rows": [], "segments": list(drop)}
+        garbage = {"files": [], "rows": [], "segments": list(drop), "generation": gen}
         entries = []
         for entry in self.manifest["segments"]:
             if entry["name"] in drop:
@@ -671,7 +742,7 @@ class Index:
             int(e["bm25_len"]) - int(e.get("bm25_deleted_len", 0)) for e in entries)}
         manifest["generation"] = gen
         manifest["garbage"] = list(self.manifest.get("garbage", [])) + \
-            ([garbage] if any(garbage.values()) else [])
+            ([garbage] if garbage["files"] or garbage["rows"] or garbage["segments"] else [])
         manifest["updated"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         manifest["libraries"] = _library_versions()
         _write_json_atomic(self.path / MANIFEST, manifest)
@@ -683,6 +754,10 @@ class Index:
                          for e in entries]
         self._offsets = None
         self._columns_cache_drop(drop)
+        # this handle now holds the new generation (the writer lock keeps it current); then what no open handle
+        # can read any more goes at once
+        self._move_reader(ReaderMark.take(self.path, gen))
+        self._collect_garbage()
 
     def _write_tombstones(self, entry: dict, seg: Segment, deleted: np.ndarray, gen: int, garbage: dict) -> dict:
         d = self.path / "segments" / entry["name"]
@@ -840,15 +915,20 @@ def sparse_settings(cfg: dict | None) -> dict:
     return out
 
 
-def _load_sparse(d: Path, n_docs: int, mmap: bool) -> ImpactIndex:
+def _load_sparse(d: Path, n_docs: int, vocab_size: int, mmap: bool) -> ImpactIndex:
     try:
         sparse = ImpactIndex.load(d, mmap=mmap)
     except (ValueError, OSError, KeyError) as e:
         raise IndexFormatError(f"sparse postings in {d} cannot be read ({e}): the index is damaged, rebuild it") from e
-    if sparse.n_docs != n_docs:
-        raise IndexFormatError(f"sparse postings in {d} hold {sparse.n_docs} documents, the manifest says {n_docs}: "
-                               f"the index is damaged, rebuild it")
+    if sparse.n_docs != n_docs or sparse.vocab_size != vocab_size:
+        raise IndexFormatError(f"sparse postings in {d} hold {sparse.n_docs} documents over {sparse.vocab_size} "
+                               f"terms, the manifest says {n_docs} over {vocab_size}: the index is damaged, "
+                               f"rebuild it")
     return sparse
+
+
+def _generation(manifest: dict) -> int:
+    return int(manifest.get("generation", 0))
 
 
 def _check_factory(dim: int, factory: str) -> None:
@@ -886,9 +966,13 @@ def _lock_file(path: Path, wait: float) -> int:
 
 def _only_creation_leftovers(p: Path) -> bool:
     """True when directory ``p`` is empty, or holds only what a :meth:`Index.create` killed before its manifest
-    leaves behind (an empty ``segments/``, a lock file): such a directory may be created into again."""
+    leaves behind (an empty ``segments/``, lock files, a ``readers/`` of lock files only): such a directory may be
+    created into again."""
     for entry in p.iterdir():
         if entry.name == "segments" and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if entry.name == READERS_DIR and entry.is_dir() and all(
+                f.name.startswith("gen-") and f.name.endswith(".lock") and f.is_file() for f in entry.iterdir()):
             continue
         if entry.name in (".lock", "readers.lock") and entry.is_file():
             continue
