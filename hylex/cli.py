@@ -1,5 +1,5 @@
-"""The ``hylex`` command line: ``index``, ``search``, ``eval``, ``get``, ``delete``, ``merge``, ``stats``,
-``validate`` and ``demo``.
+"""The ``hylex`` command line: ``index``, ``search``, ``eval``, ``fuse``, ``tune``, ``get``, ``delete``, ``merge``,
+``stats``, ``validate`` and ``demo``.
 
 Every user mistake ends in one line ``hylex: error: <what was wrong and how to fix it>`` and exit code 2.
 """
@@ -83,14 +83,17 @@ def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) ->
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "bm25", "hybrid"])
-    p.add_argument("--fusion", default="convex", choices=["convex", "rrf"])
+    p.add_argument("--fusion", default=None, choices=["convex", "rrf"], help="[convex]")
     p.add_argument("--arms", default=None,
-                   help="arms hybrid fuses, comma-separated from dense,sparse,bm25 (default dense,sparse)")
+                   help="arms hybrid fuses, comma-separated from dense,sparse,bm25 (default: the stored fusion's: "
+                        "the index's choice from `hylex fuse`, else its model's, else dense,sparse,bm25; `hylex "
+                        "stats` shows it)")
     p.add_argument("--weights", type=_float_list, default=None,
-                   help="one fusion weight per arm, e.g. 0.3,0.3,0.4 (default: --alpha for dense,sparse, else "
-                        "equal; rrf: all 1)")
+                   help="one fusion weight per arm, e.g. 0.3,0.3,0.4 (default: the stored fusion's; with --arms, "
+                        "--alpha for dense,sparse, else equal; rrf: all 1)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="dense weight of the convex dense,sparse fusion (default 0.3, chosen on SciFact train)")
+                   help="dense weight of a convex dense,sparse fusion (alone it selects the arms dense,sparse; "
+                        "default 0.3)")
     p.add_argument("--rrf-k", type=float, default=60.0)
     p.add_argument("--depth", type=_positive_int, default=1000,
                    help="candidates per arm for hybrid fusion (default 1000, chosen on SciFact train)")
@@ -382,27 +385,19 @@ def cmd_eval(args) -> int:
     from hylex.corpus import load_beir
     from hylex.indexing.bm25 import check_b, check_k1
     from hylex.retrieval.evaluation import evaluate_run, judged_coverage, run_from_results, write_trec_run
-    from hylex.retrieval.searcher import (
-        DEFAULT_ARMS,
-        Searcher,
-        check_approx_knobs,
-        check_arms,
-        check_weights,
-        fusion_weights,
-    )
+    from hylex.retrieval.searcher import Searcher, check_approx_knobs
 
     # bad search options fail before the model loads and the queries are encoded
     fusion = _fusion_kwargs(args)
     check_approx_knobs(args.query_cut, args.heap_factor, args.candidates)
-    arms = check_arms(fusion.get("arms", DEFAULT_ARMS))
-    fusion_weights(arms, None if args.weights is None else check_weights(args.weights, arms), args.fusion,
-                   args.alpha)
     if args.bm25_k1 is not None:
         check_k1(args.bm25_k1)
     if args.bm25_b is not None:
         check_b(args.bm25_b)
     _, queries, qrels = load_beir(args.beir_dir, args.split)
     s = Searcher(args.index, **_encoder_kwargs(args))
+    hy_arms, hy_weights, hy_method = s.resolve_fusion("hybrid", fusion.get("arms"), args.weights, args.alpha,
+                                                      args.fusion)
     coverage = judged_coverage(s.index, qrels)
     if coverage["missing"]:  # the numbers would still print, but they would not mean what they seem to
         print(f"hylex: warning: {coverage['missing']} of the {coverage['judged']} documents judged in "
@@ -425,6 +420,9 @@ def cmd_eval(args) -> int:
         write_trec_run(runs_dir / f"{name}.{args.split}.{mode}.trec", qids, res.ids, res.scores, tag=f"hylex-{mode}")
         metrics = evaluate_run(run_from_results(qids, res.ids, res.scores), qrels)
         out[mode] = {**{m: round(v, 4) for m, v in metrics.items()}, "search_seconds": round(search_s, 3)}
+    out["hybrid"]["fusion"] = {"method": hy_method, "arms": list(hy_arms), "weights": hy_weights,
+                               "source": "given" if (args.arms or args.weights or args.alpha is not None or args.fusion)
+                               else s.default_fusion.get("source")}
     out["queries"] = len(qids)
     out["judged_missing"] = coverage["missing"]
     out["query_encode_seconds"] = round(encode_s, 2)
@@ -435,6 +433,67 @@ def cmd_eval(args) -> int:
         print(f"{name} ({args.split}, {len(qids)} queries; runs in {runs_dir})")
         for mode in EVAL_MODES:
             print(f"  {mode:<7} nDCG@10 {out[mode]['ndcg@10']:.4f}  Recall@100 {out[mode]['recall@100']:.4f}")
+        f = out["hybrid"]["fusion"]
+        print(f"  (hybrid: {f['method']} {', '.join(f'{a} {w:g}' for a, w in zip(f['arms'], f['weights']))}; "
+              f"{f['source']})")
+    return 0
+
+
+def cmd_fuse(args) -> int:
+    """Choose the fusion a plain hybrid search of this index uses, on a training split's queries and qrels."""
+    from hylex.corpus import load_beir
+    from hylex.indexing.index import Index
+    from hylex.retrieval.evaluation import evaluate_run, judged_coverage, run_from_results
+    from hylex.retrieval.fusion import choose_fusion, weight_grid
+    from hylex.retrieval.searcher import Searcher, check_arms
+
+    if args.split.lower().startswith("test") and not args.allow_test:
+        raise HylexError(f"--split {args.split}: a fusion chosen on test queries makes every later test score "
+                         f"meaningless; choose it on a training or dev split (or pass --allow-test knowingly)")
+    arms = check_arms(args.arms) if args.arms else ("dense", "sparse", "bm25")
+    weight_grid(len(arms), args.step)  # a bad step fails before the model loads
+    _, queries, qrels = load_beir(args.beir_dir, args.split)
+    s = Searcher(args.index, **_encoder_kwargs(args))
+    coverage = judged_coverage(s.index, qrels)
+    if coverage["missing"]:
+        print(f"hylex: warning: {coverage['missing']} of the {coverage['judged']} documents judged in "
+              f"{args.split} are not in {args.index}: the choice is made on incomplete judgments", file=sys.stderr)
+    qids = sorted(queries)
+    texts = [queries[q] for q in qids]
+    need_model = any(a in arms for a in ("dense", "sparse"))
+    q_dense = q_sparse = None
+    if need_model:
+        q_dense, q_sparse = s.encoder.encode_queries(texts)
+    results = {a: s.search(None, k=args.depth, mode=a, dense=q_dense if a == "dense" else None,
+                           sparse=q_sparse if a == "sparse" else None,
+                           bm25_queries=texts if a == "bm25" else None) for a in arms}
+    arm_lists = {a: (r.scores, r.rows) for a, r in results.items()}
+    metric = args.metric
+    ids_of = s.index.documents
+
+    def score(D, I) -> float:
+        docs = ids_of(I.ravel().tolist())
+        ids = [[None if d is None else d["id"] for d in docs[q * I.shape[1]:(q + 1) * I.shape[1]]]
+               for q in range(I.shape[0])]
+        return float(next(iter(evaluate_run(run_from_results(qids, ids, D), qrels, (metric,)).values())))
+
+    best, table = choose_fusion(arm_lists, score, k=10, step=args.step)
+    record = {"method": "convex", "arms": best["arms"], "weights": best["weights"], "metric": metric,
+              "score": round(best["score"], 4), "depth": args.depth,
+              "chosen_on": f"{Path(args.beir_dir).name} {args.split} ({len(qids)} queries)",
+              "model": s.index.encoder_info.get("model_id"),
+              "singles": {a: round(next(r["score"] for r in table if r["arms"] == [a]), 4) for a in arms}}
+    if not args.dry_run:
+        with Index.open(args.index, writable=True, wait=args.wait) as ix:
+            ix.set_fusion(record)
+    if args.json:
+        print(json.dumps({**record, "written": not args.dry_run, "top": table[:args.show]}))
+    else:
+        print(f"{record['chosen_on']}: best {metric} {best['score']:.4f} with "
+              f"{', '.join(f'{a} {w:g}' for a, w in zip(best['arms'], best['weights']))}"
+              + ("" if args.dry_run else f" (stored in {args.index}: plain hybrid searches use it)"))
+        for r in table[:args.show]:
+            print(f"  {r['score']:.4f}  {', '.join(f'{a} {w:g}' for a, w in zip(r['arms'], r['weights']))}")
     return 0
 
 
@@ -504,9 +563,16 @@ def cmd_serve(args) -> int:
 
 def cmd_stats(args) -> int:
     # from the manifest alone: no FAISS, SciPy or Numba to import, no segment to open
-    from hylex.indexing.manifest import index_stats
+    from hylex.indexing.manifest import index_stats, read_manifest
 
     st = index_stats(args.index)
+    try:
+        from hylex.retrieval.fusion import stored_fusion
+
+        st["fusion"] = stored_fusion(read_manifest(args.index))
+    except HylexError as e:  # a damaged stored fusion: say so, show the rest
+        st["fusion"] = None
+        print(f"hylex: warning: {e}", file=sys.stderr)
     if args.json:
         print(json.dumps(st))
         return 0
@@ -519,6 +585,10 @@ def cmd_stats(args) -> int:
     print("  settings: " + ", ".join(f"{k}={v}" for k, v in sorted(enc.get("settings", {}).items())))
     print(f"  dense: FAISS {st['dense']['factory']} ({st['dense']['metric']}); bm25: k1 {st['bm25']['k1']}, "
           f"b {st['bm25']['b']}, {st['bm25']['analyzer']}")
+    f = st.get("fusion")
+    if f:
+        print(f"  default search: {f['method']} fusion of {', '.join(f'{a} {w:g}' for a, w in zip(f['arms'], f['weights']))}"
+              f" ({f.get('source')}{'; chosen on ' + str(f['chosen_on']) if f.get('chosen_on') else ''})")
     for seg in st["segments"]:
         print(f"  {seg['name']}: {seg['documents']} docs ({seg['deleted']} deleted), {seg['dense_vectors']} "
               f"vectors, {seg['sparse_postings']} sparse / {seg['bm25_postings']} BM25 postings, "
@@ -734,6 +804,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workdir", default=None, help="checkpoints and log [OUT.work]")
     _add_encoder_args(pt, with_settings=True)
     pt.set_defaults(func=cmd_tune)
+
+    pf = sub.add_parser("fuse", help="choose the fusion plain hybrid searches of an index use (arms and weights), "
+                                     "on a training split's queries and qrels, and store it in the index")
+    pf.add_argument("index", help="index directory (holding the collection's corpus)")
+    pf.add_argument("beir_dir", help="BEIR folder with queries.jsonl and qrels/<split>.tsv")
+    pf.add_argument("--split", default="train", help="qrels split to choose on (never test) [train]")
+    pf.add_argument("--arms", default=None, help="arms to consider, comma-separated [dense,sparse,bm25]")
+    pf.add_argument("--step", type=float, default=0.1, help="weight grid step [0.1]")
+    pf.add_argument("--metric", default="nDCG@10", help="metric to maximise [nDCG@10]")
+    pf.add_argument("--depth", type=_positive_int, default=1000, help="candidates per arm [1000]")
+    pf.add_argument("--show", type=int, default=5, help="grid points printed [5]")
+    pf.add_argument("--dry-run", action="store_true", help="print the choice without storing it")
+    pf.add_argument("--allow-test", action="store_true", help=argparse.SUPPRESS)
+    pf.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the index's writer lock [10]")
+    pf.add_argument("--json", action="store_true", help="print JSON")
+    _add_encoder_args(pf, with_settings=False)
+    pf.set_defaults(func=cmd_fuse)
 
     pst = sub.add_parser("stats", help="show an index's segments, counts, sizes, model and settings")
     pst.add_argument("index", help="index directory")

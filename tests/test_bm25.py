@@ -286,7 +286,7 @@ def test_three_arm_fusion_equals_reference(searcher, queries):
     ({"arms": ("dense", "sparse", "bm25"), "weights": [0.5, 0.5]}, r"2 weight\(s\) for 3 arm\(s\)"),
     ({"weights": [0.5, -0.1]}, "finite and >= 0"),
     ({"weights": [0.5, float("nan")]}, "finite and >= 0"),
-    ({"weights": [0.0, 0.0]}, "all 0"),
+    ({"weights": [0.0, 0.0, 0.0]}, "all 0"),  # the stored arms are three
     ({"weights": ["a", "b"]}, "not a number"),
     ({"weights": "0.5,0.5"}, "sequence of numbers"),
     ({"weights": [0.5, 0.5], "alpha": 0.5}, "alpha or weights, not both"),

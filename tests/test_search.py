@@ -22,9 +22,12 @@ def searcher(built_index, fake_encoder):
 
 
 def _vectors(queries, mode):
-    _, qd, qs = queries
+    """Pre-encoded queries for ``mode``: a plain hybrid search fuses the stored arms (dense, sparse, bm25 for
+    the fake model), so it gets the bm25 texts too."""
+    texts, qd, qs = queries
     return {"dense": qd if mode in ("dense", "hybrid") else None,
-            "sparse": qs if mode in ("sparse", "hybrid") else None}
+            "sparse": qs if mode in ("sparse", "hybrid") else None,
+            "bm25_queries": texts if mode == "hybrid" else None}
 
 
 # -- shapes ------------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_search_by_text_and_by_vectors_equals_the_library(server, index_copy):
     qd, qs = enc.encode_queries(QUERY_TEXTS[:2])
     sparse = [{str(t): float(w) for t, w in zip(qs[i].indices, qs[i].data)} for i in range(2)]
     code, out2 = server.call("POST", "/search", {"dense": qd.tolist(), "sparse": sparse, "k": 5,
-                                                 "with_documents": False})
+                                                 "bm25_queries": QUERY_TEXTS[:2], "with_documents": False})
     assert code == 200
     assert [h["id"] for h in out2["results"][0]["hits"]] == [h["id"] for h in out["results"][0]["hits"]]
     assert out2["results"][0]["hits"][0]["text"] is None

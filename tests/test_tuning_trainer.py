@@ -201,11 +201,15 @@ def test_dev_evaluator_scores_each_arm_and_fusion(tiny_model):
     ev = DevEvaluator(dev, extra=["an unrelated passage about nothing"])
     assert len(ev.pool) == len(WORDS) + 1  # each positive is another group's negative: pooled once
     scores = ev(_encoder(tiny_model))
-    assert set(scores) == {"dense", "sparse", "bm25", *FUSIONS}
+    assert set(scores) == {"dense", "sparse", "bm25", "best", *FUSIONS}
     assert all(0 <= v <= 1 for v in scores.values())
     # the BM25 arm finds every positive first ("about chess" shares only "chess" with its positive): perfect
     assert scores["bm25"] == 1.0
-    assert best_fusion(scores)[0] in scores
+    assert best_fusion(scores)[0] in scores and best_fusion(scores)[0] != "best"
+    # the weight grid's best is at least every arm's (single arms are grid points), and is kept
+    assert scores["best"] >= max(scores[a] for a in ("dense", "sparse", "bm25")) - 1e-9
+    assert ev.last_fusion["score"] == scores["best"]
+    assert ev.last_fusion["arms"] == ["bm25"]  # ties go to the fewest arms
     D, I = _topk(np.array([[0.0, 2.0, 2.0, 1.0]], np.float32), 3, positive_only=True)
     assert I.tolist() == [[1, 2, 3]] and D.tolist() == [[2.0, 2.0, 1.0]]
     D, I = _topk(np.array([[0.0, 0.0, 1.0]], np.float32), 3, positive_only=True)
@@ -226,8 +230,12 @@ def test_tune_end_to_end_on_pair_files(tiny_model, tmp_path):
                encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=lines.append)
     card = read_card(res.out)
     assert card["training"]["groups"] == len(WORDS) - 3 and card["dev"]["queries"] == 3
-    assert len(card["dev"]["history"]) == 2 and card["fusion"]["chosen_on"] == "dev"
-    assert card["fusion"]["name"] in card["dev"]["after"]
+    assert len(card["dev"]["history"]) == 2 and card["fusion"]["chosen_on"] == "dev (3 queries)"
+    # the stored fusion is the weight grid's best on dev at the kept evaluation, and a valid search default
+    assert card["fusion"]["dev"] == card["dev"]["after"]["best"] and card["fusion"]["method"] == "convex"
+    from hylex.retrieval.fusion import check_fusion, model_fusion
+
+    assert check_fusion(model_fusion(str(res.out)), "card")["arms"] == card["fusion"]["arms"]
     assert any(x.startswith("estimate: ") and "GiB" in x for x in lines)
     logged = [json.loads(x) for x in (tmp_path / "model.work" / "log.jsonl").read_text().splitlines()]
     assert [("dev" in r) for r in logged] == [False, True, False, True]

@@ -114,7 +114,9 @@ class PromptRepsModule(torch.nn.Module):
                                  position_ids=position_ids, use_cache=False)
         hidden = out.last_hidden_state  # (B, L, H)
         dense = torch.einsum("bl,blh->bh", pool_weights.to(hidden.dtype), hidden).float()
-        logits = torch.nn.functional.linear(hidden[:, logit_index].float(), self.head_weight, self.head_bias)
+        # float32 even under a caller's bfloat16 autocast (training, dev evaluation): one position per row
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = torch.nn.functional.linear(hidden[:, logit_index].float(), self.head_weight, self.head_bias)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return dense, logits

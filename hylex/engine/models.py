@@ -34,6 +34,9 @@ class PackagedModel:
     packages: tuple[str, ...]
     description: str
     sha256_prefix: str | None = None
+    # the convex fusion a plain hybrid search uses with this model, chosen on a training split
+    # (hylex.retrieval.fusion.stored_fusion; None: the built-in fallback)
+    fusion: dict | None = None
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {

@@ -283,6 +283,7 @@ class Index:
             manifest = _read_manifest(self.path)
             if manifest["segments"] == self.manifest["segments"] and manifest.get("generation") == \
                     self.manifest.get("generation"):
+                self.manifest = manifest  # same segments; other fields (the stored fusion) may have changed
                 self._manifest_key = key
                 return False
             # register the new generation before loading it (see open()); the old one is let go once replaced
@@ -536,6 +537,20 @@ class Index:
             local = np.arange(seg.n_docs, dtype=np.int64) if live is None else np.flatnonzero(live)
             rows.extend((local + seg.row_offset).tolist())
         return self.delete_rows(rows)
+
+    def set_fusion(self, record: dict | None) -> None:
+        """Store (or with None, remove) the fusion plain hybrid searches of this index use
+        (:mod:`hylex.retrieval.fusion`; ``hylex fuse`` chooses it on training queries). Durable on return;
+        documents and segments are untouched."""
+        self._check_writable()
+        if record is not None:
+            json.dumps(record, allow_nan=False)  # a record JSON cannot hold fails here, before anything is written
+        manifest = {k: v for k, v in self.manifest.items() if k != "fusion"}
+        if record is not None:
+            manifest["fusion"] = record
+        manifest["updated"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        _write_json_atomic(self.path / MANIFEST, manifest)
+        self.manifest = manifest
 
     def delete_rows(self, rows: Sequence[int]) -> int:
         """Delete documents by global row (e.g. the rows a filter matched); returns how many live ones went."""

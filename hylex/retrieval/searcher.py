@@ -312,10 +312,45 @@ class Searcher:
         return merge_topk(np.concatenate(parts_D, 1), np.concatenate(parts_I, 1), k)
 
     # -- public search -----------------------------------------------------------------------------------
+    @property
+    def default_fusion(self) -> dict:
+        """The fusion a plain hybrid search uses: the index's stored choice, else its model's, else the built-in
+        one (:func:`hylex.retrieval.fusion.stored_fusion`): ``{"method", "arms", "weights", "source", ...}``."""
+        from hylex.retrieval.fusion import stored_fusion
+
+        return stored_fusion(self.index.manifest)
+
+    def resolve_fusion(self, mode: str = "hybrid", arms: Sequence[str] | None = None,
+                       weights: Sequence[float] | None = None, alpha: float | None = None,
+                       fusion: str | None = None, inputs: set[str] | None = None
+                       ) -> tuple[tuple[str, ...], list[float] | None, str]:
+        """``(arms, weights, method)`` a search with these arguments runs (see :meth:`search`); weights are None
+        for a single-arm mode. ``inputs``: the arms pre-encoded queries were given for (None: query texts)."""
+        if fusion is not None and fusion not in FUSIONS:
+            raise HylexError(f"fusion {fusion!r} is unknown: choose one of {', '.join(FUSIONS)}")
+        alpha = check_alpha(alpha)
+        if mode != "hybrid":
+            return (mode,), None, fusion or "convex"
+        if arms is None:
+            stored = self.default_fusion
+            if alpha is not None:
+                arms = DEFAULT_ARMS  # alpha weighs dense against sparse
+            elif inputs is not None and not set(stored["arms"]) <= inputs and set(DEFAULT_ARMS) <= inputs:
+                arms = DEFAULT_ARMS  # vectors without bm25 texts: the arms they can search (as before)
+            else:
+                arms = tuple(stored["arms"])
+                if weights is None and fusion in (None, "convex"):
+                    return arms, list(stored["weights"]), "convex"
+        arms = check_arms(arms)
+        if weights is not None:
+            weights = check_weights(weights, arms)
+        method = fusion or "convex"
+        return arms, fusion_weights(arms, weights, method, alpha), method
+
     def search(self, queries: Sequence[str] | str | None = None, *, k: int = 10, mode: str = "hybrid",
-               fusion: str = "convex", alpha: float | None = None, rrf_k: float = 60.0, depth: int = DEFAULT_DEPTH,
-               dense: np.ndarray | None = None, sparse: sp.spmatrix | None = None,
-               bm25_queries: Sequence[str] | None = None, arms: Sequence[str] = DEFAULT_ARMS,
+               fusion: str | None = None, alpha: float | None = None, rrf_k: float = 60.0,
+               depth: int = DEFAULT_DEPTH, dense: np.ndarray | None = None, sparse: sp.spmatrix | None = None,
+               bm25_queries: Sequence[str] | None = None, arms: Sequence[str] | None = None,
                weights: Sequence[float] | None = None, k1: float | None = None, b: float | None = None,
                query_cut: int | None = None, heap_factor: float = 1.0, candidates: int | None = None,
                filter: dict | str | None = None, with_documents: bool = False, explain: bool = False) -> Results:
@@ -326,17 +361,24 @@ class Searcher:
                 searched; analyzed for BM25), or None with ``dense``/``sparse``/``bm25_queries``.
             k: hits per query (>= 1).
             mode: ``dense``, ``sparse``, ``bm25`` (one arm) or ``hybrid`` (the ``arms`` fused).
-            fusion: ``convex`` (weighted sum of min-max normalised scores) or ``rrf`` (weighted reciprocal rank).
+            fusion: ``convex`` (weighted sum of min-max normalised scores) or ``rrf`` (weighted reciprocal rank);
+                default convex.
             alpha: dense weight of the convex fusion of the arms dense and sparse (sparse gets ``1 - alpha``), in
-                [0, 1]; default DEFAULT_ALPHA (0.3). For other arms, use ``weights``.
+                [0, 1]; with alpha alone the arms are dense and sparse. For other arms, use ``weights``.
             rrf_k: the constant of reciprocal rank fusion.
             depth: candidates each arm contributes to fusion (at least k); default DEFAULT_DEPTH (1000).
             dense: pre-encoded float32 (nq, dim) queries, L2-normalised like the documents.
             sparse: pre-encoded float32 csr (nq, vocab_size) queries.
             bm25_queries: the query texts for the bm25 arm when the queries are passed pre-encoded.
             arms: for ``hybrid``, the arms to fuse: any of ``dense``, ``sparse``, ``bm25``, each at most once.
-            weights: for ``hybrid``, one weight >= 0 per arm. Default: convex ``[alpha, 1 - alpha]`` for dense and
-                sparse, else equal weights summing to 1; rrf all 1.0.
+                Default: the stored fusion's (:attr:`default_fusion`: the index's choice made on training queries,
+                else its model's, else the built-in one); with neither arms, weights, alpha nor ``rrf``, its
+                weights too. Pre-encoded ``dense`` and ``sparse`` queries without the input of a stored arm (no
+                ``bm25_queries``) fuse dense and sparse, as ``alpha`` alone does.
+            weights: for ``hybrid``, one weight >= 0 per arm (per default arm when ``arms`` is not given).
+                Default: the stored fusion's when no arms, alpha or ``rrf`` are given; for arms given, convex
+                ``[alpha, 1 - alpha]`` (alpha default DEFAULT_ALPHA) for dense and sparse, else equal weights summing
+                to 1; rrf all 1.0.
             k1, b: BM25 parameters (default: the index's, set when it was built).
             query_cut, heap_factor, candidates: approximate sparse search (see :meth:`search_sparse`); the
                 defaults are exact.
@@ -351,7 +393,7 @@ class Searcher:
         k = check_k(k)
         if mode not in MODES:
             raise HylexError(f"mode {mode!r} is unknown: choose one of {', '.join(MODES)}")
-        if fusion not in FUSIONS:
+        if fusion is not None and fusion not in FUSIONS:
             raise HylexError(f"fusion {fusion!r} is unknown: choose one of {', '.join(FUSIONS)}")
         alpha = check_alpha(alpha)
         rrf_k = check_rrf_k(rrf_k)
@@ -359,15 +401,16 @@ class Searcher:
         # Results hold at most one slot per live document: k = 10**9 on 150 documents allocates 150 per query.
         cap = max(1, self.index.n_docs)
         k, depth = min(k, cap), min(depth, cap)
-        arms = check_arms(arms)
-        if weights is not None:
+        if arms is not None:
+            arms = check_arms(arms)
+        if weights is not None and arms is not None:
             weights = check_weights(weights, arms)
         k1 = None if k1 is None else check_k1(k1)
         b = None if b is None else check_b(b)
         check_approx_knobs(query_cut, heap_factor, candidates)
-        used = arms if mode == "hybrid" else (mode,)
-        if mode == "hybrid":
-            weights = fusion_weights(arms, weights, fusion, alpha)
+        inputs = None if queries is not None else \
+            {a for a, x in (("dense", dense), ("sparse", sparse), ("bm25", bm25_queries)) if x is not None}
+        used, weights, fusion = self.resolve_fusion(mode, arms, weights, alpha, fusion, inputs)
         if filter is not None:
             filter = check_filter(filter)
         q_dense, q_sparse, q_texts = self._queries(queries, mode, used, dense, sparse, bm25_queries)
@@ -383,8 +426,10 @@ class Searcher:
 
         if mode != "hybrid":
             D, I = arm(mode, k)
+        elif len(used) == 1:  # a fusion of one arm (e.g. a stored choice of BM25 alone): that arm's own scores
+            D, I = arm(used[0], k)
         else:
-            D, I = fuse_arms([arm(a, depth) for a in arms], weights, fusion, k, rrf_k)
+            D, I = fuse_arms([arm(a, depth) for a in used], weights, fusion, k, rrf_k)
         flat = I.ravel()
         docs = self.index.documents(flat.tolist())
         ids = np.array([None if d is None else d["id"] for d in docs], dtype=object).reshape(I.shape)

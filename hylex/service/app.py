@@ -75,7 +75,9 @@ class SearchRequest(_Model):
     mode: Literal["dense", "sparse", "bm25", "hybrid"] = "hybrid"
     arms: list[Literal["dense", "sparse", "bm25"]] | None = None
     weights: list[float] | None = None
-    fusion: Literal["convex", "rrf"] = "convex"
+    fusion: Literal["convex", "rrf"] | None = Field(
+        None, description="convex (default) or rrf; with no arms, weights, alpha or fusion a hybrid search uses the "
+                          "index's stored fusion (GET /stats: default_fusion)")
     alpha: float | None = None
     rrf_k: float = 60.0
     depth: int = Field(1000, ge=1, le=10000)
@@ -375,7 +377,7 @@ def _nonnull(schema: dict, name: str, sub: dict) -> None:
         schema["properties"][name] = {**keep, **sub}
 
 
-def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int) -> None:
+def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int, n_default_arms: int = 2) -> None:
     """Write into the OpenAPI schema the rules pydantic does not state: id and text shapes, the batch limit, the
     index's dimension and vocabulary, which of ids / filter / all a delete takes, text-or-title documents.
     A client (or Schemathesis) generating from the schema then sends requests the service accepts."""
@@ -431,9 +433,10 @@ def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int) -> None:
                                                                         "weights": {"type": "array"}}}
             s["properties"]["weights"]["anyOf"][0]["contains"] = {"type": "number", "exclusiveMinimum": 0}
             s["allOf"] = [
-                {"anyOf": [  # one weight per arm (the default arms are dense, sparse)
+                {"anyOf": [  # one weight per arm (the default arms: the stored fusion's)
                     {"properties": {"weights": none}},
-                    {"properties": {"arms": none, "weights": {"minItems": 2, "maxItems": 2}}},
+                    {"properties": {"arms": none, "weights": {"minItems": n_default_arms,
+                                                              "maxItems": n_default_arms}}},
                     *({"required": ["arms"], "properties": {"arms": {"type": "array", "minItems": n, "maxItems": n},
                                                             "weights": {"minItems": n, "maxItems": n}}}
                       for n in (1, 2, 3))]},
@@ -554,7 +557,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     app.body_limit = int(max_body_bytes)
     app.state.service = service
     _offline_docs(app)
-    _contract(app, max_batch, service.index.dim, service.index.vocab_size)
+    _contract(app, max_batch, service.index.dim, service.index.vocab_size,
+              len(service.searcher.default_fusion["arms"]))
     _security_scheme(app, api_key is not None, auth)
 
     @app.middleware("http")
@@ -618,6 +622,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     def stats() -> dict:
         with service.lock:
             out = service.current().stats()
+            out["default_fusion"] = service.searcher.default_fusion
         b = service.batcher
         out["service"] = {"batching": b is not None, "encode_batches": b.batches if b else None,
                           "encoded_query_texts": b.texts if b else None,
@@ -628,7 +633,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
 
     @app.post("/search", response_model=SearchResponse, responses=_errors(400, 401, 413, 415, 422, 503),
               description="Give `queries` (texts), or pre-encoded `dense` and/or `sparse` vectors (with "
-                          "`bm25_queries` for a bm25 arm). `mode` hybrid fuses `arms` (default dense, sparse); the "
+                          "`bm25_queries` for a bm25 arm). `mode` hybrid fuses `arms` (default: the index's stored fusion, "
+                          "`default_fusion` in GET /stats); the "
                           "dense and sparse arms of text queries need the index's model.")
     async def search(req: SearchRequest) -> SearchResponse:
         # the request timeout covers the whole search: encoding and the search itself on the model's thread
@@ -662,7 +668,9 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                     cols.append(int(term))
                     vals.append(w)
             sparse = sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(req.sparse), vocab))
-        used = set(req.arms or ("dense", "sparse")) if req.mode == "hybrid" else {req.mode}
+        given = None if req.queries is not None else \
+            {a for a, x in (("dense", req.dense), ("sparse", req.sparse), ("bm25", req.bm25_queries)) if x is not None}
+        used = set(service.searcher.resolve_fusion(req.mode, req.arms, req.weights, req.alpha, req.fusion, given)[0])
         texts, bm25_texts = req.queries, req.bm25_queries
         if texts is not None and used & {"dense", "sparse"} and dense is None and sparse is None:
             if any(not isinstance(t, str) or not t.strip() for t in texts):

@@ -133,7 +133,7 @@ def _save_best(workdir: Path, best: dict) -> None:
 
     save_file(best["weights"], str(workdir / "best.tmp.safetensors"))
     os.replace(workdir / "best.tmp.safetensors", workdir / "best.safetensors")
-    (workdir / "best.json").write_text(json.dumps({k: best[k] for k in ("score", "step", "scores")}))
+    (workdir / "best.json").write_text(json.dumps({k: best.get(k) for k in ("score", "step", "scores", "fusion")}))
 
 
 def _load_best(workdir: Path, best: dict) -> None:
@@ -175,8 +175,9 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
 
     args = (args or TuneArgs()).check()
     out = check_output(out)
-    if select_on not in ("dense", "sparse", "bm25", *FUSIONS):
-        raise TrainingDataError(f"select_on must be an arm or one of {', '.join(FUSIONS)}, got {select_on!r}")
+    if select_on not in ("dense", "sparse", "bm25", "best", *FUSIONS):
+        raise TrainingDataError(f"select_on must be an arm, one of {', '.join(FUSIONS)}, or best (the best fusion on "
+                                f"the weight grid), got {select_on!r}")
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
         raise TrainingDataError(f"patience must be a positive integer, got {patience!r}")
     say = report or (lambda *a, **k: None)
@@ -188,7 +189,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
                       **{**(encoder_options or {}), "dtype": "float32"})
     evaluator = DevEvaluator(dev, extra=distractors)
     history: list[dict] = []
-    best = {"score": None, "weights": None, "step": 0, "scores": None}
+    best = {"score": None, "weights": None, "step": 0, "scores": None, "fusion": None}
     waited = [0]
 
     def evaluate(enc) -> dict:
@@ -196,7 +197,8 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
         history.append(scores)
         s = scores[select_on]
         if best["score"] is None or s > best["score"]:
-            best.update(score=s, weights=trainer.trainable_state(), step=trainer.state.step, scores=scores)
+            best.update(score=s, weights=trainer.trainable_state(), step=trainer.state.step, scores=scores,
+                        fusion=evaluator.last_fusion)
             waited[0] = 0
             _save_best(workdir, best)
         else:
@@ -210,6 +212,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
     trainer = Trainer(encoder, train, args, workdir, evaluate=evaluate, progress=progress)
     (workdir).mkdir(parents=True, exist_ok=True)
     zero = evaluator(encoder)  # the starting point, for the card and the log
+    zero_fusion = evaluator.last_fusion
     say("dev before training: " + ", ".join(f"{k} {v:.4f}" for k, v in zero.items()))
     est = estimate(trainer, evaluator)
     say(f"estimate: {est['seconds_per_step']} s/step x {est['steps']} steps + evaluations ~ "
@@ -224,12 +227,18 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
         with torch.no_grad():
             for n, p in zip(trainer.names, trainer.params):
                 p.copy_(best["weights"][n])
-        final = best["scores"]
+        final, chosen = best["scores"], best.get("fusion")
     else:
         final = history[-1] if history else zero
-    name, arms, weights = best_fusion(final)
-    fusion = {"name": name, "arms": list(arms), "weights": list(weights), "method": "convex",
-              "dev": final[name], "chosen_on": "dev"}
+        chosen = evaluator.last_fusion if history else zero_fusion
+    if chosen:  # the grid's best convex fusion on dev
+        fusion = {"method": "convex", "arms": list(chosen["arms"]), "weights": list(chosen["weights"]),
+                  "dev": chosen["score"], "metric": evaluator.metric, "chosen_on": f"dev ({len(dev)} queries)"}
+        name = "+".join(fusion["arms"])
+    else:  # a best evaluation saved before the grid existed
+        name, arms, weights = best_fusion(final)
+        fusion = {"method": "convex", "arms": list(arms), "weights": list(weights), "dev": final[name],
+                  "metric": evaluator.metric, "chosen_on": f"dev ({len(dev)} queries)"}
     dev_card = {"before": zero, "after": final, "selected_step": best["step"], "history": history,
                 "metric": evaluator.metric, "queries": len(dev), "pool": len(evaluator.pool)}
     training = {**train.summary(), "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])}}
