@@ -40,6 +40,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["hylex", "hylex.*"]),
+    # tuned models shipped with hylex: a LoRA adapter, its card, recipe and training log per folder
+    package_data={"hylex": ["models/*/*"]},
     install_requires=BASE + ["faiss-cpu>=1.8"],
     extras_require={
         # faiss-gpu replaces faiss-cpu: install with `pip install hylex[gpu]` after removing faiss-cpu.

@@ -375,7 +375,7 @@ def cmd_tune(args) -> int:
         raise TrainingDataError(f"nothing to resume: {args.workdir or str(args.out) + '.work'} does not exist")
     res = tune(data, args.out, model=model, args=targs, encoder_options=options, workdir=args.workdir,
                resume=args.resume, select_on=args.select_on, patience=args.patience, device=args.device,
-               threads=args.threads, progress=args.progress)
+               threads=args.threads, progress=args.progress, adapter_dtype=args.adapter_dtype)
     print(json.dumps({"out": str(res.out), "steps": res.steps, "fusion": res.fusion,
                       "dev_before": res.dev.get("before"), "dev_after": res.dev.get("after")}))
     return 0
@@ -519,6 +519,12 @@ def cmd_demo(args) -> int:
             # the demo's own sample index, written by an older hylex: rebuild it in this version's format
             print(f"rebuilding the sample index at {index_dir} (index format {old.get('format_version')} -> "
                   f"{FORMAT_VERSION})")
+            shutil.rmtree(index_dir)
+        elif isinstance(old, dict) and old.get("format") == FORMAT and \
+                (old.get("encoder") or {}).get("fingerprint") != encoder.describe()["fingerprint"]:
+            # built with another model (an older default, or --model): its vectors do not fit this model's queries
+            print(f"rebuilding the sample index at {index_dir} for {encoder.config.model} (it was built with "
+                  f"{(old.get('encoder') or {}).get('model_id')})")
             shutil.rmtree(index_dir)
     if (index_dir / MANIFEST).exists():
         print(f"using the sample index at {index_dir} ({len(docs)} Python standard library docstrings)")
@@ -784,6 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-alpha", type=float, default=32.0)
     g.add_argument("--lora-targets", default=None, help="comma-separated layer names [all linear layers]")
     g.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    g.add_argument("--adapter-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of the saved LoRA adapter (bfloat16: half the file) [float32]")
     g.add_argument("--query-tokens", type=_positive_int, default=64, help="query text tokens in training [64]")
     g.add_argument("--passage-tokens", type=_positive_int, default=128, help="passage text tokens in training [128]")
     g.add_argument("--temperature", type=float, default=0.01, help="dense InfoNCE temperature [0.01]")

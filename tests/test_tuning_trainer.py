@@ -274,3 +274,37 @@ def test_resume_from_another_base_model_is_refused(tiny_model, tmp_path):
                     pooling="last")
     with pytest.raises(TrainingDataError, match="another model.*encoder settings differ|another model"):
         Trainer(other, _toy(), args, tmp_path / "r", progress=False).run(resume=True)
+
+
+def test_a_shipped_tuned_model_loads_by_name_with_a_bfloat16_adapter(tiny_model, tmp_path, monkeypatch):
+    """A tuned folder inside the package (hylex/models/<name>) loads by name; its manifests record the name; a
+    bfloat16 adapter is half the file and encodes as the float32 weights rounded to bfloat16."""
+    from safetensors.torch import load_file
+
+    from hylex.engine import models
+    from hylex.retrieval.fusion import model_fusion
+    from hylex.tuning.output import save_tuned
+
+    tr = Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=2, **ARGS), tmp_path / "w", progress=False)
+    tr.run()
+    full = save_tuned(tr, tmp_path / "f32", training={})
+    fusion = {"method": "convex", "arms": ["dense", "bm25"], "weights": [0.3, 0.7], "chosen_on": "dev"}
+    (tmp_path / "shipped").mkdir()
+    half = save_tuned(tr, tmp_path / "shipped" / "smollm2-135m-hylex", training={}, adapter_dtype="bfloat16",
+                      fusion=fusion)
+    assert (half / "adapter.safetensors").stat().st_size < 0.6 * (full / "adapter.safetensors").stat().st_size
+    assert all(t.dtype == torch.bfloat16 for t in load_file(str(half / "adapter.safetensors")).values())
+    monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "shipped")
+    r = resolve_model("smollm2-135m-hylex")
+    assert r.model_id == "smollm2-135m-hylex" and r.path == str(tiny_model) and len(r.adapters) == 1
+    enc = Encoder("smollm2-135m-hylex", progress=False, encoding_cache=False, dtype="float32")
+    assert enc.describe()["model_id"] == "smollm2-135m-hylex" and enc.config.pooling == "mean"
+    assert model_fusion("smollm2-135m-hylex")["arms"] == ["dense", "bm25"]
+    ref = Encoder(str(full), progress=False, encoding_cache=False, dtype="float32")
+    got, want = enc.encode_queries(["about chess"]).dense, ref.encode_queries(["about chess"]).dense
+    assert np.abs(got - want).max() < 5e-3 and not np.array_equal(got, want)  # rounded, not another model
+    with pytest.raises(Exception, match="adapter_dtype"):
+        save_tuned(tr, tmp_path / "bad", training={}, adapter_dtype="float16")
+    monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "nothing-here")
+    with pytest.raises(models.ModelError, match="missing from this hylex installation"):
+        resolve_model("smollm2-135m-hylex")

@@ -54,6 +54,20 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 }
 ALIASES = {"qwen2.5-coder-0.5b": "qwen2.5-0.5b", "smollm2": "smollm2-135m"}
 
+#: Tuned models shipped inside the hylex package (``hylex/models/<name>/``: a LoRA adapter and its card, trained
+#: by ``hylex tune``; the recipe and training log lie beside them), by name. They load their packaged base model
+#: and merge the adapter; manifests record the name.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models"
+SHIPPED_TUNED: tuple[str, ...] = ("smollm2-135m-hylex",)
+
+
+def shipped_folder(name: str) -> Path | None:
+    """The folder of a shipped tuned model ``name`` (None when ``name`` is not one, or its files are missing)."""
+    if name not in SHIPPED_TUNED:
+        return None
+    folder = SHIPPED_DIR / name
+    return folder if (folder / MODEL_CARD).is_file() else None
+
 
 @contextlib.contextmanager
 def _quiet_loading():
@@ -234,12 +248,21 @@ def _folder_fingerprint(folder: Path) -> str:
 def resolve_model(spec: str | os.PathLike = DEFAULT_MODEL, cache: str | os.PathLike | None = None) -> ResolvedModel:
     """Turn a model spec into a loadable folder, converting packaged or ``.gguf`` models once into the cache.
 
-    ``spec`` is a packaged model name (``smollm2-135m``, ``qwen2.5-0.5b``), a ``.gguf`` file, a local folder
+    ``spec`` is a packaged model name (``smollm2-135m``, ``qwen2.5-0.5b``), a tuned model shipped with hylex
+    (:data:`SHIPPED_TUNED`), a tuned model folder, a ``.gguf`` file, a local folder
     holding a Hugging Face causal LM, or a hub id (needs network access).
     """
     spec = str(spec)
     name = ALIASES.get(spec.lower(), spec.lower())
     root = cache_dir(cache) / "models"
+    if name in SHIPPED_TUNED:
+        folder = shipped_folder(name)
+        if folder is None:
+            raise ModelError(f"the shipped model {name!r} is missing from this hylex installation "
+                             f"({SHIPPED_DIR / name}): reinstall hylex")
+        tuned = _resolve_tuned(folder, read_card(folder), cache)
+        return ResolvedModel(model_id=name, path=tuned.path, fingerprint=tuned.fingerprint, adapters=tuned.adapters,
+                             card=tuned.card)
     if name in PACKAGED_MODELS:
         dest = root / name
         if not (dest / "config.json").exists():

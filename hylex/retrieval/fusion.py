@@ -60,12 +60,16 @@ def model_fusion(model_id: str | None) -> dict | None:
     """The fusion a model carries: a tuned folder's card, or a packaged model's registry entry (None if none)."""
     if not model_id:
         return None
-    from hylex.engine.models import ALIASES, PACKAGED_MODELS, read_card
+    from hylex.engine.models import ALIASES, PACKAGED_MODELS, read_card, shipped_folder
 
     name = ALIASES.get(str(model_id).lower(), str(model_id).lower())
     if name in PACKAGED_MODELS:
         f = PACKAGED_MODELS[name].fusion
         return None if f is None else {**f, "source": f"model {name}"}
+    shipped = shipped_folder(name)
+    if shipped is not None:
+        card = read_card(shipped)
+        return {**card["fusion"], "source": f"model {name}"} if card.get("fusion") else None
     p = Path(str(model_id))
     if p.is_dir():
         try:

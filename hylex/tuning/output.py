@@ -36,11 +36,20 @@ def check_output(out: str | os.PathLike) -> Path:
     return out
 
 
+ADAPTER_DTYPES = ("float32", "bfloat16")
+
+
 def save_tuned(trainer, out: str | os.PathLike, *, training: dict, dev: dict | None = None,
-               fusion: dict | None = None) -> Path:
-    """Write ``trainer``'s model to ``out`` (adapter + card, or full weights + card); returns the folder."""
+               fusion: dict | None = None, adapter_dtype: str = "float32") -> Path:
+    """Write ``trainer``'s model to ``out`` (adapter + card, or full weights + card); returns the folder.
+
+    ``adapter_dtype`` ``bfloat16`` halves the adapter file (what hylex ships); the deltas are merged in float32
+    on load either way, so the model differs from the trained one only by that rounding of the LoRA matrices."""
+    import torch
     from safetensors.torch import save_file
 
+    if adapter_dtype not in ADAPTER_DTYPES:
+        raise TrainingDataError(f"adapter_dtype must be one of {', '.join(ADAPTER_DTYPES)}, got {adapter_dtype!r}")
     out = check_output(out)
     enc, args = trainer.encoder, trainer.args
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -56,10 +65,12 @@ def save_tuned(trainer, out: str | os.PathLike, *, training: dict, dev: dict | N
             weights_sha = sha256_file(tmp / "model.safetensors")
             adapter = None
         else:
-            save_file(trainer.adapter_weights(), str(tmp / ADAPTER_FILE))
+            cast = getattr(torch, adapter_dtype)
+            save_file({k: v.to(cast).contiguous() for k, v in trainer.adapter_weights().items()},
+                      str(tmp / ADAPTER_FILE))
             weights_sha = sha256_file(tmp / ADAPTER_FILE)
             adapter = {"file": ADAPTER_FILE, "rank": args.lora_rank, "alpha": args.lora_alpha,
-                       "targets": list(args.lora_targets), "sha256": weights_sha}
+                       "targets": list(args.lora_targets), "sha256": weights_sha, "dtype": adapter_dtype}
         # the encoding settings trained with (not the model, not the runtime dtype)
         settings = {k: v for k, v in enc.describe().get("settings", {}).items() if k not in ("model", "dtype")}
         # the model training started from (a tuned model too: its adapters load first, then this one)

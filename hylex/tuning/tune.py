@@ -144,6 +144,24 @@ def _load_best(workdir: Path, best: dict) -> None:
         best["weights"] = load_file(str(workdir / "best.safetensors"))
 
 
+def run_cost(log: Path) -> dict:
+    """What the training steps in a JSONL log cost (a resumed run's steps counted once each, the last record of a
+    step winning): steps, real tokens, seconds in steps, tokens/s, and this process's peak RSS."""
+    steps: dict[int, dict] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut by a kill
+                continue
+            if isinstance(rec, dict) and "step" in rec:
+                steps[int(rec["step"])] = rec
+    tokens = sum(int(r.get("tokens", 0)) for r in steps.values())
+    seconds = sum(float(r.get("seconds", 0)) for r in steps.values())
+    return {"steps": len(steps), "tokens": tokens, "step_seconds": round(seconds, 1),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds else None, "peak_rss_gib": round(_rss_gib(), 2)}
+
+
 @dataclass
 class TuneResult:
     out: Path
@@ -156,7 +174,8 @@ class TuneResult:
 def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m", args=None,
          encoder_options: dict | None = None, workdir: str | os.PathLike | None = None, resume: bool = False,
          select_on: str = "dense+sparse", patience: int | None = None, device: str = "auto",
-         threads: int | None = None, progress: bool | None = None, report=print) -> TuneResult:
+         threads: int | None = None, progress: bool | None = None, report=print,
+         adapter_dtype: str = "float32") -> TuneResult:
     """Fine-tune ``model`` on ``data`` and write the tuned model to ``out`` (see the module docstring).
 
     Args:
@@ -165,6 +184,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
         select_on: the dev score that picks the best evaluation (an arm or a fusion of :data:`FUSIONS`).
         patience: stop after this many evaluations without a better ``select_on`` (None: never).
         report: where the estimate and progress lines go (``print``; None for silence).
+        adapter_dtype: ``float32`` or ``bfloat16`` (half the file) for the saved LoRA adapter.
     """
     import torch
 
@@ -173,8 +193,12 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
     from hylex.tuning.output import check_output, save_tuned
     from hylex.tuning.trainer import Trainer, TuneArgs
 
+    from hylex.tuning.output import ADAPTER_DTYPES
+
     args = (args or TuneArgs()).check()
     out = check_output(out)
+    if adapter_dtype not in ADAPTER_DTYPES:
+        raise TrainingDataError(f"adapter dtype must be one of {', '.join(ADAPTER_DTYPES)}, got {adapter_dtype!r}")
     if select_on not in ("dense", "sparse", "bm25", "best", *FUSIONS):
         raise TrainingDataError(f"select_on must be an arm, one of {', '.join(FUSIONS)}, or best (the best fusion on "
                                 f"the weight grid), got {select_on!r}")
@@ -241,8 +265,9 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
                   "metric": evaluator.metric, "chosen_on": f"dev ({len(dev)} queries)"}
     dev_card = {"before": zero, "after": final, "selected_step": best["step"], "history": history,
                 "metric": evaluator.metric, "queries": len(dev), "pool": len(evaluator.pool)}
-    training = {**train.summary(), "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])}}
-    saved = save_tuned(trainer, out, training=training, dev=dev_card, fusion=fusion)
+    training = {**train.summary(), "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])},
+                "cost": run_cost(workdir / "log.jsonl")}
+    saved = save_tuned(trainer, out, training=training, dev=dev_card, fusion=fusion, adapter_dtype=adapter_dtype)
     say(f"saved {saved} (step {best['step'] or trainer.state.step}; dev {select_on} {zero[select_on]:.4f} -> "
         f"{final[select_on]:.4f}; best fusion on dev: {name})")
     return TuneResult(saved, trainer.state.step, dev_card, fusion, est)

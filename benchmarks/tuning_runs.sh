@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The fine-tuning runs behind benchmarks/README.md's "Fine-tuning" section, in order, each resumable: a tuned
+# folder that exists is kept, a run with a work folder continues from its last checkpoint (--resume), and a
+# benchmark whose line is already in results/tuning.jsonl is not run again. Long: hours on a 2-core CPU.
+#
+#   bash benchmarks/tuning_runs.sh [STEP ...]      steps: scifact default nfcorpus vaswani zero-shot evals
+#
+# Every choice (steps, learning rate, fusion weights) is made on training data or dev queries carved from it;
+# test qrels are read only by benchmarks/tuning.py for the reported numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+RUNS=${RUNS:-runs}
+OUT=benchmarks/results/tuning.jsonl
+mkdir -p "$RUNS"
+
+tune() {  # tune OUT ARGS...: train unless OUT exists; resume when its work folder has a checkpoint
+  local out=$1; shift
+  if [ -e "$out" ]; then echo "== $out exists: kept"; return; fi
+  local resume=()
+  if ls "$out.work/checkpoints"/step-* >/dev/null 2>&1; then resume=(--resume); fi
+  echo "== tune $out ${resume[*]}"
+  python3 -m hylex --no-progress tune "$@" --out "$out" "${resume[@]}"
+}
+
+bench() {  # bench TAG MODEL CHOOSE DATASET...: one line per dataset in $OUT, skipped when already there
+  local tag=$1 model=$2 choose=$3; shift 3
+  for ds in "$@"; do
+    local name; name=$(basename "$ds")
+    if [ -f "$OUT" ] && python3 - "$OUT" "$tag" "$name" "$choose" <<'EOF'
+import json, sys
+out, tag, name, choose = sys.argv[1:]
+done = any(r.get("model") == tag and r.get("dataset") == name and
+           (r.get("fusion_chosen_on") or "").startswith(f"{name} train") == (choose == "train")
+           for r in map(json.loads, open(out)))
+sys.exit(0 if done else 1)
+EOF
+    then echo "== $tag on $name ($choose): done"; continue; fi
+    echo "== bench $tag on $name ($choose)"
+    python3 benchmarks/tuning.py --model "$model" --tag "$tag" --datasets "$ds" --choose-on "$choose" --out "$OUT"
+  done
+}
+
+SCIFACT=$DATA/beir/scifact NFCORPUS=$DATA/beir/nfcorpus VASWANI=$DATA/beir/vaswani
+COMMON=(--batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4)
+steps=${*:-scifact default zero-shot evals nfcorpus vaswani}
+for step in $steps; do
+  case $step in
+    scifact)  # in-domain: SciFact's train qrels (dev carved from them), BM25-mined negatives from its corpus
+      tune "$RUNS/scifact-tuned" "$SCIFACT" --split train --steps 150 "${COMMON[@]}"
+      bench scifact-tuned "$RUNS/scifact-tuned" train "$SCIFACT" ;;
+    nfcorpus)
+      tune "$RUNS/nfcorpus-tuned" "$NFCORPUS" --split train --steps 150 "${COMMON[@]}"
+      bench nfcorpus-tuned "$RUNS/nfcorpus-tuned" train "$NFCORPUS" ;;
+    vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document)
+      tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --steps 100 "${COMMON[@]}"
+      bench vaswani-tuned "$RUNS/vaswani-tuned" card "$VASWANI" ;;
+    default)  # the shipped default: the redistributable sources of shared/data/train only, MedQuAD capped
+      T=$DATA/train
+      tune "$RUNS/default-tuned" "$T/scitldr.jsonl" "$T/fever_dev_rte.jsonl" "$T/pubmedqa.jsonl" \
+        "$T/medquad.jsonl" "$T/covid_qa.jsonl" "$T/selqa.jsonl" "$T/xquad_en.jsonl" "$T/rqe.jsonl" \
+        --source-weights 0.25,0.2,0.15,0.1,0.08,0.08,0.07,0.07 --total 4000 --max-dev 120 \
+        --steps 150 --batch 32 --negatives 1 --lora-rank 8 --lora-alpha 16 --save-every 25 --eval-every 50 \
+        --lr 1e-4 --adapter-dtype bfloat16 ;;
+    zero-shot)  # the untuned model, as a plain search uses it (card) and with weights chosen on train
+      bench zero-shot smollm2-135m card "$SCIFACT" "$NFCORPUS" "$VASWANI"
+      bench zero-shot smollm2-135m train "$SCIFACT" "$NFCORPUS" ;;
+    evals)  # the shipped default on every set it never saw
+      bench default-tuned "$RUNS/default-tuned" card "$SCIFACT" "$NFCORPUS" "$VASWANI"
+      bench default-tuned "$RUNS/default-tuned" train "$SCIFACT" "$NFCORPUS" ;;
+    *) echo "unknown step $step (scifact default nfcorpus vaswani zero-shot evals)" >&2; exit 2 ;;
+  esac
+done
