@@ -100,3 +100,22 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_an_index_built_with_a_relative_model_path_searches_from_anywhere(tuned, tmp_path, capsys, monkeypatch):
+    """`--model runs/x` is recorded by its absolute path: searching from another working directory loads it."""
+    import os
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in
+                              enumerate(["Volcanoes erupt lava.", "Bond yields rose sharply."])))
+    monkeypatch.chdir(tuned.parent)
+    assert cli.main(["--no-progress", "index", str(corpus), "--index", str(tmp_path / "ix"), "--model",
+                     tuned.name]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["search", str(tmp_path / "ix"), "volcano lava", "-k", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["hits"]
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert manifest["encoder"]["settings"]["model"] == str(tuned.resolve()) and os.path.isabs(
+        manifest["encoder"]["settings"]["model"])

@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple, Sequence
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -164,6 +165,11 @@ class Encoder:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.resolved: ResolvedModel = resolve_model(cfg.model, cache)
+        local = Path(cfg.model).expanduser()
+        if cfg.model not in (self.resolved.model_id,) and local.exists():
+            # a local folder or file is recorded by its absolute path, so an index built with `--model runs/x`
+            # loads the same model for searches from any working directory
+            cfg.model = str(local.resolve())
         card_settings = (self.resolved.card or {}).get("settings")
         if card_settings:
             # a tuned model encodes with the settings it was trained with: a setting left at its default (or
