@@ -14,7 +14,10 @@ errors (any non-200 answer or failed connection).
 
 ``--concurrency 16,64,200`` runs only the back-pressure phase (issue 12 item 9: one-query hybrid text searches
 from that many clients for ``--seconds`` each; answered/s, p50/p99 of the answered, 503s), ``--one-shot RUNS``
-only the wall times of one-shot commands in fresh processes (``--version``, ``stats``, ``search``).
+only the wall times of one-shot commands in fresh processes (``--version``, ``stats``, ``search``), then (unless
+``--no-phases``) where a one-shot hybrid search's time goes: the same ``hylex search`` run in-process in RUNS fresh
+processes, each part timed by wrapping it (imports, index open, model load, forward, each arm, fusion; medians),
+and whether numba got imported (small indexes use the kernels' NumPy twins: ``hylex.kernels.topk.SMALL_WORK``).
 """
 from __future__ import annotations
 
@@ -148,11 +151,58 @@ def concurrency(port: int, queries: list[str], clients: int, seconds: float, see
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
+ONE_SHOT_QUERY = "parse a JSON string"
+# The parts of one `hylex search IDX QUERY -k 3 --no-encoding-cache` run in-process (child of one_shot_phases).
+PHASES_CHILD = r"""
+import io, contextlib, json, sys, time
+t0 = time.perf_counter()
+parts = {}
+def mark(name, t):
+    parts[name] = parts.get(name, 0.0) + time.perf_counter() - t
+t = time.perf_counter(); import hylex.cli as cli; mark("import hylex.cli (numpy)", t)
+t = time.perf_counter(); import hylex.retrieval.searcher as S; mark("import searcher (scipy, faiss, lmdb...)", t)
+t = time.perf_counter(); import hylex.engine.encoder as E; mark("import encoder (torch)", t)
+def wrap(owner, name, label):
+    fn = getattr(owner, name)
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            mark(label, t)
+    setattr(owner, name, timed)
+wrap(E.Encoder, "__init__", "model + tokenizer load")
+wrap(E.Encoder, "encode_queries", "query forward")
+wrap(S.Searcher, "__init__", "open index")
+for arm in ("dense", "sparse", "bm25"):
+    wrap(S.Searcher, "search_" + arm, "arm " + arm)
+wrap(S, "fuse_arms", "fusion")
+with contextlib.redirect_stdout(io.StringIO()):
+    t = time.perf_counter(); rc = cli.main(sys.argv[1:]); mark("main()", t)
+parts["in-process total"] = time.perf_counter() - t0
+print(json.dumps({"rc": rc, "parts": parts, "numba": "numba" in sys.modules, "modules": len(sys.modules)}))
+"""
+
+
+def one_shot_phases(index: Path, runs: int) -> dict:
+    """Seconds per part of a one-shot hybrid search, in-process, median over ``runs`` fresh processes."""
+    rows = []
+    for _ in range(runs):
+        p = subprocess.run([sys.executable, "-c", PHASES_CHILD, "search", str(index), ONE_SHOT_QUERY, "-k", "3",
+                            "--no-encoding-cache"], check=True, capture_output=True, text=True)
+        rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    names = list(rows[0]["parts"])
+    return {"phase": "one-shot search (hybrid) parts", "runs": runs,
+            "median_s": {n: round(statistics.median(r["parts"].get(n, 0.0) for r in rows), 4) for n in names},
+            "numba_imported": any(r["numba"] for r in rows), "modules": rows[0]["modules"],
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
 def one_shot(index: Path, runs: int) -> list[dict]:
     """Wall time of one-shot commands in fresh processes (median of ``runs``)."""
     cmds = {"--version": ["--version"], "stats": ["stats", str(index)],
-            "search (hybrid)": ["search", str(index), "parse a JSON string", "-k", "3", "--no-encoding-cache"],
-            "search (bm25)": ["search", str(index), "parse a JSON string", "-k", "3", "--mode", "bm25"]}
+            "search (hybrid)": ["search", str(index), ONE_SHOT_QUERY, "-k", "3", "--no-encoding-cache"],
+            "search (bm25)": ["search", str(index), ONE_SHOT_QUERY, "-k", "3", "--mode", "bm25"]}
     out = []
     for name, argv in cmds.items():
         times = []
@@ -186,6 +236,8 @@ def main() -> None:
     ap.add_argument("--request-timeout", type=float, default=30.0, help="the server's --request-timeout")
     ap.add_argument("--one-shot", type=int, default=0, metavar="RUNS",
                     help="only time one-shot commands (--version, stats, search) on --index, median of RUNS")
+    ap.add_argument("--no-phases", action="store_true",
+                    help="with --one-shot: skip the in-process parts of a one-shot hybrid search")
     args = ap.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
 
@@ -204,6 +256,8 @@ def main() -> None:
     if args.one_shot:
         for row in one_shot(Path(args.index), args.one_shot):
             emit(row)
+        if not args.no_phases:
+            emit(one_shot_phases(Path(args.index), args.one_shot))
         return
     queries = list(read_queries(args.queries).values())
     random.Random(0).shuffle(queries)

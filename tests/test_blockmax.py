@@ -30,6 +30,7 @@ from hylex.kernels.blockmax import (
     impact_topk_ref,
     quantize_queries,
 )
+from hylex.kernels.topk import kernel_backend
 
 N_DOCS, VOCAB, N_USED, NQ, K = 3000, 3000, 2900, 48, 10
 WINDOWS = (1, 7, 64, 1 << 14)  # 1 << 14 > N_DOCS: a single window
@@ -107,6 +108,15 @@ def make_queries(rng, X, used, nq):
         w = np.ones(len(t)) if len(qs) % 4 == 0 else rng.uniform(0.1, 2.0, len(t))
         qs.append((t, w))
     return ragged(qs)
+
+
+@pytest.fixture(scope="module", autouse=True, params=["numba", "numpy"])
+def backend(request):
+    """Every test runs on the compiled kernels and on their NumPy twins (the path of small workloads, chosen by
+    hylex.kernels.topk.SMALL_WORK): both must match the references and oracles bit for bit. (heap_factor > 1
+    always runs on numba: its results are those of the kernel's own pruning.)"""
+    with kernel_backend(request.param):
+        yield request.param
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -1037,6 +1047,7 @@ def test_search_invalid(kw, match):
 ])
 def test_from_csr_invalid(kw, match):
     X = sp.random(10, 6, density=0.5, random_state=0, format="csr", dtype=np.float32)
+    kw = dict(kw)  # the parametrized dict is shared by both backends' runs
     for key, value in (("negative", -1.0), ("nan", np.nan), ("inf", np.inf)):
         if kw.pop(key, False):
             X.data[0] = value

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hylex.kernels import fuse, fuse_ref, merge_topk, merge_topk_ref
+from hylex.kernels import fuse, fuse_ref, kernel_backend, merge_topk, merge_topk_ref
+
+
+@pytest.fixture(scope="module", autouse=True, params=["numba", "numpy"])
+def backend(request):
+    """Every test runs on the compiled kernels and on their NumPy twins (the path of small workloads, chosen by
+    hylex.kernels.topk.SMALL_WORK): both must match the references, hand examples and input checks."""
+    with kernel_backend(request.param):
+        yield request.param
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers

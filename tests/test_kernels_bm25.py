@@ -6,7 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from hylex.kernels import bm25_topk, bm25_topk_ref
+from hylex.kernels import bm25_topk, bm25_topk_ref, kernel_backend
+
+
+@pytest.fixture(scope="module", autouse=True, params=["numba", "numpy"])
+def backend(request):
+    """Every test runs on the compiled kernels and on their NumPy twins (the path of small workloads, chosen by
+    hylex.kernels.topk.SMALL_WORK): both must match the references, hand examples and input checks."""
+    with kernel_backend(request.param):
+        yield request.param
 
 
 def make_segment(rng, n_docs, T, density, max_tf=4, empty_docs=0):

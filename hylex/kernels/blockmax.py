@@ -61,9 +61,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numba
 import numpy as np
-from numba import prange
 
 from hylex.kernels.topk import (
     MISSING_ID,
@@ -77,8 +75,15 @@ from hylex.kernels.topk import (
     check_live,
     check_post_docs,
     check_queries,
-    jit,
+    compile_kernels,
+    num_threads,
+    ranges,
+    select_topk_hits,
+    select_topk_rows,
+    use_numba,
 )
+
+prange = range  # numba.prange once the kernels are compiled (_compile)
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
 _IMPACT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -565,9 +570,18 @@ def _search(q_indptr, q_terms, q_weights, indptr, docs, impacts, block_indptr, b
         return D, I
     rescore = forward is not None and (query_cut > 0 or heap_factor != 1.0)
     k1 = max(k, candidates) if rescore and candidates is not None else k
+    # a small workload runs on the NumPy twin (the same integers and order); heap_factor > 1 prunes by the
+    # kernel's own traversal, so only the kernel gives its results
+    if heap_factor == 1.0 and not use_numba(_work(q_indptr, q_terms, indptr, n_docs), __name__):
+        S, I = _impact_topk_np(q_indptr, q_terms, qi, indptr, docs, impacts, n_docs, k1, live)
+        if rescore:
+            S, I = _rescore_np(full[0], full[1], full[2], forward[0], forward[1], forward[2], indptr.shape[0] - 1,
+                               I, k)
+        return _to_float(S, I, q_scale)
+    _compile()
     use_live = live is not None
     live_arr = live if use_live else np.ones(1, dtype=np.uint8)
-    n_chunks = min(nq, numba.get_num_threads())
+    n_chunks = min(nq, num_threads())
     bad = np.zeros(n_chunks, dtype=np.uint8)
     S = np.zeros((nq, k1), dtype=np.int64)
     I1 = np.full((nq, k1), MISSING_ID, dtype=np.int64)
@@ -747,8 +761,13 @@ def impact_topk_subset(q_indptr: Any, q_terms: Any, q_weights: Any, term_scale: 
     if nq == 0 or rows.size == 0:
         return _to_float(S, I, q_scale)
     cand = np.broadcast_to(rows, (nq, rows.size))
+    fwd_indptr = forward[0]
+    if not use_numba(nq * (rows.size + int((fwd_indptr[rows + 1] - fwd_indptr[rows]).sum())), __name__):
+        S, I = _rescore_np(q_indptr, q_terms, qi, forward[0], forward[1], forward[2], n_terms, cand, k)
+        return _to_float(S, I, q_scale)
+    _compile()
     _rescore_nb(q_indptr, q_terms, qi, forward[0], forward[1], forward[2], n_terms, cand, k,
-                min(nq, numba.get_num_threads()), S, I)
+                min(nq, num_threads()), S, I)
     return _to_float(S, I, q_scale)
 
 
@@ -781,10 +800,72 @@ def forward_rescore_ref(q_indptr: Any, q_terms: Any, q_weights: Any, term_scale:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# compilation
+# NumPy twins (small workloads, :func:`hylex.kernels.topk.use_numba`): the kernels' integers and order
 # ---------------------------------------------------------------------------------------------------------
 
-_seek = jit(_seek)
-_prune_threshold = jit(_prune_threshold)
-_impact_topk_nb = jit(_impact_topk_kernel, parallel=True)
-_rescore_nb = jit(_rescore_kernel, parallel=True)
+
+def _work(q_indptr: np.ndarray, q_terms: np.ndarray, indptr: np.ndarray, n_docs: int) -> int:
+    """Elements a search touches: an accumulator per query, plus the postings of the queries' lists."""
+    t = q_terms[q_terms < indptr.shape[0] - 1]
+    return (q_indptr.shape[0] - 1) * n_docs + int((indptr[t + 1] - indptr[t]).sum())
+
+
+def _impact_topk_np(q_indptr, q_terms, qi, indptr, docs, impacts, n_docs, k, live):
+    """The exact kernel's (int64 S, I) (nq, k) (prefilled 0 / -1) by brute force: every posting of the queries'
+    lists added into one int64 accumulator per query (exact in any order), the hits selected by one sort. A doc id
+    out of range in a walked list raises the kernel's error (the kernel checks each list's first and last id, the
+    same test for the ascending lists an index holds)."""
+    nq = q_indptr.shape[0] - 1
+    n_terms = indptr.shape[0] - 1
+    qid = np.repeat(np.arange(nq, dtype=np.int64), np.diff(q_indptr))
+    use = (q_terms < n_terms) & (qi > 0)  # the lists the kernel walks
+    t = q_terms[use]
+    lo, hi = indptr[t], indptr[t + 1]
+    pos, owner = ranges(lo, hi)
+    d = docs[pos].astype(np.int64)
+    if d.size and (d.min() < 0 or d.max() >= n_docs):
+        raise ValueError(_BAD_DOCS.format(n_docs=n_docs))
+    acc = np.zeros(nq * n_docs, dtype=np.int64)
+    np.add.at(acc, qid[use][owner] * n_docs + d, qi[use][owner] * impacts[pos].astype(np.int64))
+    acc = acc.reshape(nq, n_docs)
+    valid = acc > 0
+    if live is not None:
+        valid &= (live != 0)[None, :]
+    return select_topk_rows(acc, valid, k, fill=0)
+
+
+def _rescore_np(q_indptr, q_terms, qi, fwd_indptr, fwd_terms, fwd_impacts, n_terms, cand, k):
+    """:func:`_rescore_kernel`'s (S, I) (nq, k): each query's candidates ``cand`` (nq, c) (up to the first -1)
+    scored with the whole query through the forward index, the top k of those scoring > 0."""
+    nq = q_indptr.shape[0] - 1
+    qid = np.repeat(np.arange(nq, dtype=np.int64), np.diff(q_indptr))
+    inside = q_terms < n_terms
+    keys, inv = np.unique(qid[inside] * n_terms + q_terms[inside], return_inverse=True)
+    qd = np.zeros(keys.shape[0], dtype=np.int64)
+    np.add.at(qd, inv.reshape(-1), qi[inside])  # a repeated term counts twice, as in the kernel
+    cq, cr = np.nonzero(np.logical_and.accumulate(cand >= 0, axis=1))
+    cd = cand[cq, cr].astype(np.int64)
+    pos, owner = ranges(fwd_indptr[cd], fwd_indptr[cd + 1])
+    key = cq[owner] * n_terms + np.asarray(fwd_terms)[pos].astype(np.int64)
+    s = np.zeros(cd.shape[0], dtype=np.int64)
+    if keys.size and key.size:
+        at = np.minimum(np.searchsorted(keys, key), keys.shape[0] - 1)
+        w = np.where(keys[at] == key, qd[at], 0)
+        np.add.at(s, owner, w * np.asarray(fwd_impacts)[pos].astype(np.int64))
+    hit = s > 0
+    return select_topk_hits(cq[hit], s[hit], cd[hit], nq, k, fill=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compilation (on first use: see hylex.kernels.topk)
+# ---------------------------------------------------------------------------------------------------------
+
+_KERNELS = (("_seek", "_seek", False), ("_prune_threshold", "_prune_threshold", False),
+            ("_impact_topk_nb", "_impact_topk_kernel", True), ("_rescore_nb", "_rescore_kernel", True))
+_impact_topk_nb: Any = None
+_rescore_nb: Any = None
+
+
+def _compile() -> None:
+    """Import numba and compile this module's kernels (once; their machine code comes from numba's cache)."""
+    compile_kernels(globals(), _KERNELS)

@@ -22,9 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numba
 import numpy as np
-from numba import prange
 
 from hylex.kernels.topk import (
     MISSING_ID,
@@ -36,11 +34,17 @@ from hylex.kernels.topk import (
     check_indptr,
     check_k,
     check_live,
-    check_queries,
     check_post_docs,
-    jit,
+    check_queries,
+    compile_kernels,
+    num_threads,
+    ranges,
     select_topk_ref,
+    select_topk_rows,
+    use_numba,
 )
+
+prange = range  # numba.prange once the kernels are compiled (_compile)
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
@@ -225,19 +229,64 @@ def bm25_topk(q_indptr: Any, q_terms: Any, q_idf: Any, post_indptr: Any, post_do
     with np.errstate(invalid="ignore", over="ignore"):
         norm = k1 * ((1.0 - b) + b * doc_len.astype(np.float64) / avgdl)
     norm[~(doc_len >= 0)] = np.nan
-    n_chunks = min(nq, numba.get_num_threads())
-    bad = np.zeros(n_chunks, dtype=np.uint8)
-    _bm25_topk_nb(q_indptr, q_terms, q_idf, post_indptr, post_docs, post_tf, norm, n_docs, k, live_arr, use_live,
-                  cap, n_chunks, bad, D, I)
-    codes = int(np.bitwise_or.reduce(bad))
+    if not use_numba(nq * n_docs + int(csum[-1]), __name__):  # small: the NumPy twin, the same floats and order
+        codes = _bm25_topk_np(q_indptr, q_terms, q_idf, post_indptr, post_docs, post_tf, norm, n_docs, k, live,
+                              D, I)
+    else:
+        _compile()
+        n_chunks = min(nq, num_threads())
+        bad = np.zeros(n_chunks, dtype=np.uint8)
+        _bm25_topk_nb(q_indptr, q_terms, q_idf, post_indptr, post_docs, post_tf, norm, n_docs, k, live_arr,
+                      use_live, cap, n_chunks, bad, D, I)
+        codes = int(np.bitwise_or.reduce(bad))
     for code in (_BAD_DOC, _BAD_TF, _BAD_LEN):
         if codes & code:
             raise ValueError(_BAD_MESSAGES[code].format(n_docs=n_docs))
     return D, I
 
 
+def _bm25_topk_np(q_indptr, q_terms, q_idf, post_indptr, post_docs, post_tf, norm, n_docs, k, live, out_D,
+                  out_I) -> int:
+    """NumPy twin of :func:`_bm25_topk_kernel` (small workloads): writes the same (D, I) into ``out_D`` /
+    ``out_I`` and returns the codes of the bad postings it walked (the kernel's ``bad``, OR-ed), computing each
+    contribution with the same float64 operations and adding them into float32 accumulators in the same order
+    (``np.add.at`` is unbuffered and follows the postings' order: query term by query term)."""
+    nq = q_indptr.shape[0] - 1
+    qid = np.repeat(np.arange(nq, dtype=np.int64), np.diff(q_indptr))
+    present = q_terms >= 0
+    t = q_terms[present]
+    pos, owner = ranges(post_indptr[t], post_indptr[t + 1])
+    d = post_docs[pos].astype(np.int64)
+    tf = post_tf[pos].astype(np.float64)
+    ok_doc = (d >= 0) & (d < n_docs)
+    nd = norm[np.where(ok_doc, d, 0)]
+    ok_tf = (tf > 0.0) & (tf < np.inf)
+    ok_len = (nd >= 0.0) & (nd < np.inf)
+    # as the kernel: a bad doc id is reported (tf and length unchecked), else a bad tf, else a bad length
+    codes = (_BAD_DOC if not ok_doc.all() else 0) | (_BAD_TF if not (ok_tf | ~ok_doc).all() else 0) | \
+        (_BAD_LEN if not (ok_len | ~(ok_doc & ok_tf)).all() else 0)
+    good = ok_doc & ok_tf & ok_len
+    idf = q_idf[present][owner].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        contrib = (idf * (tf / (nd + tf))).astype(np.float32)
+    acc = np.zeros(nq * n_docs, dtype=np.float32)
+    np.add.at(acc, (qid[present][owner] * n_docs + d)[good], contrib[good])
+    acc = acc.reshape(nq, n_docs)
+    valid = acc > 0
+    if live is not None:
+        valid &= (live != 0)[None, :]
+    out_D[:], out_I[:] = select_topk_rows(acc, valid, out_D.shape[1])
+    return codes
+
+
 # ---------------------------------------------------------------------------------------------------------
-# compilation
+# compilation (on first use: see hylex.kernels.topk)
 # ---------------------------------------------------------------------------------------------------------
 
-_bm25_topk_nb = jit(_bm25_topk_kernel, parallel=True)
+_KERNELS = (("_bm25_topk_nb", "_bm25_topk_kernel", True),)
+_bm25_topk_nb: Any = None
+
+
+def _compile() -> None:
+    """Import numba and compile this module's kernel (once; its machine code comes from numba's cache)."""
+    compile_kernels(globals(), _KERNELS)

@@ -19,7 +19,6 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import prange
 
 from hylex.kernels.topk import (
     MISSING_ID,
@@ -28,9 +27,13 @@ from hylex.kernels.topk import (
     _heap_push,
     as_array,
     check_k,
-    jit,
+    compile_kernels,
+    select_topk_hits,
     select_topk_ref,
+    use_numba,
 )
+
+prange = range  # numba.prange once the kernels are compiled (_compile)
 
 CONVEX = 0
 RRF = 1
@@ -182,12 +185,73 @@ def fuse(I: Any, D: Any, weights: Any, method: str, k: int,
     out_D = np.full((nq, k), MISSING_SCORE, dtype=np.float32)
     out_I = np.full((nq, k), MISSING_ID, dtype=np.int64)
     if nq and I.size:
+        if not use_numba(I.size, __name__):  # small: the NumPy twin, the same float64 sums and order
+            return _fuse_np(I, D, weights, method_id, rrf_k, k)
+        _compile()
         _fuse_nb(I, D, weights, method_id, rrf_k, k, out_D, out_I)
     return out_D, out_I
 
 
+def _fuse_np(I, D, weights, method, rrf_k, k):
+    """NumPy twin of :func:`_fuse_kernel` (every query at once): per arm and query, the first occurrence of each
+    doc in list order, its contribution computed with the kernel's float64 operations, added per doc in arm order
+    (one arm at a time, from 0.0), rounded to float32 and ranked as the kernel's heap does."""
+    n_arms, nq, depth = I.shape
+    a, q, j = np.nonzero(I >= 0)  # in (arm, query, list) order
+    d = I[a, q, j]
+    n = d.shape[0]
+    if n == 0:
+        return select_topk_hits(q, np.zeros(0, np.float32), d, nq, k)
+    n_codes = int(d.max()) + 1
+    if n_codes * n_arms * nq < 1 << 62:  # (arm, query, doc) keys fit in int64 as they are
+        docs, code = None, d
+    else:  # dense doc codes instead
+        docs, code = np.unique(d, return_inverse=True)
+        code = code.reshape(-1).astype(np.int64)
+        n_codes = int(docs.shape[0])
+    n_codes = np.int64(n_codes)
+    # each doc's first occurrence in each (arm, query) list: a stable sort keeps list order among equal keys
+    key = (a * nq + q) * n_codes + code
+    order = np.argsort(key, kind="stable")
+    first = np.ones(n, dtype=bool)
+    first[1:] = key[order[1:]] != key[order[:-1]]
+    kept = np.sort(order[first])  # back in (arm, query, list) order
+    a, q, j, code = a[kept], q[kept], j[kept], code[kept]
+    n = kept.shape[0]
+    w = weights.astype(np.float64)[a]
+    grp = a * nq + q
+    starts = np.flatnonzero(np.concatenate(([True], grp[1:] != grp[:-1])))
+    counts = np.diff(np.append(starts, n))
+    if method == CONVEX:
+        s = D[a, q, j].astype(np.float64)
+        mn = np.repeat(np.minimum.reduceat(s, starts), counts)
+        mx = np.repeat(np.maximum.reduceat(s, starts), counts)
+        spread = mx > mn
+        contrib = w * 1.0
+        contrib[spread] = w[spread] * ((s[spread] - mn[spread]) / (mx[spread] - mn[spread]))
+    else:
+        rank = np.arange(n, dtype=np.int64) - np.repeat(starts, counts) + 1
+        contrib = w / (rrf_k + rank)
+    # the fused score of each (query, doc): its arms' contributions added in arm order
+    fkey = q * n_codes + code
+    ukey, gid = np.unique(fkey, return_inverse=True)
+    gid = gid.reshape(-1)
+    acc = np.zeros(ukey.shape[0], dtype=np.float64)
+    for arm in range(n_arms):
+        sel = a == arm
+        acc[gid[sel]] += contrib[sel]  # one entry per (query, doc) and arm
+    fused_docs = ukey % n_codes if docs is None else docs[ukey % n_codes]
+    return select_topk_hits(ukey // n_codes, acc.astype(np.float32), fused_docs, nq, k)
+
+
 # ---------------------------------------------------------------------------------------------------------
-# compilation
+# compilation (on first use: see hylex.kernels.topk)
 # ---------------------------------------------------------------------------------------------------------
 
-_fuse_nb = jit(_fuse_kernel, parallel=True)
+_KERNELS = (("_fuse_nb", "_fuse_kernel", True),)
+_fuse_nb: Any = None
+
+
+def _compile() -> None:
+    """Import numba and compile this module's kernel (once; its machine code comes from numba's cache)."""
+    compile_kernels(globals(), _KERNELS)

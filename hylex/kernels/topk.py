@@ -9,14 +9,26 @@ Conventions shared by every kernel in :mod:`hylex.kernels`:
 * on input, any negative id marks a missing hit.
 
 Kernels are written as plain NumPy-style Python and compiled with :func:`jit`, the one place that holds the
-numba options, in a block at the end of each module (rather than with decorators); a compiled kernel's plain
-twin stays reachable as ``.py_func``, and everything runs as Python under ``NUMBA_DISABLE_JIT=1``.
+numba options; a compiled kernel's plain twin stays reachable as ``.py_func``, and everything runs as Python under
+``NUMBA_DISABLE_JIT=1``.
+
+**Numba is imported on first use, and small workloads never use it.** Each module lists its kernels in a
+``_KERNELS`` table and compiles them with :func:`compile_kernels` when a search first needs them (importing numba
+and setting up its first kernels costs ~0.4 s of a fresh process here, hundreds of times the search itself on a
+small index). Every public kernel has a NumPy twin (vectorized, giving the same results bit for bit, ties included)
+that it runs instead when :func:`use_numba` says the workload is small: at most :data:`SMALL_WORK` elements
+(queries x documents plus postings walked, or the fused lists' entries, or queries x allowed vectors) while the
+module's kernels are not compiled in the process. So a one-shot search on a small index imports no numba; large
+workloads, and every search of a process that has compiled the kernels (a server: its warm-up runs under
+:func:`kernel_backend` ``"numba"``), keep the compiled kernels. The plain ``*_ref`` references are separate and stay
+as simple as possible.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import threading
+from typing import Any, Callable, Iterator, Sequence
 
-import numba
 import numpy as np
 
 MISSING_ID = -1
@@ -24,10 +36,96 @@ MISSING_SCORE = -np.inf
 
 _JIT_OPTIONS = {"cache": True, "nogil": True}
 
+# Workloads of at most this many elements run on the NumPy twins while numba is not loaded (see use_numba). Chosen
+# by measurement (benchmarks/kernel_crossover.py, results/kernel_crossover.jsonl, one numba thread): the warm
+# kernels are faster at every size, the twins save numba's import and first-kernel setup in a fresh process (~0.4 s
+# here, measured in-process). 2**16 is the largest power of two where every twin stays within ~2% of that saving
+# per call: sparse +0.7 ms over the warm kernel at 65,000, BM25 +0.7 ms at 62,000, fusion +7 ms at 63,000 list
+# entries (masked dense: the same BLAS products on both sides); at 2**17 sparse is +5.5 ms and fusion +23 ms.
+SMALL_WORK = 1 << 16
+BACKENDS = ("auto", "numba", "numpy")
+_backend = "auto"  # set by kernel_backend()
+
+
+@contextlib.contextmanager
+def kernel_backend(name: str) -> Iterator[None]:
+    """Within the block, every kernel call runs on ``name``: ``"numba"`` (the compiled kernels, whatever the
+    workload), ``"numpy"`` (the twins, where one exists: an approximate sparse search with ``heap_factor`` > 1
+    always runs on numba) or ``"auto"`` (the default: see :func:`use_numba`). Process-wide, not per thread: for
+    tests, benchmarks and warm-ups."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    old, _backend = _backend, name
+    try:
+        yield
+    finally:
+        _backend = old
+
+
+def use_numba(work: int, module: str | None = None) -> bool:
+    """Whether a kernel call of ``work`` elements (of the kernel module named ``module``) runs on numba, else on
+    its NumPy twin. ``"auto"``: numba above :data:`SMALL_WORK`, and for any workload once the module's kernels are
+    compiled in this process (a server after its warm-up, a process that ran a large search: the warm kernels are
+    faster than the twins at every size, the twins only save numba's setup)."""
+    if _backend == "auto":
+        return work > SMALL_WORK or module in _compiled
+    return _backend == "numba"
+
 
 def jit(fn: Callable[..., Any], *, parallel: bool = False) -> Any:
     """Compile ``fn`` with numba ``njit`` and the options every hylex kernel uses."""
+    import numba
+
     return numba.njit(parallel=parallel, **_JIT_OPTIONS)(fn)
+
+
+def num_threads() -> int:
+    """numba's thread count (numba is imported by then: only the compiled paths ask)."""
+    import numba
+
+    return numba.get_num_threads()
+
+
+_COMPILE_LOCK = threading.RLock()
+_compiled: set[str] = set()
+
+
+def compile_kernels(namespace: dict, kernels: Sequence[tuple[str, str, bool]]) -> None:
+    """Compile a kernel module's kernels into its namespace, once per process (thread-safe).
+
+    ``kernels``: ``(name, source, parallel)``: ``namespace[name]`` becomes ``jit(namespace[source])``. Before that
+    the module's ``prange`` becomes numba's and the heap helpers it imported from this module become their compiled
+    versions, since numba resolves a kernel's globals when it compiles it (or loads it from its cache) on the first
+    call.
+    """
+    module = namespace["__name__"]
+    if module in _compiled:
+        return
+    with _COMPILE_LOCK:
+        if module in _compiled:
+            return
+        import numba
+
+        if module != __name__:
+            compile_kernels(globals(), _KERNELS)
+            for helper in ("_worse", "_heap_sift_down", "_heap_push", "_heap_drain"):
+                if helper in namespace:
+                    namespace[helper] = globals()[helper]
+        if "prange" in namespace:
+            namespace["prange"] = numba.prange
+        for name, source, parallel in kernels:
+            namespace[name] = jit(namespace[source], parallel=parallel)
+        _compiled.add(module)
+
+
+def load_kernels() -> None:
+    """Compile every hylex kernel's dispatcher now (imports numba; the machine code itself is compiled or loaded
+    from numba's cache at each kernel's first call: run a search under ``kernel_backend("numba")`` to warm up)."""
+    from hylex.kernels import blockmax, bm25, dense, fusion
+
+    for mod in (blockmax, bm25, dense, fusion):
+        mod._compile()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -204,6 +302,65 @@ def select_topk_ref(scores: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.nd
 
 
 # ---------------------------------------------------------------------------------------------------------
+# vectorized selection, used by the NumPy twins of the kernels (small workloads)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def select_topk_hits(rows: np.ndarray, scores: np.ndarray, docs: np.ndarray, nq: int, k: int,
+                     fill: Any = MISSING_SCORE) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per query of flat hits: query ``rows`` int (n,) ascending, ``scores`` (n,) (any real dtype, not NaN),
+    ``docs`` int (n,) distinct within a query. Score descending, ties by doc id ascending (the kernels' heap order).
+    Returns S (nq, k) of the scores' dtype (``fill`` in padding) and I int64 (nq, k) (-1 in padding)."""
+    S = np.full((nq, k), fill, dtype=scores.dtype)
+    I = np.full((nq, k), MISSING_ID, dtype=np.int64)
+    if rows.size == 0:
+        return S, I
+    if rows.size > 4 * nq * k:
+        # many hits: keep each query's scores from its k-th best on (ties included) before the sort
+        counts = np.bincount(rows, minlength=nq)
+        width = int(counts.max())
+        if width > k:
+            starts = np.zeros(nq, dtype=np.int64)
+            np.cumsum(counts[:-1], out=starts[1:])
+            low = -np.inf if scores.dtype.kind == "f" else np.iinfo(scores.dtype).min
+            P = np.full((nq, width), low, dtype=scores.dtype)
+            P[rows, np.arange(rows.shape[0], dtype=np.int64) - starts[rows]] = scores
+            kth = np.partition(P, width - k, axis=1)[:, width - k]
+            keep = scores >= kth[rows]
+            rows, scores, docs = rows[keep], scores[keep], docs[keep]
+    order = np.lexsort((docs, -scores, rows))
+    rows, scores, docs = rows[order], scores[order], docs[order]
+    starts = np.zeros(nq, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=nq)[:-1], out=starts[1:])
+    rank = np.arange(rows.shape[0], dtype=np.int64) - starts[rows]
+    keep = rank < k
+    S[rows[keep], rank[keep]] = scores[keep]
+    I[rows[keep], rank[keep]] = docs[keep]
+    return S, I
+
+
+def select_topk_rows(scores: np.ndarray, valid: np.ndarray, k: int,
+                     fill: Any = MISSING_SCORE) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per row of ``scores`` (nq, n) among the entries where ``valid`` (nq, n) holds, doc id = column; as
+    :func:`select_topk_hits`."""
+    rows, cols = np.nonzero(valid)
+    return select_topk_hits(rows, scores[rows, cols], cols.astype(np.int64), scores.shape[0], k, fill)
+
+
+def ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The concatenation of ``arange(starts[i], stops[i])`` (int64) and, for each of its entries, ``i``: how the
+    NumPy twins gather the postings of several lists at once, in list order."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lens = np.maximum(np.asarray(stops, dtype=np.int64) - starts, 0)
+    owner = np.repeat(np.arange(starts.shape[0], dtype=np.int64), lens)
+    if owner.size == 0:
+        return owner, owner
+    first = np.zeros(starts.shape[0], dtype=np.int64)
+    np.cumsum(lens[:-1], out=first[1:])
+    return starts[owner] + (np.arange(owner.shape[0], dtype=np.int64) - first[owner]), owner
+
+
+# ---------------------------------------------------------------------------------------------------------
 # merge of top-k lists
 # ---------------------------------------------------------------------------------------------------------
 
@@ -262,7 +419,5 @@ def merge_topk(D: Any, I: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
 # compilation
 # ---------------------------------------------------------------------------------------------------------
 
-_worse = jit(_worse)
-_heap_sift_down = jit(_heap_sift_down)
-_heap_push = jit(_heap_push)
-_heap_drain = jit(_heap_drain)
+_KERNELS = (("_worse", "_worse", False), ("_heap_sift_down", "_heap_sift_down", False),
+            ("_heap_push", "_heap_push", False), ("_heap_drain", "_heap_drain", False))

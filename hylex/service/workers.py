@@ -169,11 +169,16 @@ def serve_here(cfg: ServeConfig, sock: socket.socket, threads: int | None = None
 
 
 def warm_up(service) -> None:
-    """Load the encoder and run one search of every arm, so the first request pays no model load or kernel
-    compilation."""
+    """Load the encoder and run one search of every arm on the numba kernels, so the first request pays no model
+    load or kernel compilation (and every later search uses the compiled kernels, whatever its size: see
+    :func:`hylex.kernels.topk.use_numba`)."""
+    from hylex.kernels import kernel_backend, load_kernels
+
     t = time.perf_counter()
     service.encoder  # noqa: B018 (loads the model)
-    service.searcher.search(["warm up"], k=1, mode="hybrid", arms=("dense", "sparse", "bm25"))
+    load_kernels()
+    with kernel_backend("numba"):
+        service.searcher.search(["warm up"], k=1, mode="hybrid", arms=("dense", "sparse", "bm25"))
     logger.info("warmed up in %.1f s", time.perf_counter() - t)
 
 
