@@ -9,7 +9,7 @@ the rows allowed). Sizes: ``--docs`` x ``--queries``. For every call both paths 
 ``work`` is the element count :func:`hylex.kernels.topk.use_numba` compares with ``SMALL_WORK``.
 
 The fresh-process side (what a one-shot command saves by not importing numba) is not measured here: see
-``benchmarks/service.py --one-shot`` and ``--one-shot-phases``.
+``benchmarks/service.py --one-shot`` (its last line: the in-process parts of a one-shot hybrid search).
 
     python benchmarks/kernel_crossover.py --out benchmarks/results/kernel_crossover.jsonl
 """
