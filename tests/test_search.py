@@ -124,6 +124,11 @@ def test_bad_query_vectors(searcher, queries):
         searcher.search(None, mode="dense", dense=bad)
     with pytest.raises(HylexError, match="scipy.sparse"):
         searcher.search(None, mode="sparse", sparse=qs.toarray())
+    # finite but near float32's range: inner products would overflow to infinity (found by Schemathesis: a 500)
+    for mode in ("dense", "hybrid"):
+        with pytest.raises(HylexError, match="dense query 0 has norm .*L2-normalised"):
+            searcher.search(None, mode=mode, dense=np.full_like(qd[:1], 3e38), sparse=qs[:1], bm25_queries=texts[:1])
+    searcher.search(None, mode="dense", dense=qd[:2] * 1000)  # unnormalised but sane: accepted
     with pytest.raises(HylexError, match="same number"):
         searcher.search(None, mode="hybrid", dense=qd[:3], sparse=qs[:4])
     with pytest.raises(HylexError, match="not both"):

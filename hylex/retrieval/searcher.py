@@ -30,6 +30,10 @@ DEFAULT_ALPHA = 0.3
 # Candidates per arm for fusion, chosen the same way: 1000 beat 100 on SciFact train (min-max over deeper lists).
 DEFAULT_DEPTH = 1000
 
+# the longest dense query accepted: documents are unit vectors, and float32 inner products with a query near
+# float32's range overflow to infinity
+MAX_DENSE_NORM = 1e6
+
 MODES = ("dense", "sparse", "bm25", "hybrid")
 FUSIONS = ("convex", "rrf")
 ARMS = ("dense", "sparse", "bm25")
@@ -478,6 +482,12 @@ class Searcher:
                 raise HylexError(f"dense queries have shape {dense.shape}, the index needs (n, {self.index.dim})")
             if not np.isfinite(dense).all():
                 raise HylexError("dense queries contain NaN or infinity")
+            norms = np.linalg.norm(dense.astype(np.float64), axis=1)
+            if len(norms) and norms.max() > MAX_DENSE_NORM:
+                # documents are unit vectors: a query this long overflows float32 inner products into infinity
+                i = int(np.argmax(norms))
+                raise HylexError(f"dense query {i} has norm {norms[i]:.3g}: send L2-normalised vectors (norm 1, as "
+                                 f"the encoder gives), at most {MAX_DENSE_NORM:g}")
         if sparse is not None:
             if not sp.issparse(sparse):
                 raise HylexError("sparse queries must be a scipy.sparse matrix (n, vocab_size)")
