@@ -359,7 +359,7 @@ def cmd_tune(args) -> int:
     data = DataArgs(beir=beir, split=args.split, pairs=pairs or (), caps=args.cap, weights=args.source_weights,
                     total=args.total, from_corpus=args.from_corpus, pair_method=args.pairs_from,
                     mine=not args.no_mine, skip=args.mine_skip, depth=args.mine_depth, n=args.mine_n, dev=args.dev,
-                    max_dev=args.max_dev, seed=args.seed).check()
+                    max_dev=args.max_dev, dev_distractors=args.dev_distractors, seed=args.seed).check()
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else ALL_LINEAR
     targs = TuneArgs(steps=args.steps, queries_per_step=args.batch, negatives=args.negatives, lr=args.lr,
                      warmup=args.warmup, weight_decay=args.weight_decay, accumulate=args.accumulate,
@@ -777,6 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--dev", type=_dev_size, default=0.1,
                     help="training queries held out for model selection: a fraction or a count [0.1]")
     pt.add_argument("--max-dev", type=_positive_int, default=200, help="most dev queries [200]")
+    pt.add_argument("--dev-distractors", type=int, default=300,
+                    help="random passages added to the dev pool (corpus, or other queries' positives) [300]")
     g = pt.add_argument_group("training")
     g.add_argument("--steps", type=_positive_int, default=500)
     g.add_argument("--batch", type=_positive_int, default=16, help="queries per step [16]")

@@ -208,3 +208,25 @@ def test_mining_skips_the_top_ranks_and_pools_pair_passages():
     assert pooled.groups[0].neg == ("magma ash",)  # the only other passage in the data sharing a term
     with pytest.raises(TrainingDataError, match="mining window"):
         MiningWindow(skip=5, depth=5)
+
+
+def test_the_dev_pool_holds_no_mined_negatives(tmp_path):
+    """Training groups get BM25-mined negatives; dev groups keep at most `dev_negatives` labelled ones, and pair
+    files give the dev pool other training queries' positives as distractors (never a dev passage)."""
+    from hylex.tuning.tune import DataArgs, load_data
+
+    topics = ["volcano lava magma", "football goal striker", "bond market yield", "oven flour bake",
+              "star galaxy telescope", "guitar melody concert", "chess pawn bishop", "seed soil compost"]
+    rows = [{"query": f"about {t.split()[0]} {i}", "pos": [f"{t} passage number {i}"],
+             "neg": [f"labelled negative {j} for {i}" for j in range(5)]} for i, t in enumerate(topics * 3)]
+    p = tmp_path / "pairs.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, dev, distractors = load_data(DataArgs(pairs=[str(p)], dev=4, n=7, skip=0, dev_distractors=6,
+                                                 dev_negatives=2))
+    assert len(dev) == 4 and all(len(g.neg) == 2 and g.neg[0].startswith("labelled") for g in dev.groups)
+    assert any(len(g.neg) > 5 for g in train.groups)  # mined ones added to the training groups
+    dev_texts = {t for g in dev.groups for t in (*g.pos, *g.neg)}
+    assert len(distractors) == 6 and not set(distractors) & dev_texts
+    assert set(distractors) <= {g.pos[0] for g in train.groups}
+    with pytest.raises(TrainingDataError, match="dev_negatives"):
+        DataArgs(pairs=[str(p)], dev_negatives=-1).check()

@@ -15,7 +15,7 @@ import random
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -33,8 +33,14 @@ class DataArgs:
 
     ``caps`` / ``weights`` + ``total`` mix several pair files; ``mine`` adds BM25 negatives from ranks
     ``skip + 1 .. depth`` (``n`` per query; from the corpus for BEIR and ``from_corpus``, else from the pair
-    files' own passages); ``dev`` (fraction or count of training queries, at most ``max_dev``) is held out for
-    model selection; ``dev_distractors`` corpus passages join the dev pool.
+    files' own passages) to the training groups; ``dev`` (fraction or count of training queries, at most
+    ``max_dev``) is held out for model selection and the fusion choice.
+
+    The dev pool is each dev query's positives and at most ``dev_negatives`` of its labelled negatives, plus
+    ``dev_distractors`` random passages (from the corpus, or from the training groups' positives for pair files).
+    It holds no BM25-mined passage: a pool gathered from BM25's own top ranks lets BM25 separate positives from
+    them almost perfectly (dev nDCG@10 0.86 on SciFact against 0.68 on its full test corpus) and would bias the
+    fusion chosen on it towards BM25.
     """
 
     beir: str | None = None
@@ -52,6 +58,7 @@ class DataArgs:
     dev: float | int = 0.1
     max_dev: int = 200
     dev_distractors: int = 300
+    dev_negatives: int = 3
     seed: int = 0
 
     def check(self) -> "DataArgs":
@@ -60,6 +67,10 @@ class DataArgs:
             raise TrainingDataError("give exactly one source of training data: a BEIR folder (with --split), pair "
                                     "files, or --from-corpus CORPUS.jsonl")
         MiningWindow(self.skip, self.depth, self.n)
+        for name in ("dev_distractors", "dev_negatives"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise TrainingDataError(f"{name} must be an integer >= 0, got {v!r}")
         return self
 
 
@@ -83,12 +94,18 @@ def load_data(d: DataArgs) -> tuple[TrainingData, TrainingData, list[str]]:
         pool = docs if docs is not None else None
         window = MiningWindow(d.skip, d.depth, d.n)
         train = mine_negatives(train, pool, window=window, seed=d.seed)
-        dev = mine_negatives(dev, pool, window=window, seed=d.seed + 1)
+    # the dev pool: labelled negatives only (capped), no mined ones (see the class docstring)
+    dev = TrainingData([replace(g, neg=g.neg[:d.dev_negatives]) for g in dev.groups], dict(dev.sources),
+                       dict(dev.skipped))
     distractors: list[str] = []
+    rng = random.Random(d.seed)
     if docs and d.dev_distractors:
-        rng = random.Random(d.seed)
         sample = rng.sample(range(len(docs)), min(d.dev_distractors, len(docs)))
         distractors = [f"{docs[i].title}\n{docs[i].text}".strip() if docs[i].title else docs[i].text for i in sample]
+    elif d.dev_distractors:  # pair files: other training queries' positives
+        dev_texts = {t for g in dev.groups for t in (*g.pos, *g.neg)}
+        texts = sorted({g.pos[0] for g in train.groups} - dev_texts)
+        distractors = rng.sample(texts, min(d.dev_distractors, len(texts)))
     return train, dev, distractors
 
 
