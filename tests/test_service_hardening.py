@@ -195,9 +195,15 @@ def test_many_concurrent_searches_are_answered_batch_by_batch_or_refused_in_time
     Retry-After when its request timeout cannot be met), none waits for all the others' forward passes."""
     from test_service import CountingEncoder, concurrent
 
-    enc = CountingEncoder(delay=0.1)  # per forward pass
+    # Margins sized for a loaded CI machine (a 0.1 s pass under a 0.6 s timeout once answered nothing there):
+    # 60 texts of ~4 tokens, 10 per 40-token pass, 0.5 s per pass = ~3 s of encoding against a 1.6 s timeout,
+    # so the first passes (done by ~0.5-1.5 s) are answered and the last ones cannot be.
+    enc = CountingEncoder(delay=0.5)  # per forward pass
     with Server(create_app(index_copy, encoder=enc, batch_wait_ms=5, max_batch_tokens=40,
-                           request_timeout=0.6)) as s:
+                           request_timeout=1.6)) as s:
+        # one request first: the process's first search pays one-time costs (imports, caches) that are not
+        # what this test measures
+        assert s.call("POST", "/search", {"queries": ["warm up"], "k": 3})[0] == 200
         results = concurrent(s, [{"queries": [f"star planet {i}"], "k": 3} for i in range(60)])
         stats = s.call("GET", "/stats")[1]["service"]
     codes = [c for c, _ in results]

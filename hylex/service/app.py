@@ -651,7 +651,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         if req.dense is not None:
             if len({len(v) for v in req.dense}) > 1:
                 raise ServiceError("dense queries must all have the same length (the index's dimension)")
-            dense = np.asarray(req.dense, dtype=np.float32)
+            with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+                dense = np.asarray(req.dense, dtype=np.float32)
             if not np.isfinite(dense).all():
                 raise ServiceError("dense queries hold NaN or infinite values: send finite numbers")
         sparse = None
