@@ -9,6 +9,7 @@
 # test qrels are read only by benchmarks/tuning.py for the reported numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # benchmarks/*.py import hylex from this checkout
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
 OUT=benchmarks/results/tuning.jsonl
