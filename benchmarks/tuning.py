@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--tag", default=None, help="a name for the model in the output [the model]")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="the encoder's dtype for documents and queries [auto: the encoder's own choice]")
     args = ap.parse_args()
 
     from hylex.engine import Encoder
@@ -85,14 +87,16 @@ def main() -> None:
             sink.write(json.dumps(d) + "\n")
             sink.flush()
 
-    enc = Encoder(args.model, progress=False, threads=args.threads)
+    enc = Encoder(args.model, progress=False, threads=args.threads, dtype=args.dtype)
     card = enc.resolved.card or {}
     tag = args.tag or Path(args.model).name
     slug = tag.replace("/", "_")
     for ds in args.datasets:
         name = Path(ds).name
         corpus, queries, qrels = load_beir(ds, "test")
-        index_dir = Path(args.work) / f"{name}-{slug}"
+        # one index per dtype: a float32 index is kept when a bfloat16 run is asked for, and the other way round
+        suffix = "" if enc.config.dtype == "float32" else f"-{enc.config.dtype}"
+        index_dir = Path(args.work) / f"{name}-{slug}{suffix}"
         index_info = {}
         if not complete(index_dir, sum(1 for _ in read_corpus(corpus)), enc):
             shutil.rmtree(index_dir, ignore_errors=True)
@@ -125,6 +129,7 @@ def main() -> None:
             systems[label] = {**round_metrics(m), "arms": c["arms"], "weights": c["weights"],
                               "chosen_score": None if c.get("score") is None else round(c["score"], 4)}
         emit({"model": tag, "model_path": str(args.model), "dataset": name, "queries": len(qids),
+              "dtype": enc.config.dtype,
               "fusion_chosen_on": chosen_on, "systems": systems, "index": index_info,
               "query_encode_seconds": round(test.encode_seconds, 2),
               "training": {k: card.get(k) for k in ("base", "steps", "hyperparameters")} | {

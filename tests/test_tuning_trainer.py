@@ -92,6 +92,26 @@ def test_resume_with_other_settings_is_refused(tiny_model, tmp_path):
         Trainer(_encoder(tiny_model), _toy(), other, tmp_path / "empty", progress=False).run(resume=True)
 
 
+def test_resume_with_gradient_checkpointing_switched_on(tiny_model, tmp_path):
+    # a run killed for memory resumes with checkpointing on: it recomputes activations, the steps are the same
+    args = TuneArgs(steps=6, **ARGS)
+    straight = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "a", progress=False)
+    straight.run()
+    Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "b", progress=False).run(until=3)
+    ckpt = TuneArgs(steps=6, **{**ARGS, "gradient_checkpointing": True})
+    second = Trainer(_encoder(tiny_model), _toy(), ckpt, tmp_path / "b", progress=False)
+    second.run(resume=True)
+    assert second.state.step == 6
+    a, b = straight.trainable_state(), second.trainable_state()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    # the resumed steps trained the adapter (checkpointed layers still pass gradients to LoRA)
+    mid = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "c", progress=False)
+    mid.run(until=3)
+    assert any(not torch.equal(mid.trainable_state()[k], b[k]) for k in b if "lora_B" in k)
+
+
 def test_merged_adapter_equals_the_peft_model(tiny_model, tmp_path):
     args = TuneArgs(steps=3, **ARGS)
     tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "m", progress=False)
@@ -242,6 +262,40 @@ def test_tune_end_to_end_on_pair_files(tiny_model, tmp_path):
     assert Encoder(str(res.out), progress=False, encoding_cache=False).config.pooling == "mean"
     with pytest.raises(TrainingDataError, match="exactly one source"):
         tune(DataArgs(), tmp_path / "m2", model=str(tiny_model))
+
+
+def test_a_resumed_tune_keeps_its_dev_history_and_starting_point(tiny_model, tmp_path, monkeypatch):
+    from hylex.engine.models import read_card
+    from hylex.tuning.trainer import TuneArgs as A
+    from hylex.tuning.tune import DataArgs, tune
+
+    rows = [{"query": f"about {w}", "pos": [f"{w} {w} is the topic here"]} for w in WORDS]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(model=str(tiny_model), args=A(steps=4, **{**ARGS, "eval_every": 2, "save_every": 2}),
+              encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=None)
+    data = DataArgs(pairs=[str(pairs)], dev=3, n=1, skip=0)
+    first = read_card(tune(data, tmp_path / "model", **kw).out)
+    assert [h["step"] for h in first["dev"]["history"]] == [2, 4]
+    # as if killed after step 2's checkpoint: the resumed run restores step 2's evaluation from the log and the
+    # starting point from run.json (not evaluated again), then trains and evaluates step 4 itself
+    shutil.rmtree(tmp_path / "model")
+    shutil.rmtree(tmp_path / "model.work" / "checkpoints" / "step-0000004")
+    calls = []
+    from hylex.tuning import evaluate as ev_mod
+
+    real = ev_mod.DevEvaluator.__call__
+
+    def counted(self, enc):
+        calls.append(1)
+        return real(self, enc)
+
+    monkeypatch.setattr(ev_mod.DevEvaluator, "__call__", counted)
+    again = read_card(tune(data, tmp_path / "model", resume=True, **kw).out)
+    assert len(calls) == 1  # step 4 only
+    assert [h["step"] for h in again["dev"]["history"]] == [2, 4]
+    assert again["dev"]["before"] == first["dev"]["before"]
+    assert again["dev"]["history"][0] == first["dev"]["history"][0]
 
 
 def test_tuning_a_tuned_model_chains_its_adapters(tiny_model, tmp_path):

@@ -297,7 +297,10 @@ class Trainer:
                     if theirs.get(k) != mine_enc.get(k)] or ["encoder settings differ"]
             raise TrainingDataError(f"checkpoint {folder} was made from another model ({'; '.join(what)}): resume "
                                     f"with the same --model and settings, or start a new run")
-        saved = {k: v for k, v in meta["args"].items() if k not in ("steps", "save_every", "eval_every")}
+        # settings that do not change the weights a step computes may differ on resume: gradient checkpointing
+        # trades memory for time (a run killed for memory resumes with it on)
+        saved = {k: v for k, v in meta["args"].items()
+                 if k not in ("steps", "save_every", "eval_every", "gradient_checkpointing")}
         mine = {k: v for k, v in asdict(self.args).items() if k in saved}
         diffs = [f"{k}: checkpoint {saved[k]!r}, given {mine[k]!r}" for k in saved
                  if json.loads(json.dumps(mine[k])) != saved[k]]

@@ -161,6 +161,22 @@ def _load_best(workdir: Path, best: dict) -> None:
         best["weights"] = load_file(str(workdir / "best.safetensors"))
 
 
+def _dev_history(log: Path, checkpoint: Path | None) -> list[dict]:
+    """The dev evaluations a log recorded up to the step a resumed run continues from (``{"step", **scores}``)."""
+    if checkpoint is None or not log.is_file():
+        return []
+    upto = int(checkpoint.name.split("-")[-1])
+    out: dict[int, dict] = {}
+    for line in log.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by a kill
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("dev"), dict) and int(rec.get("step", 0)) <= upto:
+            out[int(rec["step"])] = {"step": int(rec["step"]), **rec["dev"]}
+    return [out[k] for k in sorted(out)]
+
+
 def run_cost(log: Path) -> dict:
     """What the training steps in a JSONL log cost (a resumed run's steps counted once each, the last record of a
     step winning): steps, real tokens, seconds in steps, tokens/s, and this process's peak RSS."""
@@ -235,7 +251,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
 
     def evaluate(enc) -> dict:
         scores = evaluator(enc)
-        history.append(scores)
+        history.append({"step": trainer.state.step, **scores})
         s = scores[select_on]
         if best["score"] is None or s > best["score"]:
             best.update(score=s, weights=trainer.trainable_state(), step=trainer.state.step, scores=scores,
@@ -252,15 +268,23 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
 
     trainer = Trainer(encoder, train, args, workdir, evaluate=evaluate, progress=progress)
     (workdir).mkdir(parents=True, exist_ok=True)
-    zero = evaluator(encoder)  # the starting point, for the card and the log
-    zero_fusion = evaluator.last_fusion
+    zero = zero_fusion = None
+    if resume:  # a resumed run keeps its dev history and starting point (the dev pool is fixed by the data's seed)
+        history.extend(_dev_history(workdir / "log.jsonl", trainer.latest_checkpoint()))
+        before = json.loads((workdir / "run.json").read_text()) if (workdir / "run.json").is_file() else {}
+        if before.get("dev_before") and before.get("data") == json.loads(json.dumps(asdict(data), default=str)):
+            zero, zero_fusion = before["dev_before"], before.get("dev_before_fusion")
+    if zero is None:
+        zero = evaluator(encoder)  # the starting point, for the card and the log
+        zero_fusion = evaluator.last_fusion
     say("dev before training: " + ", ".join(f"{k} {v:.4f}" for k, v in zero.items()))
     est = estimate(trainer, evaluator)
     say(f"estimate: {est['seconds_per_step']} s/step x {est['steps']} steps + evaluations ~ "
         f"{est['estimated_minutes']} min; peak memory so far {est['peak_rss_gib']} GiB")
     (workdir / "run.json").write_text(json.dumps({"data": asdict(data), "args": asdict(args), "model": model,
                                                   "encoder_options": encoder_options or {}, "estimate": est,
-                                                  "dev_before": zero}, default=str))
+                                                  "dev_before": zero, "dev_before_fusion": zero_fusion},
+                                                 default=str))
     if resume:
         _load_best(workdir, best)
     trainer.run(resume=resume)
@@ -270,7 +294,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
                 p.copy_(best["weights"][n])
         final, chosen = best["scores"], best.get("fusion")
     else:
-        final = history[-1] if history else zero
+        final = {k: v for k, v in history[-1].items() if k != "step"} if history else zero
         chosen = evaluator.last_fusion if history else zero_fusion
     if chosen:  # the grid's best convex fusion on dev
         fusion = {"method": "convex", "arms": list(chosen["arms"]), "weights": list(chosen["weights"]),
