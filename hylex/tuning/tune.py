@@ -161,25 +161,8 @@ def _load_best(workdir: Path, best: dict) -> None:
         best["weights"] = load_file(str(workdir / "best.safetensors"))
 
 
-def _dev_history(log: Path, checkpoint: Path | None) -> list[dict]:
-    """The dev evaluations a log recorded up to the step a resumed run continues from (``{"step", **scores}``)."""
-    if checkpoint is None or not log.is_file():
-        return []
-    upto = int(checkpoint.name.split("-")[-1])
-    out: dict[int, dict] = {}
-    for line in log.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line cut by a kill
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("dev"), dict) and int(rec.get("step", 0)) <= upto:
-            out[int(rec["step"])] = {"step": int(rec["step"]), **rec["dev"]}
-    return [out[k] for k in sorted(out)]
-
-
-def run_cost(log: Path) -> dict:
-    """What the training steps in a JSONL log cost (a resumed run's steps counted once each, the last record of a
-    step winning): steps, real tokens, seconds in steps, tokens/s, and this process's peak RSS."""
+def _log_steps(log: Path) -> dict[int, dict]:
+    """A JSONL training log's records by step (a resumed run's repeated step: the last record wins)."""
     steps: dict[int, dict] = {}
     if log.is_file():
         for line in log.read_text().splitlines():
@@ -189,6 +172,22 @@ def run_cost(log: Path) -> dict:
                 continue
             if isinstance(rec, dict) and "step" in rec:
                 steps[int(rec["step"])] = rec
+    return steps
+
+
+def _dev_history(log: Path, checkpoint: Path | None) -> list[dict]:
+    """The dev evaluations a log recorded up to the step a resumed run continues from (``{"step", **scores}``)."""
+    if checkpoint is None:
+        return []
+    upto = int(checkpoint.name.split("-")[-1])
+    return [{"step": step, **rec["dev"]} for step, rec in sorted(_log_steps(log).items())
+            if step <= upto and isinstance(rec.get("dev"), dict)]
+
+
+def run_cost(log: Path) -> dict:
+    """What the training steps in a JSONL log cost (a resumed run's steps counted once each, the last record of a
+    step winning): steps, real tokens, seconds in steps, tokens/s, and this process's peak RSS."""
+    steps = _log_steps(log)
     tokens = sum(int(r.get("tokens", 0)) for r in steps.values())
     seconds = sum(float(r.get("seconds", 0)) for r in steps.values())
     return {"steps": len(steps), "tokens": tokens, "step_seconds": round(seconds, 1),
