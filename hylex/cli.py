@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -505,11 +506,14 @@ def cmd_demo(args) -> int:
     from hylex.sample import EXAMPLE_QUERIES, stdlib_corpus
 
     work = Path(args.workdir) if args.workdir else cache_dir(args.cache_dir) / "demo"
-    index_dir = work / f"stdlib-{args.limit}"
+    # another model's sample index sits beside the default's, so comparing two models does not rebuild either
+    slug = "" if args.model is None else "-" + re.sub(r"[^\w.-]+", "_", Path(str(args.model)).name or "model")
+    index_dir = work / f"stdlib-{args.limit}{slug}"
     docs = stdlib_corpus(limit=args.limit)
     from hylex.engine.encoder import Encoder
 
-    encoder = Encoder(**_encoder_kwargs(args))  # the packaged default model and settings
+    # the packaged default model and settings, or --model's (a tuned folder brings its card's settings)
+    encoder = Encoder(**({} if args.model is None else {"model": args.model}), **_encoder_kwargs(args))
     if (index_dir / MANIFEST).exists():
         try:
             old = json.loads((index_dir / MANIFEST).read_text())
@@ -847,6 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--workdir", default=None, help="where the sample index goes (default CACHE/demo)")
     pd.add_argument("-k", type=int, default=3)
     pd.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "bm25", "hybrid"])
+    pd.add_argument("--model", default=None,
+                    help="another model to try on the sample (a packaged name or a tuned folder); its index goes "
+                         "beside the default's [the packaged default]")
     _add_encoder_args(pd, with_settings=False)
     pd.set_defaults(func=cmd_demo)
     return p

@@ -362,3 +362,19 @@ def test_a_shipped_tuned_model_loads_by_name_with_a_bfloat16_adapter(tiny_model,
     monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "nothing-here")
     with pytest.raises(models.ModelError, match="missing from this hylex installation"):
         resolve_model("smollm2-135m-hylex")
+
+
+def test_demo_tries_another_model_beside_the_default_index(tiny_model, tmp_path, capsys):
+    from hylex import cli
+
+    rc = cli.main(["--no-progress", "demo", "--model", str(tiny_model), "--limit", "12", "--workdir", str(tmp_path),
+                   "--no-encoding-cache", "-k", "2", "compress data with gzip"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    index = tmp_path / f"stdlib-12-{tiny_model.name}"
+    assert json.loads((index / "manifest.json").read_text())["encoder"]["model_id"] == str(tiny_model)
+    assert not (tmp_path / "stdlib-12").exists()  # the default model's sample index is another folder
+    assert f"with {tiny_model} into {index}" in out and "query: compress data with gzip" in out
+    rc = cli.main(["--no-progress", "demo", "--model", str(tiny_model), "--limit", "12", "--workdir", str(tmp_path),
+                   "--no-encoding-cache", "-k", "2", "compress data with gzip"])
+    assert rc == 0 and "using the sample index" in capsys.readouterr().out
