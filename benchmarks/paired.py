@@ -26,17 +26,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hylex.corpus import read_qrels  # noqa: E402
 
 
-def per_query(run_file: str, qrels: dict[str, dict[str, int]], metric: str) -> dict[str, float]:
-    """metric value per judged query (0 where the run has no results for it)."""
+def read_run(run_file: str, qrels: dict[str, dict[str, int]]) -> dict[str, dict[str, float]]:
+    """A TREC run file as {query id: {doc id: score}} over the judged queries (empty where the run has none)."""
     import ir_measures
 
-    measure = ir_measures.parse_measure(metric)
     run: dict[str, dict[str, float]] = {q: {} for q in qrels}
     for r in ir_measures.read_trec_run(run_file):
         if r.query_id in run:
             run[r.query_id][r.doc_id] = float(r.score)
+    return run
+
+
+def per_query(run: str | dict, qrels: dict[str, dict[str, int]], metric: str) -> dict[str, float]:
+    """metric value per judged query (0 where the run has no results for it); ``run`` a file or :func:`read_run`'s
+    dict. The metric takes the spellings ``hylex eval`` takes (nDCG@10, recall@100, MRR@10...)."""
+    import ir_measures
+
+    from hylex.retrieval.evaluation import _parse_metric
+
+    run = read_run(run, qrels) if isinstance(run, str) else run
     out = {q: 0.0 for q in qrels}
-    for m in ir_measures.iter_calc([measure], qrels, run):
+    for m in ir_measures.iter_calc([_parse_metric(metric)], qrels, run):
         out[m.query_id] = float(m.value)
     return out
 
@@ -79,9 +89,10 @@ def main() -> None:
     qrels = read_qrels(args.qrels)
     labels = args.labels or [Path(args.run_a).name, Path(args.run_b).name]
     dataset = args.dataset or Path(args.qrels).resolve().parent.parent.name
+    run_a, run_b = read_run(args.run_a, qrels), read_run(args.run_b, qrels)  # each file read once
+    qids = sorted(qrels)
     for metric in args.metrics:
-        a, b = per_query(args.run_a, qrels, metric), per_query(args.run_b, qrels, metric)
-        qids = sorted(qrels)
+        a, b = per_query(run_a, qrels, metric), per_query(run_b, qrels, metric)
         line = {"dataset": dataset, "metric": metric, "a": labels[0], "b": labels[1],
                 **compare(np.array([a[q] for q in qids]), np.array([b[q] for q in qids]), samples=args.samples)}
         print(json.dumps(line), flush=True)
