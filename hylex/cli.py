@@ -348,7 +348,7 @@ def _dev_size(text: str) -> float | int:
 
 def cmd_tune(args) -> int:
     from hylex.tuning.data import TrainingDataError
-    from hylex.tuning.trainer import ALL_LINEAR, TuneArgs
+    from hylex.tuning.trainer import ALL_LINEAR, TuneArgs, TuneInterrupted
     from hylex.tuning.tune import DataArgs, tune
 
     beir = pairs = None
@@ -374,9 +374,13 @@ def cmd_tune(args) -> int:
     options.pop("dtype", None)
     if args.resume and not Path(args.workdir or f"{args.out}.work").is_dir():
         raise TrainingDataError(f"nothing to resume: {args.workdir or str(args.out) + '.work'} does not exist")
-    res = tune(data, args.out, model=model, args=targs, encoder_options=options, workdir=args.workdir,
-               resume=args.resume, select_on=args.select_on, patience=args.patience, device=args.device,
-               threads=args.threads, progress=args.progress, adapter_dtype=args.adapter_dtype)
+    try:
+        res = tune(data, args.out, model=model, args=targs, encoder_options=options, workdir=args.workdir,
+                   resume=args.resume, select_on=args.select_on, patience=args.patience, device=args.device,
+                   threads=args.threads, progress=args.progress, adapter_dtype=args.adapter_dtype)
+    except TuneInterrupted as e:  # the shell's convention for a process ended by a signal: 128 + its number
+        print(f"hylex: {e}", file=sys.stderr)
+        return 128 + e.signum
     print(json.dumps({"out": str(res.out), "steps": res.steps, "fusion": res.fusion,
                       "dev_before": res.dev.get("before"), "dev_after": res.dev.get("after")}))
     return 0

@@ -94,6 +94,36 @@ def test_tune_refuses_an_existing_out_and_empty_data(pairs, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_a_signalled_tune_writes_no_model_and_resumes(pairs, tmp_path, capsys, monkeypatch):
+    # SIGTERM during step 1 of 2: the step finishes and is checkpointed, but the run is unfinished, so no output
+    # folder (a script must not take it for the result) and a non-zero exit; --resume then finishes it
+    import os
+    import signal
+
+    from hylex.tuning.trainer import Trainer
+
+    step = Trainer._step
+
+    def killed_once(self, i):
+        rec = step(self, i)
+        if i == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the trainer's handler, not to pytest
+        return rec
+
+    monkeypatch.setattr(Trainer, "_step", killed_once)
+    out = tmp_path / "m"
+    argv = ["tune", str(pairs), "--out", str(out), "--steps", "2", "--batch", "4", "--negatives", "1", "--dev", "2",
+            "--eval-every", "2", "--save-every", "5", "--lr", "1e-3", "--no-progress", "--no-encoding-cache"]
+    assert cli.main(argv) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "interrupted by SIGTERM at step 1 of 2" in err and "--resume" in err
+    assert not out.exists()
+    assert (tmp_path / "m.work" / "checkpoints" / "step-0000001").is_dir()
+    monkeypatch.setattr(Trainer, "_step", step)
+    assert cli.main([*argv, "--resume"]) == 0
+    assert read_card(out)["steps"] == 2
+
+
 class _nullcontext:
     def __enter__(self):
         return self

@@ -45,6 +45,14 @@ def bf16_is_fast(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+class TuneInterrupted(TrainingDataError):
+    """A run stopped by SIGINT/SIGTERM before its last step: the checkpoint is saved, no model is written."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 @dataclass
 class TuneArgs:
     """Training settings (validated by :meth:`check`).
@@ -246,6 +254,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         self.state = TrainState()
         self._stop = False
+        self.interrupted: int | None = None  # the signal that stopped the run, if one did
 
     # -- checkpoints --
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -354,6 +363,7 @@ class Trainer:
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         logger.warning("signal %d: saving a checkpoint after this step", signum)
+        self.interrupted = signum  # unlike an early stop (patience), the run is unfinished: tune() must not save it
         self._stop = True
 
     def run(self, *, resume: bool = False, until: int | None = None) -> TrainState:

@@ -223,7 +223,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
     from hylex.engine.encoder import Encoder
     from hylex.tuning.evaluate import FUSIONS, DevEvaluator, best_fusion
     from hylex.tuning.output import check_output, save_tuned
-    from hylex.tuning.trainer import Trainer, TuneArgs
+    from hylex.tuning.trainer import Trainer, TuneArgs, TuneInterrupted
 
     from hylex.tuning.output import ADAPTER_DTYPES
 
@@ -287,6 +287,14 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m",
     if resume:
         _load_best(workdir, best)
     trainer.run(resume=resume)
+    if trainer.interrupted is not None and trainer.state.step < args.steps:
+        # an unfinished run must not leave a folder that loads (and that a script would take for the result)
+        import signal
+
+        raise TuneInterrupted(f"interrupted by {signal.Signals(trainer.interrupted).name} at step "
+                              f"{trainer.state.step} of {args.steps}: the checkpoint is in {workdir} and nothing was "
+                              f"written to {out}; run the same command with --resume to finish",
+                              trainer.interrupted)
     if best["weights"] is not None and best["score"] is not None and best["score"] >= zero[select_on]:
         with torch.no_grad():
             for n, p in zip(trainer.names, trainer.params):
