@@ -37,7 +37,8 @@ COMBOS = {"dense+sparse": ("dense", "sparse"), "dense+bm25": ("dense", "bm25"), 
 
 def complete(index_dir: Path, n_docs: int, encoder=None) -> bool:
     """An index built to the end (a killed build leaves a manifest with fewer documents), in this hylex's format,
-    with this encoder's model and settings (a changed default must not reuse an index of the old one)."""
+    with this encoder's weights (fingerprint) and settings (a changed default must not reuse an index of the old
+    one; the same weights under another name, a tuned folder and the shipped copy of it, may)."""
     from hylex.indexing import FORMAT_VERSION
 
     mf = Path(index_dir) / "manifest.json"
@@ -48,7 +49,10 @@ def complete(index_dir: Path, n_docs: int, encoder=None) -> bool:
         return False
     if encoder is not None:
         mine = encoder.describe()
-        return all(m["encoder"].get(key) == mine[key] for key in ("model_id", "fingerprint", "settings"))
+        def settings(e: dict) -> dict:  # the model's name aside: the fingerprint names the weights
+            return {k: v for k, v in (e.get("settings") or {}).items() if k != "model"}
+
+        return m["encoder"].get("fingerprint") == mine["fingerprint"] and settings(m["encoder"]) == settings(mine)
     return True
 
 

@@ -98,7 +98,15 @@ def main() -> None:
         suffix = "" if enc.config.dtype == "float32" else f"-{enc.config.dtype}"
         index_dir = Path(args.work) / f"{name}-{slug}{suffix}"
         index_info = {}
-        if not complete(index_dir, sum(1 for _ in read_corpus(corpus)), enc):
+        n_docs = sum(1 for _ in read_corpus(corpus))
+        if not complete(index_dir, n_docs, enc):
+            # the same weights indexed under another tag (the shipped default is a copy of runs/default-tuned)
+            same = [d for d in sorted(Path(args.work).glob(f"{name}-*{suffix}"))
+                    if d.name.endswith(suffix) and complete(d, n_docs, enc)]
+            if same:
+                index_dir = same[0]
+                index_info = {"reused": index_dir.name}
+        if not complete(index_dir, n_docs, enc):
             shutil.rmtree(index_dir, ignore_errors=True)
             rep = build_index(corpus, index_dir, enc, progress=False)
             index_info = {"documents": rep.documents, "index_seconds": round(rep.seconds, 1),
@@ -116,8 +124,10 @@ def main() -> None:
             tids = sorted(q for q in tqrels if q in tq)
             chosen = choose(Arms(s, tids, [tq[q] for q in tids], tqrels))
             chosen_on = f"{name} train ({len(tids)} queries)"
-        else:
-            f = s.default_fusion
+        else:  # what a plain search over an index this model built uses (the index may carry another name's)
+            from hylex.retrieval.fusion import stored_fusion
+
+            f = s.default_fusion if s.index.manifest.get("fusion") else stored_fusion({"encoder": enc.describe()})
             chosen = {"default": {"arms": f["arms"], "weights": f["weights"], "source": f.get("source"),
                                   "score": f.get("dev")}}
             chosen_on = f.get("chosen_on") or f.get("source")
@@ -130,7 +140,7 @@ def main() -> None:
                               "chosen_score": None if c.get("score") is None else round(c["score"], 4)}
         emit({"model": tag, "model_path": str(args.model), "dataset": name, "queries": len(qids),
               "dtype": enc.config.dtype,
-              "fusion_chosen_on": chosen_on, "systems": systems, "index": index_info,
+              "fusion_chosen_on": chosen_on, "fusion_source": args.choose_on, "systems": systems, "index": index_info,
               "query_encode_seconds": round(test.encode_seconds, 2),
               "training": {k: card.get(k) for k in ("base", "steps", "hyperparameters")} | {
                   "data": (card.get("training") or {}).get("sources"),

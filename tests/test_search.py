@@ -156,6 +156,20 @@ def test_searcher_refuses_encoder_of_other_dims(built_index):
         Searcher(built_index, encoder=FakeEncoder(vocab_size=500))
 
 
+def test_the_same_weights_under_another_name_query_an_index_without_a_warning(built_index, caplog):
+    # a tuned folder and the shipped copy of it: same fingerprint, the settings differ only in the model's name
+    import logging
+
+    base = FakeEncoder()
+    renamed = FakeEncoder(model_id="copy", settings={**base.settings, "model": "copy"})
+    with caplog.at_level(logging.WARNING, logger="hylex.retrieval.searcher"):
+        Searcher(built_index, encoder=renamed)
+    assert "differs from the index" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="hylex.retrieval.searcher"):
+        Searcher(built_index, encoder=FakeEncoder(fingerprint="fake-2"))  # other weights: warned
+    assert "differs from the index" in caplog.text
+
+
 def test_plain_tuple_encoder_works(built_index, fake_encoder, queries):
     """The TextEncoder protocol promises a (dense, sparse) tuple, not named fields."""
     class TupleEncoder(FakeEncoder):

@@ -22,7 +22,11 @@ from hylex.utils import sha256_file
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m"
+#: The model used when none is named: smollm2-135m with hylex's shipped LoRA adapter (hylex/models/smollm2-135m-hylex,
+#: its README gives the recipe and the measurements that made it the default); ``smollm2-135m`` is the zero-shot model.
+DEFAULT_MODEL = "smollm2-135m-hylex"
+#: The zero-shot model under it, and what ``hylex tune`` starts from unless told otherwise.
+ZERO_SHOT_MODEL = "smollm2-135m"
 CACHE_ENV = "HYLEX_CACHE_DIR"
 
 

@@ -174,7 +174,11 @@ class Searcher:
                              f"with dim {self.index.dim} / vocab {self.index.vocab_size} ({info['model_id']}): use "
                              f"the index's model")
         mine = encoder.describe()
-        if mine.get("fingerprint") != info.get("fingerprint") or mine.get("settings") != info.get("settings"):
+
+        def settings(d: dict) -> dict:  # the model's name aside: the same weights may go by two (a folder, its copy)
+            return {k: v for k, v in (d.get("settings") or {}).items() if k != "model"}
+
+        if mine.get("fingerprint") != info.get("fingerprint") or settings(mine) != settings(info):
             logger.warning("query encoder %s/%s differs from the index's %s/%s: scores may be off",
                            mine.get("model_id"), mine.get("settings"), info.get("model_id"), info.get("settings"))
 

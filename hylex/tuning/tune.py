@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from hylex.engine.models import ZERO_SHOT_MODEL
 from hylex.tuning.data import (
     MiningWindow, TrainingData, TrainingDataError, beir_groups, corpus_groups, dev_split, mine_negatives, mix,
     read_pairs,
@@ -203,7 +204,7 @@ class TuneResult:
     estimate: dict = field(default_factory=dict)
 
 
-def tune(data: DataArgs, out: str | os.PathLike, *, model: str = "smollm2-135m", args=None,
+def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL, args=None,
          encoder_options: dict | None = None, workdir: str | os.PathLike | None = None, resume: bool = False,
          select_on: str = "dense+sparse", patience: int | None = None, device: str = "auto",
          threads: int | None = None, progress: bool | None = None, report=print,
