@@ -49,9 +49,8 @@ def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) ->
         # EncoderConfig's default for a new one (shown in brackets).
         d = EncoderConfig()
         g.add_argument("--model", default=None,
-                       help=f"model name (smollm2-135m-hylex, smollm2-135m, qwen2.5-0.5b), tuned or model folder, .gguf file "
-                            f"or hub id "
-                            f"[{d.model}]")
+                       help=f"model name (smollm2-135m-hylex, smollm2-135m, qwen2.5-0.5b), tuned or model folder, "
+                            f".gguf file or hub id [{d.model}]")
         g.add_argument("--max-length", type=_positive_int, default=None,
                        help=f"tokens per text incl. the prompt [{d.max_length}]")
         g.add_argument("--prompt", default=None, choices=list(PROMPTS), help=f"[{d.prompt}]")
