@@ -112,6 +112,26 @@ def test_resume_with_gradient_checkpointing_switched_on(tiny_model, tmp_path):
     assert any(not torch.equal(mid.trainable_state()[k], b[k]) for k in b if "lora_B" in k)
 
 
+def test_the_estimate_runs_a_step_as_training_does(tiny_model, tmp_path, monkeypatch):
+    # with --gradient-checkpointing the estimate's step must checkpoint too (in eval mode it kept every layer's
+    # activations, so its peak memory was the run's peak whatever the setting), and leave the model as it found it
+    from hylex.tuning.tune import estimate
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tr = Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=2, **{**ARGS, "gradient_checkpointing": True}),
+                 tmp_path / "e", progress=False)
+    before = tr.trainable_state()
+    est = estimate(tr)
+    assert len(calls) == 2 * 2  # the query and the passage pass, through both layers
+    assert est["seconds_per_step"] > 0 and est["peak_rss_gib"] > 0
+    assert not tr.encoder.lm.training
+    after = tr.trainable_state()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights untouched
+    assert all(p.grad is None for p in tr.params)
+
+
 def test_merged_adapter_equals_the_peft_model(tiny_model, tmp_path):
     args = TuneArgs(steps=3, **ARGS)
     tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "m", progress=False)
