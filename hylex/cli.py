@@ -809,7 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dense-weight", type=float, default=1.0)
     g.add_argument("--sparse-weight", type=float, default=1.0)
     g.add_argument("--flops", type=float, default=0.0, help="FLOPS regularisation weight (with --expansion) [0]")
-    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                   help="recompute activations in the backward pass: ~half the peak memory, about the same "
+                        "step time on this CPU [on]")
     g.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
                    help="bfloat16 autocast: auto = where fast (CUDA, AMX or AVX512-BF16 CPUs)")
     g.add_argument("--seed", type=int, default=0)

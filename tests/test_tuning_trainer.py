@@ -51,7 +51,8 @@ def _toy() -> TrainingData:
 
 
 ARGS = dict(queries_per_step=4, negatives=1, lr=5e-3, warmup=0.0, lora_rank=4, lora_alpha=8.0, temperature=0.05,
-            query_max_length=32, passage_max_length=32, save_every=3, eval_every=100, bf16="off")
+            query_max_length=32, passage_max_length=32, save_every=3, eval_every=100, bf16="off",
+            gradient_checkpointing=False)
 
 
 def test_loss_falls_on_a_toy_task(tiny_model, tmp_path):
