@@ -48,11 +48,9 @@ def complete(index_dir: Path, n_docs: int, encoder=None) -> bool:
     if m.get("n_docs") != n_docs or m.get("format_version") != FORMAT_VERSION:
         return False
     if encoder is not None:
-        mine = encoder.describe()
-        def settings(e: dict) -> dict:  # the model's name aside: the fingerprint names the weights
-            return {k: v for k, v in (e.get("settings") or {}).items() if k != "model"}
+        from hylex.engine.settings import same_encoding
 
-        return m["encoder"].get("fingerprint") == mine["fingerprint"] and settings(m["encoder"]) == settings(mine)
+        return same_encoding(m["encoder"], encoder.describe())
     return True
 
 

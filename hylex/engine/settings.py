@@ -11,3 +11,13 @@ DENSE_AGGS = ("first", "mean", "maxsim")
 # before they existed. A setting at that value is left out of ``Encoder.describe()`` (so manifests and cache
 # keys written before it existed still match); any other value is recorded.
 NEUTRAL_SETTINGS = {"own_words": True, "expansion": 0, "word_forms": "bare"}
+
+
+def same_encoding(a: dict, b: dict) -> bool:
+    """Whether two ``Encoder.describe()`` records (or an index manifest's ``encoder``) give the same encodings: the
+    same weights (fingerprint) and settings. The model's name is left aside: the same weights may go by two (a tuned
+    folder and the shipped copy of it)."""
+    def settings(d: dict) -> dict:
+        return {k: v for k, v in (d.get("settings") or {}).items() if k != "model"}
+
+    return a.get("fingerprint") == b.get("fingerprint") and settings(a) == settings(b)

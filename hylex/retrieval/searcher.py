@@ -173,12 +173,10 @@ class Searcher:
             raise HylexError(f"encoder gives dim {encoder.dim} / vocab {encoder.vocab_size}, the index was built "
                              f"with dim {self.index.dim} / vocab {self.index.vocab_size} ({info['model_id']}): use "
                              f"the index's model")
+        from hylex.engine.settings import same_encoding
+
         mine = encoder.describe()
-
-        def settings(d: dict) -> dict:  # the model's name aside: the same weights may go by two (a folder, its copy)
-            return {k: v for k, v in (d.get("settings") or {}).items() if k != "model"}
-
-        if mine.get("fingerprint") != info.get("fingerprint") or settings(mine) != settings(info):
+        if not same_encoding(mine, info):
             logger.warning("query encoder %s/%s differs from the index's %s/%s: scores may be off",
                            mine.get("model_id"), mine.get("settings"), info.get("model_id"), info.get("settings"))
 
