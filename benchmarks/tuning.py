@@ -100,17 +100,16 @@ def main() -> None:
         index_info = {}
         n_docs = sum(1 for _ in read_corpus(corpus))
         if not complete(index_dir, n_docs, enc):
-            # the same weights indexed under another tag (the shipped default is a copy of runs/default-tuned)
-            same = [d for d in sorted(Path(args.work).glob(f"{name}-*{suffix}"))
-                    if d.name.endswith(suffix) and complete(d, n_docs, enc)]
-            if same:
-                index_dir = same[0]
-                index_info = {"reused": index_dir.name}
-        if not complete(index_dir, n_docs, enc):
-            shutil.rmtree(index_dir, ignore_errors=True)
-            rep = build_index(corpus, index_dir, enc, progress=False)
-            index_info = {"documents": rep.documents, "index_seconds": round(rep.seconds, 1),
-                          "encode_seconds": round(rep.encode_seconds, 1), "cache_hits": rep.cache_hits}
+            # the same weights indexed under another tag (the shipped default is a copy of runs/default-tuned);
+            # complete() also checks the dtype, which is among the settings
+            same = next((d for d in sorted(Path(args.work).glob(f"{name}-*")) if complete(d, n_docs, enc)), None)
+            if same is not None:
+                index_dir, index_info = same, {"reused": same.name}
+            else:
+                shutil.rmtree(index_dir, ignore_errors=True)
+                rep = build_index(corpus, index_dir, enc, progress=False)
+                index_info = {"documents": rep.documents, "index_seconds": round(rep.seconds, 1),
+                              "encode_seconds": round(rep.encode_seconds, 1), "cache_hits": rep.cache_hits}
         s = Searcher(index_dir, encoder=enc)
         qids = sorted(queries)
         test = Arms(s, qids, [queries[q] for q in qids], qrels)

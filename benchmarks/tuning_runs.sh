@@ -33,12 +33,11 @@ bench() {  # bench TAG MODEL CHOOSE DATASET...: one line per dataset in $OUT, sk
     local name; name=$(basename "$ds")
     if [ -f "$OUT" ] && python3 - "$OUT" "$tag" "$name" "$choose" "$DTYPE" <<'EOF'
 import json, sys
+sys.path.insert(0, "benchmarks")
+from tuning_table import fusion_source
 out, tag, name, choose, dtype = sys.argv[1:]
-def source(r):  # lines written before tuning.py's fusion_source field: its chosen_on text
-    return r.get("fusion_source") or ("train" if (r.get("fusion_chosen_on") or "").startswith(f"{name} train")
-                                      else "card")
 done = any(r.get("model") == tag and r.get("dataset") == name and r.get("dtype", "float32") == dtype and
-           source(r) == choose for r in map(json.loads, open(out)))
+           fusion_source(r) == choose for r in map(json.loads, open(out)))
 sys.exit(0 if done else 1)
 EOF
     then echo "== $tag on $name ($choose, $DTYPE): done"; continue; fi

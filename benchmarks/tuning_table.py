@@ -27,11 +27,16 @@ def cell(m: dict | None) -> str:
     return s
 
 
+def fusion_source(r: dict) -> str:
+    """A tuning.py line's ``--choose-on`` (train or card); lines written before the field existed: from the
+    chosen_on text."""
+    if "fusion_source" in r:
+        return r["fusion_source"]
+    return "train" if (r.get("fusion_chosen_on") or "").startswith(f"{r['dataset']} train") else "card"
+
+
 def column(r: dict) -> str:
-    if "fusion_source" in r:  # tuning.py's --choose-on (lines written before it existed: the chosen_on text)
-        chosen = "train" if r["fusion_source"] == "train" else "stored"
-    else:
-        chosen = "train" if (r.get("fusion_chosen_on") or "").startswith(f"{r['dataset']} train") else "stored"
+    chosen = "train" if fusion_source(r) == "train" else "stored"
     return f"{r['model']}, {r.get('dtype', 'float32')}, fusion {chosen}"
 
 

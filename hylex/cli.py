@@ -42,7 +42,9 @@ def _float_list(text: str) -> list[float]:
             from None
 
 
-def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) -> None:
+def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True,
+                      model_default: str | None = None) -> None:
+    """Encoder options; ``model_default``: what ``--model``'s help shows in brackets [EncoderConfig's]."""
     g = p.add_argument_group("encoder")
     if with_settings:
         # No defaults here: an option left out takes the index's recorded setting when adding to an index, and
@@ -50,7 +52,7 @@ def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True) ->
         d = EncoderConfig()
         g.add_argument("--model", default=None,
                        help=f"model name (smollm2-135m-hylex, smollm2-135m, qwen2.5-0.5b), tuned or model folder, "
-                            f".gguf file or hub id [{d.model}]")
+                            f".gguf file or hub id [{model_default or d.model}]")
         g.add_argument("--max-length", type=_positive_int, default=None,
                        help=f"tokens per text incl. the prompt [{d.max_length}]")
         g.add_argument("--prompt", default=None, choices=list(PROMPTS), help=f"[{d.prompt}]")
@@ -823,11 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dev score that picks the kept evaluation: an arm or a fusion [dense+sparse]")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the work folder")
     g.add_argument("--workdir", default=None, help="checkpoints and log [OUT.work]")
-    _add_encoder_args(pt, with_settings=True)
-    for a in pt._actions:  # tuning starts from the zero-shot base (as every measured run did), not the default
-        if a.dest == "model":
-            a.help = a.help.replace(f"[{EncoderConfig().model}]", f"[{TUNE_BASE}: the zero-shot base; "
-                                                                  f"smollm2-135m-hylex continues the shipped adapter]")
+    # tuning starts from the zero-shot base (as every measured run did), not the default
+    _add_encoder_args(pt, with_settings=True, model_default=f"{TUNE_BASE}: the zero-shot base; smollm2-135m-hylex "
+                                                            f"continues the shipped adapter")
     pt.set_defaults(func=cmd_tune)
 
     pf = sub.add_parser("fuse", help="choose the fusion plain hybrid searches of an index use (arms and weights), "

@@ -334,6 +334,17 @@ class Trainer:
         self.state.step = int(meta["step"])
 
     # -- one step --
+    def micro_loss(self, queries: list[str], passages: list[str]) -> tuple[dict, int]:
+        """One micro-batch's loss parts (``loss`` differentiable) and its text tokens: Q queries, Q * (1 +
+        negatives) passages (each query's positive first), encoded through the Encoder's own features()."""
+        args = self.args
+        with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            qd, qsp = self.encoder.features(queries, "query", max_text_tokens=args.query_max_length)
+            tokens = self.encoder.feature_tokens
+            pd, psp = self.encoder.features(passages, "passage", max_text_tokens=args.passage_max_length)
+            tokens += self.encoder.feature_tokens
+            return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives), tokens
+
     def _step(self, step: int) -> dict:
         args = self.args
         queries, passages = batch_at(self.train.groups, step, args)
@@ -343,14 +354,9 @@ class Trainer:
         tokens = 0
         self.encoder.lm.train()
         for m in range(args.accumulate):
-            qs = queries[m * micro:(m + 1) * micro]
-            ps = passages[m * micro * group:(m + 1) * micro * group]
-            with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                qd, qsp = self.encoder.features(qs, "query", max_text_tokens=args.query_max_length)
-                tokens += self.encoder.feature_tokens
-                pd, psp = self.encoder.features(ps, "passage", max_text_tokens=args.passage_max_length)
-                tokens += self.encoder.feature_tokens
-                parts = self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), group)
+            parts, n = self.micro_loss(queries[m * micro:(m + 1) * micro],
+                                       passages[m * micro * group:(m + 1) * micro * group])
+            tokens += n
             (parts["loss"] / args.accumulate).backward()
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / args.accumulate

@@ -124,18 +124,11 @@ def estimate(trainer, evaluator=None) -> dict:
     t0 = time.perf_counter()
     queries, passages = batch_at(trainer.train.groups, 0, args)
     micro, group = args.queries_per_step // args.accumulate, 1 + args.negatives
-    import torch
-
     # in training mode, as a step runs: gradient checkpointing only acts there (in eval mode the estimate kept every
     # layer's activations and its peak memory, ~20 GiB here, was the run's peak whatever the setting)
     trainer.encoder.lm.train()
     try:
-        with torch.autocast(trainer.encoder.device.type, dtype=torch.bfloat16, enabled=trainer.autocast):
-            qd, qs = trainer.encoder.features(queries[:micro], "query", max_text_tokens=args.query_max_length)
-            pd, ps = trainer.encoder.features(passages[:micro * group], "passage",
-                                              max_text_tokens=args.passage_max_length)
-            loss = trainer.loss(qd.float(), qs.float(), pd.float(), ps.float(), group)["loss"]
-        loss.backward()
+        trainer.micro_loss(queries[:micro], passages[:micro * group])[0]["loss"].backward()
     finally:
         trainer.opt.zero_grad(set_to_none=True)
         trainer.encoder.lm.eval()
