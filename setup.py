@@ -46,7 +46,10 @@ setup(
     extras_require={
         # faiss-gpu replaces faiss-cpu: install with `pip install hylex[gpu]` after removing faiss-cpu.
         "gpu": ["faiss-gpu-cu12>=1.8"],
-        "test": ["pytest>=7", "hypothesis>=6", "bm25s>=0.2"],  # bm25s: the reference BM25 of tests/test_bm25.py
+        # corpora as Parquet (what Ray Data writes) and zstd-compressed JSONL; gzip needs nothing
+        "formats": ["pyarrow>=14", "zstandard>=0.22"],
+        # bm25s: the reference BM25 of tests/test_bm25.py; pyarrow/zstandard: the corpus formats' tests
+        "test": ["pytest>=7", "hypothesis>=6", "bm25s>=0.2", "pyarrow>=14", "zstandard>=0.22"],
         "bench": ["bm25s[core]>=0.2", "matplotlib", "pyseismic-lsr==0.5.4", "qdrant-edge-py==0.9.0", "threadpoolctl",
                   "schemathesis>=4.32,<4.33"],  # benchmarks/fuzz_service.py: the HTTP contract fuzzed
     },

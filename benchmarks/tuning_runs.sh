@@ -55,8 +55,10 @@ for step in $steps; do
     scifact)  # in-domain: SciFact's train qrels (dev carved from them), BM25-mined negatives from its corpus
       tune "$RUNS/scifact-tuned" "$SCIFACT" --split train --steps 150 "${COMMON[@]}"
       bench scifact-tuned "$RUNS/scifact-tuned" train "$SCIFACT" ;;
-    nfcorpus)
-      tune "$RUNS/nfcorpus-tuned" "$NFCORPUS" --split train --steps 150 "${COMMON[@]}"
+    nfcorpus)  # 100 steps, and a small dev (20 queries, 100 distractors): NFCorpus judges ~50 documents per query,
+               # so 20 dev queries already pool ~1,000 passages (~6 min per evaluation here)
+      tune "$RUNS/nfcorpus-tuned" "$NFCORPUS" --split train --steps 100 --max-dev 20 --dev-distractors 100 \
+        "${COMMON[@]}"
       bench nfcorpus-tuned "$RUNS/nfcorpus-tuned" train "$NFCORPUS" ;;
     vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document)
       tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --steps 100 "${COMMON[@]}"

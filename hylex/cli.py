@@ -17,7 +17,7 @@ from pathlib import Path
 from hylex.engine.config import EncoderConfig
 from hylex.engine.models import ZERO_SHOT_MODEL as TUNE_BASE
 from hylex.engine.settings import DENSE_AGGS, DTYPES, LONG_DOCS, POOLINGS, PROMPTS
-from hylex.errors import HylexError
+from hylex.errors import CorpusError, HylexError
 
 logger = logging.getLogger("hylex")
 
@@ -167,9 +167,50 @@ def _print_hits(res, queries: list[str], as_json: bool) -> None:
                   f"{snippet}")
 
 
+class _RejectsFile:
+    """``--skip-invalid``'s file: each rejected line written as it comes (memory stays flat), the first kept."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._f = open(path, "w", encoding="utf-8")
+        self.count = 0
+        self.first: dict | None = None
+
+    def append(self, record: dict) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        self.count += 1
+        self.first = self.first or record
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _custom_encoder(spec: str):
+    """``--encoder module:callable``: the object ``callable()`` returns (a TextEncoder: dim, vocab_size,
+    describe(), encode_documents(), encode_queries())."""
+    import importlib
+
+    from hylex.indexing.protocols import TextEncoder
+
+    mod, _, attr = spec.partition(":")
+    if not mod or not attr:
+        raise HylexError(f"--encoder {spec!r}: give it as module:callable, e.g. mypkg.encoders:make_encoder")
+    try:
+        factory = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise HylexError(f"--encoder {spec!r}: cannot load it ({e}): check the module is importable (PYTHONPATH) "
+                         f"and defines {attr}") from None
+    enc = factory()
+    if not isinstance(enc, TextEncoder):
+        raise HylexError(f"--encoder {spec!r} returned a {type(enc).__name__}, not an encoder: it needs dim, "
+                         f"vocab_size, describe(), encode_documents() and encode_queries()")
+    return enc
+
+
 # -- commands --------------------------------------------------------------------------------------------------
 def cmd_index(args) -> int:
-    from hylex.indexing.builder import build_index, load_documents
+    from hylex.indexing.builder import build_index
 
     from hylex.indexing.bm25 import bm25_settings
 
@@ -183,62 +224,75 @@ def cmd_index(args) -> int:
         from hylex.indexing.index import sparse_settings
 
         sparse_settings(sparse)
-    merge = {key: v for key, v in (("factor", args.merge_factor), ("auto", False if args.no_auto_merge else None))
-             if v is not None} or None
+    merge = {key: v for key, v in (("factor", args.merge_factor), ("auto", False if args.no_auto_merge else None),
+                                   ("max_docs", args.merge_max_docs)) if v is not None} or None
     if merge is not None:
         from hylex.indexing.index import merge_settings
 
         merge_settings(merge)
     existing = "upsert" if args.upsert else "resume" if args.resume else "error"
-    rejects: list[dict] = []
-    if args.skip_invalid:
-        from hylex.corpus import read_corpus_lenient
+    from hylex.corpus import CorpusReader
 
-        docs = list(read_corpus_lenient(args.corpus, rejects))
-        with open(args.skip_invalid, "w", encoding="utf-8") as f:
-            for r in rejects:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        if rejects:
-            print(f"skipped {len(rejects)} invalid line(s) of {args.corpus}, written to {args.skip_invalid} "
-                  f"(first: line {rejects[0]['line']}: {rejects[0]['error']})", file=sys.stderr)
-        if not docs:
-            raise HylexError(f"{args.corpus} has no valid document ({len(rejects)} rejected): see {args.skip_invalid}")
-    else:
-        docs = load_documents(args.corpus)  # validate before the model loads: a bad line fails in a second
+    rejects = _RejectsFile(args.skip_invalid) if args.skip_invalid else None
+    reader = CorpusReader(args.corpus, rejects=rejects)
+    seen: set[str] = set()
+    for lineno, d in reader.peek(args.chunk_size):  # a bad first chunk fails before the model loads
+        if d.id in seen and rejects is None:
+            raise CorpusError(f"{reader.path.name} line {lineno}: document id {d.id!r} appears earlier in the "
+                              f"corpus: ids must be unique")
+        seen.add(d.id)
     base = None
     from hylex.indexing.index import MANIFEST, read_manifest
 
-    if (Path(args.index) / MANIFEST).exists():
-        # adding to an index: its recorded encoder settings, unless an option says otherwise (then the index
-        # refuses the mismatch, naming the setting)
-        base = read_manifest(args.index)["encoder"].get("settings", {})
-        opts = _encoder_options(args)
-        given = EncoderConfig.from_dict({**base, **opts})
-        given.validate()
-        defaults = EncoderConfig()
-        # only the options given are compared here; the model's identity and an "auto" dtype are known once it
-        # loads (then the whole description is checked again)
-        diffs = [f"{key}: index {base.get(key, getattr(defaults, key))!r}, given {getattr(given, key)!r}"
-                 for key in opts if key != "model" and not (key == "dtype" and given.dtype == "auto")
-                 and base.get(key, getattr(defaults, key)) != getattr(given, key)]
-        if diffs:  # fails before the model loads
-            raise HylexError(f"index {args.index} was built with other encoder settings: {'; '.join(diffs)}: leave "
-                             f"the option out to use the index's setting, or index into a new directory")
-    encoder = _make_encoder(args, base)
+    if args.encoder:
+        encoder = _custom_encoder(args.encoder)
+    else:
+        if (Path(args.index) / MANIFEST).exists():
+            # adding to an index: its recorded encoder settings, unless an option says otherwise (then the index
+            # refuses the mismatch, naming the setting)
+            base = read_manifest(args.index)["encoder"].get("settings", {})
+            opts = _encoder_options(args)
+            given = EncoderConfig.from_dict({**base, **opts})
+            given.validate()
+            defaults = EncoderConfig()
+            # only the options given are compared here; the model's identity and an "auto" dtype are known once
+            # it loads (then the whole description is checked again)
+            diffs = [f"{key}: index {base.get(key, getattr(defaults, key))!r}, given {getattr(given, key)!r}"
+                     for key in opts if key != "model" and not (key == "dtype" and given.dtype == "auto")
+                     and base.get(key, getattr(defaults, key)) != getattr(given, key)]
+            if diffs:  # fails before the model loads
+                raise HylexError(f"index {args.index} was built with other encoder settings: {'; '.join(diffs)}: "
+                                 f"leave the option out to use the index's setting, or index into a new directory")
+        encoder = _make_encoder(args, base)
 
-    def acknowledged(done: int, total: int) -> None:  # printed only once the batch is durable
-        print(f"committed {done}/{total} documents", flush=True)
+    def acknowledged(done: int, total: int | None) -> None:  # printed only once the batch is durable
+        share = f" ({reader.position / reader.total:.0%} of {reader.path.name})" if reader.total else ""
+        print(f"committed {done} documents{share}", flush=True)
 
-    rep = build_index(docs, args.index, encoder, dense_factory=args.dense_factory, chunk_size=args.chunk_size,
-                      segment_size=args.segment_size, bm25=bm25, sparse=sparse, merge=merge, existing=existing,
-                      progress=args.progress, on_commit=acknowledged)
+    try:
+        rep = build_index(reader, args.index, encoder, dense_factory=args.dense_factory, chunk_size=args.chunk_size,
+                          segment_size=args.segment_size, bm25=bm25, sparse=sparse, merge=merge, existing=existing,
+                          progress=args.progress, on_commit=acknowledged, rejects=rejects)
+    except CorpusError as e:
+        if rejects is not None and rejects.count and "no valid document" in str(e):
+            raise CorpusError(f"{e}: see {args.skip_invalid}") from None
+        raise
+    finally:
+        if rejects is not None:
+            rejects.close()
+    if rejects is not None and rejects.count:
+        print(f"skipped {rejects.count} invalid line(s) of {args.corpus}, written to {args.skip_invalid} "
+              f"(first: line {rejects.first['line']}: {rejects.first['error']})", file=sys.stderr)
     tps = rep.tokens / rep.encode_seconds if rep.encode_seconds and rep.tokens else 0.0
     speed = f", {tps:.0f} tokens/s" if rep.tokens else ""
     skipped = rep.extra.get("skipped")
-    print(f"indexed {rep.documents} documents into {rep.index_dir} in {rep.seconds:.1f}s "
-          f"(encode {rep.encode_seconds:.1f}s{speed}; encoding cache hits {rep.cache_hits}/{rep.documents})"
+    empty = rep.extra.get("empty")
+    docs_s = rep.documents / rep.seconds if rep.seconds else 0.0
+    print(f"indexed {rep.documents} documents into {rep.index_dir} in {rep.seconds:.1f}s ({docs_s:.1f} docs/s; "
+          f"encode {rep.encode_seconds:.1f}s{speed}; encoding cache hits {rep.cache_hits}/{rep.documents})"
           + (f"; {skipped} already indexed, skipped" if skipped else "")
-          + (f"; {len(rejects)} invalid line(s) rejected" if rejects else ""))
+          + (f"; {empty} empty (no text or title)" if empty else "")
+          + (f"; {rejects.count} invalid line(s) rejected" if rejects is not None and rejects.count else ""))
     if rep.truncated:
         print(f"hylex: warning: {rep.truncated} of {rep.documents} documents were longer than max_length "
               f"({getattr(getattr(encoder, 'config', None), 'max_length', '?')} tokens with the prompt) and only their beginning was encoded (BM25 "
@@ -611,8 +665,9 @@ def cmd_stats(args) -> int:
               f"vectors, {seg['sparse_postings']} sparse / {seg['bm25_postings']} BM25 postings, "
               f"{seg['bytes'] / 2**20:.1f} MiB")
     m = st["merge"]
-    print(f"  merge policy: {'automatic' if m['auto'] else 'manual'}, factor {m['factor']}, rewrite segments over "
-          f"{m['max_deleted']:.0%} deleted; generation {st['generation']}")
+    print(f"  merge policy: {'automatic' if m['auto'] else 'manual'}, factor {m['factor']}, segments up to "
+          f"{m.get('max_docs', 1_000_000):,} documents, rewrite segments over {m['max_deleted']:.0%} deleted; "
+          f"generation {st['generation']}")
     return 0
 
 
@@ -666,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
-    pi = sub.add_parser("index", help="encode a JSONL corpus and build (or add to) an index")
-    pi.add_argument("corpus", help="JSONL: BEIR {_id,title,text} or {id,text[,title][,metadata]} per line")
+    pi = sub.add_parser("index", help="encode a corpus and build (or add to) an index, streaming")
+    pi.add_argument("corpus", help="JSONL (BEIR {_id,title,text} or {id,text[,title][,metadata]} per line), gzipped "
+                                   "or zstd JSONL, or Parquet with those columns")
     pi.add_argument("--index", required=True, help="index directory (created, or added to)")
     pi.add_argument("--dense-factory", default="Flat", help="FAISS index-factory string (default Flat: exact)")
     pi.add_argument("--chunk-size", type=_positive_int, default=256, help="documents per encoding call")
@@ -683,8 +739,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip documents already indexed unchanged (finish an interrupted run of the same corpus)")
     pi.add_argument("--skip-invalid", metavar="REJECTS", default=None,
                     help="skip malformed lines instead of stopping; write them (line, error, text) to this JSONL")
+    pi.add_argument("--encoder", metavar="MODULE:CALLABLE", default=None,
+                    help="index with the encoder this callable returns instead of an LLM (e.g. a stub for "
+                         "throughput tests); the encoder options are then ignored")
     pi.add_argument("--merge-factor", type=int, default=None,
                     help="a new index's merge policy: merge once this many segments share a size tier (default 10)")
+    pi.add_argument("--merge-max-docs", type=int, default=None,
+                    help="a new index's merge policy: automatic merges write segments of at most this many "
+                         "documents (default 1,000,000; bounds indexing memory)")
     pi.add_argument("--no-auto-merge", action="store_true", help="a new index merges only on `hylex merge`")
     g = pi.add_argument_group("sparse postings (a new index's storage; default: 16-bit impacts, no pruning)")
     g.add_argument("--sparse-bits", type=int, choices=[8, 16], default=None, help="impact precision (default 16)")

@@ -22,6 +22,9 @@ What every entry point (corpus files, :class:`Document`, query texts, the HTTP s
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import json
 import logging
 import math
@@ -168,43 +171,98 @@ def _check_file(path: PathLike, what: str, fix: str) -> Path:
     return p
 
 
-def _iter_lines(p: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` for each non-blank line of ``p``.
+_GZIP_MAGIC, _ZSTD_MAGIC, _PARQUET_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PAR1"
 
-    The file is read in binary and decoded line by line so that an invalid UTF-8 byte is reported with its
-    line number. A UTF-8 byte order mark on the first line is tolerated.
-    """
-    with p.open("rb") as fh:
+
+def file_format(path: PathLike) -> str:
+    """``"jsonl"``, ``"gzip"`` (gzipped JSONL), ``"zstd"`` (zstd-compressed JSONL) or ``"parquet"``, read from the
+    file's first bytes (a suffix can lie; anything else is read as JSONL)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] == _GZIP_MAGIC:
+        return "gzip"
+    if head == _ZSTD_MAGIC:
+        return "zstd"
+    if head == _PARQUET_MAGIC:
+        return "parquet"
+    return "jsonl"
+
+
+@contextlib.contextmanager
+def _open_lines(p: Path) -> Iterator[tuple[Any, Any]]:
+    """``(lines, raw)``: a binary line iterator over the JSONL text of ``p`` (decompressed when it is gzip or
+    zstd) and the underlying file, whose ``tell()`` is how many of the file's bytes were consumed."""
+    fmt = file_format(p)
+    with open(p, "rb") as raw:
+        if fmt == "gzip":
+            with gzip.GzipFile(fileobj=raw) as fh:
+                yield fh, raw
+        elif fmt == "zstd":
+            try:
+                import zstandard
+            except ImportError:
+                raise CorpusError(f"{p.name} is zstd-compressed and the zstandard package is not installed: "
+                                  f"pip install zstandard (or hylex[formats]), or decompress it") from None
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            with io.BufferedReader(reader, 1 << 20) as fh:
+                yield fh, raw
+        elif fmt == "parquet":
+            raise CorpusError(f"{p.name} is a Parquet file, not JSONL lines: pass it as a corpus (hylex index "
+                              f"reads Parquet), or write queries and qrels as JSONL/TSV")
+        else:
+            yield raw, raw
+
+
+def _decoded_lines(p: Path, fh) -> Iterator[tuple[int, str | CorpusError, bytes]]:
+    """``(line_number, text or the CorpusError that line raises, raw bytes)`` for each non-blank line."""
+    lineno = 0
+    try:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise CorpusError(
-                    f"{p.name} line {lineno}: not valid UTF-8 (byte {exc.start}: {exc.reason}). "
-                    f"Re-encode the file as UTF-8 or remove the line."
-                ) from None
+                yield lineno, CorpusError(f"{p.name} line {lineno}: not valid UTF-8 (byte {exc.start}: "
+                                          f"{exc.reason}). Re-encode the file as UTF-8 or remove the line."), raw
+                continue
             if line.strip():
-                yield lineno, line
+                yield lineno, line, raw
+    except (OSError, EOFError) as exc:  # a truncated or corrupt gzip/zstd stream
+        raise CorpusError(f"{p.name}: the compressed stream is damaged after line {lineno} ({exc}): recompress "
+                          f"the file, or index what was read with --resume after fixing it") from None
+
+
+def _iter_lines(p: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each non-blank line of ``p`` (plain, gzip or zstd JSONL).
+
+    The file is read in binary and decoded line by line so that an invalid UTF-8 byte is reported with its
+    line number. A UTF-8 byte order mark on the first line is tolerated.
+    """
+    with _open_lines(p) as (fh, _):
+        for lineno, line, _ in _decoded_lines(p, fh):
+            if isinstance(line, CorpusError):
+                raise line
+            yield lineno, line
+
+
+def _parse_json_line(name: str, lineno: int, line: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{name} line {lineno}: not valid JSON ({exc.msg}). Fix the line or remove it.") from None
+    except RecursionError:
+        raise CorpusError(f"{name} line {lineno}: JSON nested too deeply to read. Flatten the line.") from None
+    if not isinstance(obj, dict):
+        raise CorpusError(
+            f"{name} line {lineno}: expected a JSON object, got {_json_type(obj)}. "
+            f"Write one object per line, e.g. {{\"_id\": \"d1\", \"text\": \"...\"}}."
+        )
+    return obj
 
 
 def _iter_json_objects(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line of the JSONL file ``p``."""
-    name = p.name
     for lineno, line in _iter_lines(p):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(
-                f"{name} line {lineno}: not valid JSON ({exc.msg}). Fix the line or remove it."
-            ) from None
-        except RecursionError:
-            raise CorpusError(f"{name} line {lineno}: JSON nested too deeply to read. Flatten the line.") from None
-        if not isinstance(obj, dict):
-            raise CorpusError(
-                f"{name} line {lineno}: expected a JSON object, got {_json_type(obj)}. "
-                f"Write one object per line, e.g. {{\"_id\": \"d1\", \"text\": \"...\"}}."
-            )
-        yield lineno, obj
+        yield lineno, _parse_json_line(p.name, lineno, line)
 
 
 def _json_type(value: Any) -> str:
@@ -224,26 +282,28 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _get_id(obj: dict[str, Any], name: str, lineno: int, what: str) -> tuple[str, str]:
-    """Return ``(id, key_used)`` of a corpus or query line, preferring ``_id`` over ``id``."""
+def _get_id(obj: dict[str, Any], name: str, lineno: int, what: str, unit: str = "line") -> tuple[str, str]:
+    """Return ``(id, key_used)`` of a corpus or query line (``unit``: "line", or "row" of a Parquet file),
+    preferring ``_id`` over ``id``."""
+    name = f"{name} {unit} {lineno}"
     key = "_id" if "_id" in obj else "id" if "id" in obj else None
     if key is None:
         raise CorpusError(
-            f"{name} line {lineno}: {what} has no id. Add an \"_id\" (BEIR) or \"id\" field."
+            f"{name}: {what} has no id. Add an \"_id\" (BEIR) or \"id\" field."
         )
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise CorpusError(
-            f"{name} line {lineno}: {what} id must be a string or an integer, got {_json_type(value)}. "
+            f"{name}: {what} id must be a string or an integer, got {_json_type(value)}. "
             f"Fix the \"{key}\" field."
         )
     text = str(value)
     if not text.strip():
-        raise CorpusError(f"{name} line {lineno}: {what} id is empty or only whitespace. Give the {what} a visible \"{key}\".")
+        raise CorpusError(f"{name}: {what} id is empty or only whitespace. Give the {what} a visible \"{key}\".")
     try:
         check_id(text, f"{what} id")
     except CorpusError as e:
-        raise CorpusError(f"{name} line {lineno}: {e}") from None
+        raise CorpusError(f"{name}: {e}") from None
     return text, key
 
 
@@ -252,19 +312,22 @@ def _get_id(obj: dict[str, Any], name: str, lineno: int, what: str) -> tuple[str
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _parse_document(obj: dict[str, Any], name: str, lineno: int) -> Document:
-    """Build a :class:`Document` from one parsed corpus line, validating every field."""
-    doc_id, id_key = _get_id(obj, name, lineno, "document")
+def _parse_document(obj: dict[str, Any], name: str, lineno: int, unit: str = "line") -> Document:
+    """Build a :class:`Document` from one parsed corpus line (or Parquet row), validating every field. A document
+    whose text and title are both empty is a document (real collections have them): it is indexed with no
+    terms."""
+    doc_id, id_key = _get_id(obj, name, lineno, "document", unit)
+    name = f"{name} {unit} {lineno}"
 
     if "text" not in obj:
         raise CorpusError(
-            f"{name} line {lineno}: document {doc_id!r} has no \"text\" field. Add a \"text\" string "
-            f"(it may be empty when the title is not)."
+            f"{name}: document {doc_id!r} has no \"text\" field. Add a \"text\" string "
+            f"(it may be empty)."
         )
     text = obj["text"]
     if not isinstance(text, str):
         raise CorpusError(
-            f"{name} line {lineno}: document {doc_id!r} \"text\" must be a string, got {_json_type(text)}. "
+            f"{name}: document {doc_id!r} \"text\" must be a string, got {_json_type(text)}. "
             f"Fix the \"text\" field."
         )
 
@@ -273,14 +336,8 @@ def _parse_document(obj: dict[str, Any], name: str, lineno: int) -> Document:
         title = ""
     if not isinstance(title, str):
         raise CorpusError(
-            f"{name} line {lineno}: document {doc_id!r} \"title\" must be a string, got {_json_type(title)}. "
+            f"{name}: document {doc_id!r} \"title\" must be a string, got {_json_type(title)}. "
             f"Fix the \"title\" field or remove it."
-        )
-
-    if not text.strip() and not title.strip():
-        raise CorpusError(
-            f"{name} line {lineno}: document {doc_id!r} has an empty text and no title. "
-            f"Give it some text or remove the line."
         )
 
     metadata: dict[str, Any] = {}
@@ -291,7 +348,7 @@ def _parse_document(obj: dict[str, Any], name: str, lineno: int) -> Document:
         meta = obj["metadata"]
         if not isinstance(meta, dict):
             raise CorpusError(
-                f"{name} line {lineno}: document {doc_id!r} \"metadata\" must be a JSON object, got "
+                f"{name}: document {doc_id!r} \"metadata\" must be a JSON object, got "
                 f"{_json_type(meta)}. Fix the \"metadata\" field or remove it."
             )
         metadata.update(meta)  # the explicit metadata object wins over stray top-level keys
@@ -299,14 +356,148 @@ def _parse_document(obj: dict[str, Any], name: str, lineno: int) -> Document:
     try:
         return Document(id=doc_id, text=text, title=title, metadata=metadata)
     except CorpusError as e:  # NaN or otherwise unstorable metadata: name the line
-        raise CorpusError(f"{name} line {lineno}: {e}") from None
+        raise CorpusError(f"{name}: {e}") from None
+
+
+class CorpusReader:
+    """Stream the documents of a corpus file, in file order, holding one line (or one Parquet batch) at a time.
+
+    Formats, recognised by the file's first bytes: JSONL (``.jsonl``), gzipped JSONL (``.jsonl.gz``),
+    zstd-compressed JSONL (``.jsonl.zst``, needs the ``zstandard`` package) and Parquet (needs ``pyarrow``; the
+    columns are the JSONL keys: ``_id`` or ``id``, ``text``, optional ``title`` and ``metadata``, other columns go
+    to the metadata).
+
+    Iterating yields :class:`Document` objects; :meth:`numbered` yields ``(line, document)`` (a Parquet file's
+    1-based row). With ``rejects=None`` a malformed line raises :class:`CorpusError` naming the line; with a list
+    (anything with ``append``), each malformed line is appended as ``{"line", "error", "raw"}`` and skipped.
+    Duplicate ids are not checked here (that needs every id seen; the indexer checks them against its index).
+
+    Attributes:
+        format: ``"jsonl"``, ``"gzip"``, ``"zstd"`` or ``"parquet"``.
+        total, unit: the file's size in bytes (``unit == "B"``) or its rows (``"row"``, Parquet): for progress.
+        position: how much of ``total`` was consumed so far.
+        documents, empty: documents yielded so far, and how many of them have neither text nor title.
+    """
+
+    def __init__(self, path: PathLike, *, rejects: list | None = None, batch_rows: int = 1024) -> None:
+        self.path = _check_file(path, "corpus", "Pass the path of a JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or "
+                                                "Parquet corpus file.")
+        self.format = file_format(self.path)
+        self.rejects = rejects
+        self.batch_rows = batch_rows
+        self.documents = 0
+        self.empty = 0
+        self._tell = lambda: 0
+        if self.format == "parquet":
+            self.unit, self.total = "row", self._parquet().metadata.num_rows
+        else:
+            self.unit, self.total = "B", self.path.stat().st_size
+        self._used = False
+        self._gen: Iterator[tuple[int, Document]] | None = None
+        self._buffer: list[tuple[int, Document]] = []
+
+    @property
+    def position(self) -> int:
+        return self._tell()
+
+    def __iter__(self) -> Iterator[Document]:
+        return (d for _, d in self.numbered())
+
+    def peek(self, n: int) -> list[tuple[int, Document]]:
+        """The first ``n`` ``(line, document)`` pairs, read now (so a bad first line fails at once) and yielded
+        again by :meth:`numbered`."""
+        if self._gen is None:
+            self._gen = self._generate()
+        while len(self._buffer) < n:
+            try:
+                self._buffer.append(next(self._gen))
+            except StopIteration:
+                break
+        return list(self._buffer)
+
+    def numbered(self) -> Iterator[tuple[int, Document]]:
+        """``(line or row number, document)`` for every document of the file (a reader is read once)."""
+        if self._used:
+            raise CorpusError(f"this reader of {self.path.name} was already read: open a new CorpusReader")
+        self._used = True
+        if self._gen is None:
+            self._gen = self._generate()
+        buffered, self._buffer = self._buffer, []
+        yield from buffered
+        yield from self._gen
+
+    def _generate(self) -> Iterator[tuple[int, Document]]:
+        items = self._parquet_items() if self.format == "parquet" else self._jsonl_items()
+        for lineno, item, raw in items:
+            try:
+                if isinstance(item, CorpusError):
+                    raise item
+                doc = _parse_document(item, self.path.name, lineno, "row" if self.format == "parquet" else "line")
+            except CorpusError as exc:
+                if self.rejects is None:
+                    raise
+                self.rejects.append({"line": lineno, "error": str(exc).split(": ", 1)[-1], "raw": raw})
+                continue
+            self.documents += 1
+            if not doc.text.strip() and not doc.title.strip():
+                self.empty += 1
+            yield lineno, doc
+        if self.documents == 0 and self.rejects is None:
+            raise CorpusError(
+                f"{self.path.name} has no documents (the file is empty or only blank lines). "
+                f"Add one JSON document per line, e.g. {{\"_id\": \"d1\", \"text\": \"...\"}}."
+            )
+        logger.debug("read %d documents from %s", self.documents, self.path)
+
+    def _jsonl_items(self) -> Iterator[tuple[int, Any, str]]:
+        name = self.path.name
+        consumed = 0
+        with _open_lines(self.path) as (fh, raw_file):
+            # plain JSONL: the bytes of the lines yielded (exact; the file object reads ahead); compressed: how far
+            # into the compressed file the decompressor is
+            self._tell = (lambda: consumed) if self.format == "jsonl" else raw_file.tell
+            try:
+                for lineno, line, raw in _decoded_lines(self.path, fh):
+                    consumed += len(raw)
+                    text = raw.decode("utf-8", errors="replace").rstrip("\n")
+                    if isinstance(line, CorpusError):
+                        yield lineno, line, text
+                        continue
+                    try:
+                        yield lineno, _parse_json_line(name, lineno, line), text
+                    except CorpusError as exc:
+                        yield lineno, exc, text
+            finally:
+                size = self.total
+                self._tell = lambda: size
+
+    def _parquet(self):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise CorpusError(f"{self.path.name} is a Parquet file and pyarrow is not installed: pip install pyarrow "
+                              f"(or hylex[formats]), or convert it to JSONL") from None
+        try:
+            return pq.ParquetFile(self.path)
+        except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError kinds
+            raise CorpusError(f"{self.path.name}: not a readable Parquet file ({exc}): rewrite it") from None
+
+    def _parquet_items(self) -> Iterator[tuple[int, Any, str]]:
+        pf = self._parquet()
+        row = 0
+        self._tell = lambda: row
+        for batch in pf.iter_batches(batch_size=self.batch_rows):
+            for obj in batch.to_pylist():
+                row += 1
+                obj = {k: v for k, v in obj.items() if not (k == "title" and v is None)}
+                yield row, obj, json.dumps(obj, ensure_ascii=False, default=str)
 
 
 def read_corpus(path: PathLike) -> Iterator[Document]:
-    """Stream the documents of a JSONL corpus (BEIR or plain lines, see the module docstring).
+    """Stream the documents of a corpus file (JSONL, gzip or zstd JSONL, Parquet: :class:`CorpusReader`).
 
     Args:
-        path: the corpus ``.jsonl`` file.
+        path: the corpus file.
 
     Returns:
         an iterator of one :class:`Document` per non-blank line, in file order; a missing file is reported
@@ -316,66 +507,14 @@ def read_corpus(path: PathLike) -> Iterator[Document]:
         CorpusError: the file is missing, a line is malformed (the message names the line), or the file holds
             no document at all (raised once the whole file was read).
     """
-    p = _check_file(path, "corpus", "Pass the path of a JSONL corpus file.")  # raised at call time
-    return _stream_corpus(p)
-
-
-def _stream_corpus(p: Path) -> Iterator[Document]:
-    """Generator behind :func:`read_corpus`."""
-    count = 0
-    for lineno, obj in _iter_json_objects(p):
-        yield _parse_document(obj, p.name, lineno)
-        count += 1
-    if count == 0:
-        raise CorpusError(
-            f"{p.name} has no documents (the file is empty or only blank lines). "
-            f"Add one JSON document per line, e.g. {{\"_id\": \"d1\", \"text\": \"...\"}}."
-        )
-    logger.debug("read %d documents from %s", count, p)
+    return iter(CorpusReader(path))  # the file is checked here, at call time
 
 
 def read_corpus_lenient(path: PathLike, rejects: list[dict]) -> Iterator[Document]:
-    """Like :func:`read_corpus`, but a malformed line (invalid UTF-8 or JSON, a missing id or text, an empty
-    document, metadata that is not an object, an id seen earlier in the file) is appended to ``rejects`` as
-    ``{"line", "error", "raw"}`` instead of stopping the read. ``raw`` is the line as text (invalid bytes
-    replaced)."""
-    p = _check_file(path, "corpus", "Pass the path of a JSONL corpus file.")
-
-    def gen() -> Iterator[Document]:
-        seen: set[str] = set()
-        with p.open("rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                text = raw.decode("utf-8", errors="replace").rstrip("\n")
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as exc:
-                    rejects.append({"line": lineno, "error": f"not valid UTF-8 (byte {exc.start}: {exc.reason})",
-                                    "raw": text})
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    if not isinstance(obj, dict):
-                        raise CorpusError(f"{p.name} line {lineno}: expected a JSON object, got {_json_type(obj)}")
-                    doc = _parse_document(obj, p.name, lineno)
-                except json.JSONDecodeError as exc:
-                    rejects.append({"line": lineno, "error": f"not valid JSON ({exc.msg})", "raw": text})
-                    continue
-                except RecursionError:
-                    rejects.append({"line": lineno, "error": "JSON nested too deeply to read", "raw": text})
-                    continue
-                except CorpusError as exc:
-                    rejects.append({"line": lineno, "error": str(exc).split(": ", 1)[-1], "raw": text})
-                    continue
-                if doc.id in seen:
-                    rejects.append({"line": lineno, "error": f"document id {doc.id!r} appears earlier in the file",
-                                    "raw": text})
-                    continue
-                seen.add(doc.id)
-                yield doc
-
-    return gen()
+    """Like :func:`read_corpus`, but a malformed line (invalid UTF-8 or JSON, a missing id or text, metadata that
+    is not an object) is appended to ``rejects`` as ``{"line", "error", "raw"}`` instead of stopping the read.
+    ``raw`` is the line as text (invalid bytes replaced). Duplicate ids are left to the indexer."""
+    return iter(CorpusReader(path, rejects=rejects))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -64,7 +64,6 @@ def test_read_corpus_tolerates_bom_and_crlf(tmp_path: Path) -> None:
         ('{"_id": "d2", "text": null}', "must be a string"),
         ('{"_id": "d2", "text": "x", "metadata": [1]}', "\"metadata\" must be a JSON object"),
         ('{"_id": "d2", "text": "x", "title": 3}', "\"title\" must be a string"),
-        ('{"_id": "d2", "text": " ", "title": ""}', "empty text and no title"),
     ],
 )
 def test_bad_corpus_line_names_line_number(tmp_path: Path, bad_line: str, fragment: str) -> None:

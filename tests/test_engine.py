@@ -114,6 +114,14 @@ def test_text_without_words_falls_back(fp32):
     assert np.isfinite(out.dense).all()
 
 
+def test_empty_text_is_encoded_with_no_terms(fp32):
+    """An empty document (issue 14: real collections have them) gets the dense vector of its prompt and no sparse
+    term, not the symbols-only fallback's alphanumeric tokens."""
+    out = fp32.encode_documents(["", "  \n", "volcano magma"])
+    assert out.sparse.getnnz(axis=1).tolist()[:2] == [0, 0] and out.sparse[2].nnz > 0
+    np.testing.assert_allclose(np.linalg.norm(out.dense, axis=1), 1.0, atol=1e-5)
+
+
 def test_long_text_is_truncated_not_failed(fp32):
     text = "volcano magma " * 20000
     out = fp32.encode_documents([text])

@@ -138,6 +138,24 @@ def test_merge_policy():
     assert merge_candidates([("a", 10, 0), ("b", 100, 0), ("c", 20, 0)], 3, 0.5) == []
     assert merge_candidates([("a", 4, 6), ("b", 12, 0)], 3, 0.5) == ["a"]  # 60% deleted: rewritten alone
     assert merge_candidates([("a", 0, 5)], 3, 0.5) == ["a"]
+    # max_docs: a tier whose merge would be too large merges only its smallest segments that fit, if still factor
+    tier = [("a", 10, 0), ("b", 12, 0), ("c", 20, 0), ("d", 15, 0)]
+    assert merge_candidates(tier, 3, 0.5, 57) == ["a", "b", "c", "d"]
+    assert merge_candidates(tier, 3, 0.5, 40) == ["a", "b", "d"]
+    assert merge_candidates(tier, 3, 0.5, 36) == []
+
+
+def test_auto_merge_never_writes_a_segment_over_max_docs(tmp_path, fake_encoder):
+    enc = fake_encoder
+    with Index.create(tmp_path / "ix", enc.describe(), merge={"factor": 3, "max_docs": 20}) as ix:
+        for i in range(0, 60, 5):
+            ix.add(POOL[i:i + 5], *encode(enc, POOL[i:i + 5]))
+            assert max(s.n_live for s in ix.segments) <= 20
+        # three 5s merge into a 15; 15s would merge into 45 > 20, so four 15s stay
+        assert [s.n_live for s in ix.segments] == [15] * 4 and ix.n_docs == 60 and ix.validate() == []
+        assert_equivalent(ix, scratch(tmp_path, enc, POOL, like=ix), enc)
+    with pytest.raises(HylexError, match="max_docs must be an integer >= 1"):
+        Index.create(tmp_path / "bad", enc.describe(), merge={"max_docs": 0})
 
 
 def test_auto_merge_keeps_segments_few(tmp_path, fake_encoder):

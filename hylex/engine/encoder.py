@@ -345,14 +345,15 @@ class Encoder:
         return batches
 
     def _own_word_mask(self, texts: list[str], stop: frozenset[str] | None = None) -> torch.Tensor:
-        """bool (B, V): the token ids of each text's own words; texts without words get alphanumeric tokens."""
+        """bool (B, V): the token ids of each text's own words; texts of symbols only get alphanumeric tokens,
+        empty texts none."""
         ids = self._words.ids_for(texts, self._stop if stop is None else stop)
         mask = torch.zeros((len(texts), self.vocab_size), dtype=torch.bool)
         for row, t in enumerate(ids):
             t = t[t < self.vocab_size]
             if len(t):
                 mask[row, torch.from_numpy(t)] = True
-            else:  # a text with no words (symbols only): fall back to alphanumeric tokens
+            elif texts[row].strip():  # a text with no words (symbols only): fall back to alphanumeric tokens
                 mask[row] = self._alnum_mask()
         return mask
 
@@ -377,6 +378,8 @@ class Encoder:
         rows_idx, rows_val = [], []
         for r in range(len(texts)):
             keep = vals[r] > 0
+            if not texts[r].strip():  # an empty document has no terms (not even expansion ones: they would come
+                keep[:] = False       # from the prompt alone)
             order = np.argsort(idx[r][keep])
             rows_idx.append(idx[r][keep][order].astype(np.int32))
             rows_val.append(vals[r][keep][order].astype(np.float32))

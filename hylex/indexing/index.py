@@ -190,7 +190,8 @@ class Index:
         ``bm25``: the BM25 arm's settings, ``{"k1", "b", "stemmer", "stopwords"}`` or ``{"k1", "b", "analyzer"}``
         (defaults: k1 0.9, b 0.4, English stemming and stopwords); k1 and b are the defaults of searches.
 
-        ``merge``: the automatic merge policy ``{"auto", "factor", "max_deleted"}`` (see :func:`merge_settings`).
+        ``merge``: the automatic merge policy ``{"auto", "factor", "max_deleted", "max_docs"}`` (see
+        :func:`merge_settings`).
         """
         p = Path(path)
         if p.exists() and not p.is_dir():
@@ -630,12 +631,12 @@ class Index:
         return vecs
 
     def _auto_merge(self) -> None:
-        cfg = self.manifest.get("merge", MERGE_DEFAULTS)
+        cfg = {**MERGE_DEFAULTS, **self.manifest.get("merge", {})}
         if not cfg.get("auto", True):
             return
         for _ in range(64):  # each round removes segments; the bound only guards against a policy bug
             group = merge_candidates([(s.name, s.n_live, s.n_deleted) for s in self.segments], cfg["factor"],
-                                     cfg["max_deleted"])
+                                     cfg["max_deleted"], cfg["max_docs"])
             if not group:
                 return
             self._merge([s for s in self.segments if s.name in set(group)])
@@ -1014,7 +1015,9 @@ def merge_settings(cfg: dict | None) -> dict:
     """Checked automatic merge policy: ``auto`` (merge after each commit when the policy asks), ``factor`` >= 2
     (segments whose live sizes share a power of ``factor`` are merged once ``factor`` of them exist: each
     document is rewritten about log_factor(N) times), ``max_deleted`` in (0, 1] (a segment with more than this
-    fraction deleted is rewritten without them)."""
+    fraction deleted is rewritten without them), ``max_docs`` >= 1 (an automatic merge never writes a segment of
+    more live documents: a merge holds the segment it writes in memory, so this bounds indexing's peak memory
+    however large the corpus grows; ``hylex merge`` is not bound by it)."""
     out = dict(MERGE_DEFAULTS)
     for key, v in (cfg or {}).items():
         if key not in out:
@@ -1028,24 +1031,41 @@ def merge_settings(cfg: dict | None) -> dict:
     md = out["max_deleted"]
     if isinstance(md, bool) or not isinstance(md, (int, float)) or not 0 < md <= 1:
         raise HylexError(f"merge max_deleted must be a number in (0, 1], got {md!r}")
+    mx = out["max_docs"]
+    if isinstance(mx, bool) or not isinstance(mx, int) or mx < 1:
+        raise HylexError(f"merge max_docs must be an integer >= 1, got {mx!r}")
     return out
 
 
-def merge_candidates(segs: Sequence[tuple[str, int, int]], factor: int, max_deleted: float) -> list[str]:
+def merge_candidates(segs: Sequence[tuple[str, int, int]], factor: int, max_deleted: float,
+                     max_docs: int | None = None) -> list[str]:
     """The segments the policy merges next, from ``(name, live, deleted)`` per segment (empty: none).
 
     A segment with no live document, or more than ``max_deleted`` of its documents deleted, is rewritten
     alone; otherwise the smallest tier (live size ``floor(log_factor(live))``) holding ``factor`` segments is
-    merged whole."""
+    merged whole, or, when that would write more than ``max_docs`` live documents, its smallest segments that fit
+    under it, if they are still ``factor`` or more (else the tier is left as it is)."""
     for name, live, deleted in segs:
         if live == 0 or deleted / (live + deleted) > max_deleted:
             return [name]
-    tiers: dict[int, list[str]] = {}
+    tiers: dict[int, list[tuple[int, str]]] = {}
     for name, live, _ in segs:
-        tiers.setdefault(int(math.log(max(live, 1), factor) + 1e-9), []).append(name)
+        tiers.setdefault(int(math.log(max(live, 1), factor) + 1e-9), []).append((live, name))
     for tier in sorted(tiers):
-        if len(tiers[tier]) >= factor:
-            return tiers[tier]
+        group = tiers[tier]
+        if len(group) < factor:
+            continue
+        if max_docs is not None and sum(live for live, _ in group) > max_docs:
+            fit, total = [], 0
+            for live, name in sorted(group):
+                if total + live > max_docs:
+                    break
+                fit.append(name)
+                total += live
+            if len(fit) >= factor:
+                return [name for _, name in group if name in set(fit)]
+            continue
+        return [name for _, name in group]
     return []
 
 

@@ -16,7 +16,9 @@ READABLE = " and ".join(map(str, READABLE_VERSIONS))
 MANIFEST = "manifest.json"
 OWNER_FILE = "dense_owner.npy"
 RAW_DENSE_FILE = "dense_raw.npy"  # float32 vectors, kept where the FAISS index cannot give them back exactly
-MERGE_DEFAULTS = {"auto": True, "factor": 10, "max_deleted": 0.5}
+# max_docs: the largest segment an automatic merge writes (a merge holds the segment it writes in memory: ~3 GB
+# for 1,000,000 documents of the default model); manifests written before it existed read as this default
+MERGE_DEFAULTS = {"auto": True, "factor": 10, "max_deleted": 0.5, "max_docs": 1_000_000}
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -79,7 +81,7 @@ def manifest_stats(path: str | os.PathLike, manifest: dict) -> dict:
             "updated": manifest["updated"], "documents": int(manifest["n_docs"]),
             "deleted": sum(s["deleted"] for s in segs), "segments": segs,
             "segment_bytes": sum(s["bytes"] for s in segs), "store_bytes": store_bytes,
-            "merge": manifest.get("merge", MERGE_DEFAULTS),
+            "merge": {**MERGE_DEFAULTS, **manifest.get("merge", {})},
             "encoder": manifest["encoder"], "dense": manifest["dense"], "bm25": manifest["bm25"]}
 
 

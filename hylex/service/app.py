@@ -737,9 +737,6 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             raise ServiceError(f"{len(req.documents)} documents in one request, the limit is {max_batch}: split "
                                f"the batch", 413)
         docs = [Document(id=d.id, text=d.text, title=d.title, metadata=d.metadata) for d in req.documents]
-        for d in docs:
-            if not d.text.strip() and not d.title.strip():
-                raise ServiceError(f"document {d.id!r} has an empty text and no title")
         seen: set[str] = set()
         for d in docs:
             if d.id in seen:

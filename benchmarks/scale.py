@@ -1,0 +1,155 @@
+"""Indexing at scale: `hylex index` streaming a synthetic corpus through a stub encoder, peak memory per size.
+
+``streaming``: writes a synthetic gzipped JSONL corpus of N documents (once, cached under ``--work``: ~80
+Zipf-drawn words per document over a 50,000-word vocabulary, a title of 4 words), then runs the real command line
+``hylex index CORPUS --index DIR --encoder scale:stub_encoder`` in a child process per size and reports its
+wall time, documents/s and peak RSS (``ru_maxrss`` of that child alone, from ``wait4``). The stub encoder
+(:class:`StubEncoder`: crc32 word hashing into 32,768 sparse ids, a fixed random projection to 64-d dense) takes
+the LLM out, so what is measured is hylex's own reading, BM25 analysis, segment building, LMDB and commits.
+With ``--merge off`` the index never merges (``--no-auto-merge``); with ``auto`` the default policy runs (ten
+100,000-document segments are merged into one at 1,000,000: that merge holds the merged segment in memory).
+
+    PYTHONPATH=. python benchmarks/scale.py streaming --docs 100000 1000000 --merge off auto \\
+        --out benchmarks/results/scale.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve().parent
+WORDS = 50_000
+
+
+class StubEncoder:
+    """A fast deterministic stand-in for the LLM (a ``hylex.indexing.TextEncoder``): sparse ``log1p(count)`` of
+    each word at ``crc32(word) % vocab_size``; dense the sparse row times a seeded Gaussian matrix, L2-normalised
+    (a text without words gets a fixed unit vector)."""
+
+    dim = 64
+    vocab_size = 32_768
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.projection = rng.standard_normal((self.vocab_size, self.dim)).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"model_id": "stub-hash", "fingerprint": "stub-hash-1", "dim": self.dim,
+                "vocab_size": self.vocab_size, "settings": {"stub": "crc32 words, log1p counts"}}
+
+    def _encode(self, texts):
+        indptr, cols = [0], []
+        for t in texts:
+            cols.extend(zlib.crc32(w.encode()) % self.vocab_size for w in t.lower().split())
+            indptr.append(len(cols))
+        m = sp.csr_matrix((np.ones(len(cols), np.float32), np.asarray(cols, np.int64), np.asarray(indptr)),
+                          shape=(len(texts), self.vocab_size))
+        m.sum_duplicates()
+        m.data = np.log1p(m.data)
+        dense = np.asarray(m @ self.projection, dtype=np.float32)
+        norms = np.linalg.norm(dense, axis=1, keepdims=True)
+        dense = np.where(norms > 0, dense / np.maximum(norms, 1e-12), 0).astype(np.float32)
+        dense[norms[:, 0] == 0, 0] = 1.0
+        return dense, m.astype(np.float32)
+
+    def encode_documents(self, texts):
+        return self._encode(texts)
+
+    def encode_queries(self, texts):
+        return self._encode(texts)
+
+
+def stub_encoder() -> StubEncoder:
+    """``--encoder scale:stub_encoder`` (with ``benchmarks`` on PYTHONPATH)."""
+    return StubEncoder()
+
+
+def write_corpus(path: Path, n: int, seed: int = 0) -> None:
+    """``n`` synthetic documents as gzipped JSONL (written to a temporary name, then renamed)."""
+    rng = np.random.default_rng(seed)
+    vocab = np.array([f"w{i}" for i in range(WORDS)])
+    p = 1.0 / np.arange(1, WORDS + 1)
+    cdf = np.cumsum(p / p.sum())
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as f:
+        for start in range(0, n, 10_000):
+            m = min(10_000, n - start)
+            lengths = rng.integers(40, 120, m)
+            words = vocab[np.minimum(np.searchsorted(cdf, rng.random(int(lengths.sum()))), WORDS - 1)]
+            titles = vocab[np.minimum(np.searchsorted(cdf, rng.random(m * 4)), WORDS - 1)].reshape(m, 4)
+            ends = np.cumsum(lengths)
+            for i in range(m):
+                text = " ".join(words[ends[i] - lengths[i]:ends[i]])
+                f.write(json.dumps({"_id": f"doc{start + i}", "title": " ".join(titles[i]), "text": text}) + "\n")
+    os.replace(tmp, path)
+
+
+def run_index(corpus: Path, index: Path, merge: str) -> dict:
+    """``hylex index`` in a child process: wall seconds, its peak RSS and its summary line."""
+    shutil.rmtree(index, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "hylex", "--no-progress", "index", str(corpus), "--index", str(index),
+           "--encoder", "scale:stub_encoder"] + (["--no-auto-merge"] if merge == "off" else [])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"hylex index failed ({proc.returncode}): {err.strip()[-2000:]}")
+    manifest = json.loads((index / "manifest.json").read_text())
+    return {"seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
+            "segments": len(manifest["segments"]), "n_docs": manifest["n_docs"],
+            "summary": out.strip().splitlines()[-1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="bench", required=True)
+    s = sub.add_parser("streaming", help="hylex index with a stub encoder: peak RSS against corpus size")
+    s.add_argument("--docs", type=int, nargs="+", default=[100_000, 1_000_000])
+    s.add_argument("--merge", nargs="+", choices=["off", "auto"], default=["off", "auto"])
+    s.add_argument("--work", default=str(HERE / ".work" / "scale"))
+    s.add_argument("--keep", action="store_true", help="keep the indexes (default: removed after each run)")
+    s.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    args = ap.parse_args()
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sink = open(args.out, "a") if args.out else None
+    for n in args.docs:
+        corpus = work / f"corpus-{n}.jsonl.gz"
+        if not corpus.exists():
+            t0 = time.perf_counter()
+            write_corpus(corpus, n)
+            print(f"wrote {corpus} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        for merge in args.merge:
+            index = work / f"index-{n}-{merge}"
+            r = run_index(corpus, index, merge)
+            row = {"bench": "streaming", "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
+                   "cpus": os.cpu_count(), "docs": n, "corpus": corpus.name,
+                   "corpus_mib": round(corpus.stat().st_size / 2**20, 1), "encoder": "stub (crc32, 64-d)",
+                   "auto_merge": merge == "auto", "docs_per_s": round(n / r["seconds"], 1), **r}
+            print(json.dumps(row), flush=True)
+            if sink:
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+            if not args.keep:
+                shutil.rmtree(index, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
