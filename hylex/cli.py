@@ -666,7 +666,7 @@ def cmd_stats(args) -> int:
               f"{seg['bytes'] / 2**20:.1f} MiB")
     m = st["merge"]
     print(f"  merge policy: {'automatic' if m['auto'] else 'manual'}, factor {m['factor']}, segments up to "
-          f"{m.get('max_docs', 1_000_000):,} documents, rewrite segments over {m['max_deleted']:.0%} deleted; "
+          f"{m.get('max_docs', 250_000):,} documents, rewrite segments over {m['max_deleted']:.0%} deleted; "
           f"generation {st['generation']}")
     return 0
 
@@ -746,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a new index's merge policy: merge once this many segments share a size tier (default 10)")
     pi.add_argument("--merge-max-docs", type=int, default=None,
                     help="a new index's merge policy: automatic merges write segments of at most this many "
-                         "documents (default 1,000,000; bounds indexing memory)")
+                         "documents (default 250,000; bounds indexing memory)")
     pi.add_argument("--no-auto-merge", action="store_true", help="a new index merges only on `hylex merge`")
     g = pi.add_argument_group("sparse postings (a new index's storage; default: 16-bit impacts, no pruning)")
     g.add_argument("--sparse-bits", type=int, choices=[8, 16], default=None, help="impact precision (default 16)")

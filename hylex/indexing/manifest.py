@@ -16,9 +16,11 @@ READABLE = " and ".join(map(str, READABLE_VERSIONS))
 MANIFEST = "manifest.json"
 OWNER_FILE = "dense_owner.npy"
 RAW_DENSE_FILE = "dense_raw.npy"  # float32 vectors, kept where the FAISS index cannot give them back exactly
-# max_docs: the largest segment an automatic merge writes (a merge holds the segment it writes in memory: ~3 GB
-# for 1,000,000 documents of the default model); manifests written before it existed read as this default
-MERGE_DEFAULTS = {"auto": True, "factor": 10, "max_deleted": 0.5, "max_docs": 1_000_000}
+# max_docs: the largest segment an automatic merge writes. Building a segment holds it in memory, ~10 KB per
+# document here (benchmarks/scale.py: merging ten 100,000-document segments peaked at 10.1 GiB with a 64-d stub
+# encoder), so the cap is what bounds indexing's peak memory however large the corpus grows. Manifests written
+# before it existed read as this default.
+MERGE_DEFAULTS = {"auto": True, "factor": 10, "max_deleted": 0.5, "max_docs": 250_000}
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
