@@ -48,8 +48,11 @@ setup(
         "gpu": ["faiss-gpu-cu12>=1.8"],
         # corpora as Parquet (what Ray Data writes) and zstd-compressed JSONL; gzip needs nothing
         "formats": ["pyarrow>=14", "zstandard>=0.22"],
-        # bm25s: the reference BM25 of tests/test_bm25.py; pyarrow/zstandard: the corpus formats' tests
-        "test": ["pytest>=7", "hypothesis>=6", "bm25s>=0.2", "pyarrow>=14", "zstandard>=0.22"],
+        # hylex index --ray / hylex.indexing.distributed
+        "ray": ["ray[data]==2.60.0", "pyarrow>=14", "zstandard>=0.22"],
+        # bm25s: the reference BM25 of tests/test_bm25.py; pyarrow/zstandard: the corpus formats' tests; ray: a
+        # real local cluster for tests/test_ray.py
+        "test": ["pytest>=7", "hypothesis>=6", "bm25s>=0.2", "pyarrow>=14", "zstandard>=0.22", "ray[data]==2.60.0"],
         "bench": ["bm25s[core]>=0.2", "matplotlib", "pyseismic-lsr==0.5.4", "qdrant-edge-py==0.9.0", "threadpoolctl",
                   "schemathesis>=4.32,<4.33"],  # benchmarks/fuzz_service.py: the HTTP contract fuzzed
     },

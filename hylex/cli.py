@@ -208,6 +208,55 @@ def _custom_encoder(spec: str):
     return enc
 
 
+class _ImportedEncoder:
+    """``--encoder module:callable`` as a picklable factory (each Ray actor imports and calls it)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+
+    def __call__(self):
+        return _custom_encoder(self.spec)
+
+
+def _index_on_ray(args, reader, bm25, sparse, merge, existing: str) -> int:
+    """``hylex index --ray``: hylex.indexing.distributed with the command line's encoder settings."""
+    from hylex.indexing.distributed import index_with_ray
+
+    if args.skip_invalid:
+        raise HylexError("--skip-invalid is not supported with --ray: a bad line stops the job (its error quotes "
+                         "the line); check the corpus with a plain `hylex index` first")
+    if args.encoder:
+        factory = _ImportedEncoder(args.encoder)
+    else:
+        from hylex.engine.encoder import EncoderFactory, resolve_dtype
+        from hylex.indexing.index import MANIFEST, read_manifest
+
+        base = read_manifest(args.index)["encoder"].get("settings", {}) if (Path(args.index) / MANIFEST).exists() \
+            else {}
+        cfg = EncoderConfig.from_dict({**base, **_encoder_options(args)})
+        if cfg.dtype == "auto":  # the actors' dtype, fixed here so the index records what they encode with
+            import torch
+
+            cfg.dtype = "bfloat16" if args.ray_gpus else resolve_dtype("auto", torch.device("cpu"))
+        kwargs = _encoder_kwargs(args)
+        kwargs["progress"] = False
+        if args.ray_gpus:
+            kwargs["device"] = "cuda"
+        factory = EncoderFactory(cfg.to_dict(), kwargs)
+
+    def acknowledged(done: int, total) -> None:
+        print(f"committed {done} documents", flush=True)
+
+    rep = index_with_ray(reader.path, args.index, factory, address=args.ray or None, actors=args.ray_actors,
+                         gpus_per_actor=args.ray_gpus, batch_size=args.chunk_size, segment_size=args.segment_size,
+                         dense_factory=args.dense_factory, bm25=bm25, sparse=sparse, merge=merge, existing=existing,
+                         on_commit=acknowledged)
+    docs_s = rep.documents / rep.seconds if rep.seconds else 0.0
+    print(f"indexed {rep.documents} documents into {rep.index_dir} on Ray in {rep.seconds:.1f}s ({docs_s:.1f} "
+          f"docs/s; {rep.segments} segments, {rep.extra.get('orphans', 0)} staged by retried tasks and dropped)")
+    return 0
+
+
 # -- commands --------------------------------------------------------------------------------------------------
 def cmd_index(args) -> int:
     from hylex.indexing.builder import build_index
@@ -244,6 +293,8 @@ def cmd_index(args) -> int:
     base = None
     from hylex.indexing.index import MANIFEST, read_manifest
 
+    if args.ray is not None:
+        return _index_on_ray(args, reader, bm25, sparse, merge, existing)
     if args.encoder:
         encoder = _custom_encoder(args.encoder)
     else:
@@ -742,6 +793,12 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--encoder", metavar="MODULE:CALLABLE", default=None,
                     help="index with the encoder this callable returns instead of an LLM (e.g. a stub for "
                          "throughput tests); the encoder options are then ignored")
+    g = pi.add_argument_group("Ray (pip install 'hylex[ray]'): encode on an actor pool, commit staged segments")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="index on a Ray cluster (ADDRESS, or a local one when left out); the corpus and the index "
+                        "directory must be on storage every node reaches")
+    g.add_argument("--ray-actors", type=_positive_int, default=1, help="encoder actors (one model each) [1]")
+    g.add_argument("--ray-gpus", type=float, default=0, help="GPUs per actor (0: CPU actors) [0]")
     pi.add_argument("--merge-factor", type=int, default=None,
                     help="a new index's merge policy: merge once this many segments share a size tier (default 10)")
     pi.add_argument("--merge-max-docs", type=int, default=None,

@@ -522,6 +522,68 @@ class Index:
         self._auto_merge()
         return first
 
+    def add_staged(self, staged: str | os.PathLike, existing: str = "error") -> int:
+        """Commit a segment built elsewhere as one new segment; returns its first global row.
+
+        ``staged`` is a directory that :func:`write_segment_files` wrote, beside it ``STAGED.json`` (the entry it
+        returned) and ``STAGED.documents.jsonl`` (each document's stored JSON, in row order): what a worker of a
+        distributed job leaves (:mod:`hylex.indexing.distributed`). The files are checked against the entry
+        (sizes and sha256), the directory is moved into the index, the documents stored and the manifest replaced,
+        as for :meth:`add`. ``existing``: ids already live in the index are refused (``error``), replace their old
+        rows (``upsert``), or replace them only when stored with the same title, text and metadata (``resume``).
+        The sibling files are removed once committed.
+        """
+        self._check_writable()
+        staged = Path(staged)
+        meta_file, docs_file = staged.with_name(staged.name + ".json"), staged.with_name(staged.name + ".documents.jsonl")
+        if not staged.is_dir() or not meta_file.is_file() or not docs_file.is_file():
+            raise HylexError(f"{staged} is not a complete staged segment (a directory with {meta_file.name} and "
+                             f"{docs_file.name} beside it)")
+        part = json.loads(meta_file.read_text())
+        blobs = docs_file.read_bytes().splitlines()
+        if len(blobs) != int(part.get("n_docs", -1)):
+            raise IndexFormatError(f"staged segment {staged.name} holds {len(blobs)} documents, its entry says "
+                                   f"{part.get('n_docs')}: it is damaged, index its documents again")
+        for fname, meta in part["files"].items():
+            f = staged / fname
+            if not f.is_file() or f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
+                raise IndexFormatError(f"staged segment file {f} is missing or does not match its checksum: index "
+                                       f"its documents again")
+        ids = [json.loads(b)["id"] for b in blobs]
+        if len(set(ids)) != len(ids):
+            raise HylexError(f"staged segment {staged.name} repeats a document id: ids must be unique")
+        old = self.rows_of(ids)
+        present = [(i, r) for i, r in enumerate(old) if r is not None]
+        if present and existing == "error":
+            raise HylexError(f"{len(present)} document id(s) are already in the index (first: {ids[present[0][0]]!r}): "
+                             f"ids must be unique; upsert to replace them, or index into a new directory")
+        if present and existing == "resume":
+            for (i, _), doc in zip(present, self.documents([r for _, r in present])):
+                new = json.loads(blobs[i])
+                if (doc["title"], doc["text"], doc["metadata"]) != (new["title"], new["text"], new["metadata"]):
+                    raise HylexError(f"document {ids[i]!r} is already in {self.path} with other content: resume "
+                                     f"only skips documents indexed unchanged; upsert to replace them")
+        self._prepare_write()
+        first = int(self.manifest["next_row"])
+        seq = int(self.manifest["next_segment"])
+        self.manifest = {**self.manifest, "next_segment": seq + 1}  # never reuse a name, even if this fails
+        name = f"seg-{seq:06d}"
+        final = self.path / "segments" / name
+        if final.exists():  # an interrupted commit renamed it but never reached the manifest
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        _fsync_dir(final.parent)
+        self.store.put(first, blobs, ids)
+        self.store.sync()
+        self._publish(new=[{"name": name, "row_offset": first, **part}],
+                      deletes=self._group_rows([r for _, r in present]))
+        for f in (meta_file, docs_file):
+            f.unlink(missing_ok=True)
+        logger.info("committed staged segment %s as %s: %d documents (%d replaced)", staged.name, name, len(ids),
+                    len(present))
+        self._auto_merge()
+        return first
+
     def delete(self, ids: Sequence[str]) -> int:
         """Delete the live documents with these external ids (ids not in the index are ignored); returns how
         many were deleted. Durable on return, like every commit."""
@@ -701,24 +763,11 @@ class Index:
         shutil.rmtree(tmp, ignore_errors=True)
         if final.exists():  # an interrupted commit renamed it but never reached the manifest
             shutil.rmtree(final)
-        tmp.mkdir(parents=True)
-        built = DenseIndex.build(dense, self.manifest["dense"]["factory"])
-        built.save(tmp / "dense.faiss")
-        if len(dense) and not _exact_copy(built, dense):  # lossy codes (PQ, SQ): keep the vectors for merges
-            np.save(tmp / RAW_DENSE_FILE, np.ascontiguousarray(dense, dtype=np.float32), allow_pickle=False)
-        if dense_owner is not None and len(dense_owner) != n:
-            np.save(tmp / OWNER_FILE, np.asarray(dense_owner, dtype=np.int32), allow_pickle=False)
-        cfg = self.manifest["sparse"]
-        inv = ImpactIndex.from_csr(sparse_csr, bits=cfg["bits"], block_size=cfg["block_size"],
-                                   keep_top=cfg["keep_top"], keep_fraction=cfg["keep_fraction"], forward=True,
-                                   max_weight=cfg.get("max_weight"))
-        inv.save(tmp)
-        bm25.save(tmp)
-        files = _seal(tmp)
+        part = write_segment_files(tmp, dense, dense_owner, sparse_csr=sparse_csr, bm25=bm25,
+                                   factory=self.manifest["dense"]["factory"], sparse_cfg=self.manifest["sparse"])
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-        entry = {"name": name, "row_offset": first_row, "n_docs": n, "n_vectors": len(dense), "nnz": inv.nnz,
-                 "bm25_nnz": bm25.nnz, "bm25_terms": bm25.n_terms, "bm25_len": bm25.total_len, "files": files}
+        entry = {"name": name, "row_offset": first_row, **part}
         return name, entry, n
 
     def _group_rows(self, rows: Sequence[int]) -> dict[str, np.ndarray]:
@@ -1067,6 +1116,30 @@ def merge_candidates(segs: Sequence[tuple[str, int, int]], factor: int, max_dele
             continue
         return [name for _, name in group]
     return []
+
+
+def write_segment_files(directory: Path, dense: np.ndarray, dense_owner: np.ndarray | None, *,
+                        sparse_csr: sp.csr_matrix, bm25: Bm25Postings, factory: str, sparse_cfg: dict) -> dict:
+    """Write a segment's files into the new ``directory`` (FAISS ``factory`` index of ``dense`` float32 (m, dim),
+    impacts of ``sparse_csr`` float32 (n, V) stored as ``sparse_cfg`` says, BM25 postings), fsynced; returns its
+    manifest entry without ``name`` and ``row_offset`` (those are given when it is committed). Needs no index
+    handle, so workers of a distributed job build segments with it (:mod:`hylex.indexing.distributed`)."""
+    n = sparse_csr.shape[0]
+    directory.mkdir(parents=True)
+    built = DenseIndex.build(dense, factory)
+    built.save(directory / "dense.faiss")
+    if len(dense) and not _exact_copy(built, dense):  # lossy codes (PQ, SQ): keep the vectors for merges
+        np.save(directory / RAW_DENSE_FILE, np.ascontiguousarray(dense, dtype=np.float32), allow_pickle=False)
+    if dense_owner is not None and len(dense_owner) != n:
+        np.save(directory / OWNER_FILE, np.asarray(dense_owner, dtype=np.int32), allow_pickle=False)
+    inv = ImpactIndex.from_csr(sparse_csr, bits=sparse_cfg["bits"], block_size=sparse_cfg["block_size"],
+                               keep_top=sparse_cfg["keep_top"], keep_fraction=sparse_cfg["keep_fraction"],
+                               forward=True, max_weight=sparse_cfg.get("max_weight"))
+    inv.save(directory)
+    bm25.save(directory)
+    files = _seal(directory)
+    return {"n_docs": n, "n_vectors": len(dense), "nnz": inv.nnz, "bm25_nnz": bm25.nnz, "bm25_terms": bm25.n_terms,
+            "bm25_len": bm25.total_len, "files": files}
 
 
 def _exact_copy(index: DenseIndex, vectors: np.ndarray) -> bool:

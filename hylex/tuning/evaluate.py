@@ -78,7 +78,7 @@ class DevEvaluator:
         """Per arm ``(D float32 (nq, depth), I int64 (nq, depth))`` over the pool."""
         import torch
 
-        from hylex.tuning.trainer import bf16_is_fast
+        from hylex.engine.encoder import bf16_is_fast
 
         saved, encoder.encoding_cache = encoder.encoding_cache, None
         was_training = encoder.lm.training

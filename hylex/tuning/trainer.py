@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from hylex.engine.encoder import bf16_is_fast
 from hylex.engine.lora import merge_lora  # noqa: F401  (re-exported)
 from hylex.tuning.data import Group, TrainingData, TrainingDataError
 from hylex.tuning.loss import ContrastiveLoss
@@ -29,20 +30,6 @@ from hylex.tuning.loss import ContrastiveLoss
 logger = logging.getLogger(__name__)
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """bfloat16 autocast pays on CUDA and on CPUs with AMX or AVX512-BF16 (this project's machine: the encoder
-    runs 1.8x faster); elsewhere it is emulated and slower than float32."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class TuneInterrupted(TrainingDataError):
