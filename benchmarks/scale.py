@@ -11,6 +11,13 @@ With ``--merge off`` the index never merges (``--no-auto-merge``); with ``auto``
 
     PYTHONPATH=. python benchmarks/scale.py streaming --docs 100000 1000000 --merge off auto \\
         --out benchmarks/results/scale.jsonl
+
+``ray``: the same corpus through ``index_with_ray`` on a local Ray cluster (a child driver process; the stub
+encoder in an actor pool, segments staged by write tasks and committed by the driver), optionally beside the
+single-process run (``--single``): wall time, documents/s, the driver's peak RSS and the largest encoder-actor and
+writer peaks the job reports, and the driver's time in commits and merges.
+
+    PYTHONPATH=. python benchmarks/scale.py ray --docs 100000 1000000 --single --out benchmarks/results/scale.jsonl
 """
 from __future__ import annotations
 
@@ -116,6 +123,39 @@ def run_index(corpus: Path, index: Path, merge: str) -> dict:
             "summary": out.strip().splitlines()[-1]}
 
 
+RAY_DRIVER = """
+import json, sys, time
+import ray
+from scale import stub_encoder
+from hylex.indexing.distributed import index_with_ray
+ray.init(num_cpus=int(sys.argv[3]), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+ray.data.DataContext.get_current().enable_progress_bars = False
+t0 = time.perf_counter()
+rep = index_with_ray(sys.argv[1], sys.argv[2], stub_encoder, actors=int(sys.argv[4]), batch_size=int(sys.argv[5]),
+                     segment_size=int(sys.argv[6]))
+print(json.dumps({"seconds_in_job": round(time.perf_counter() - t0, 1), "segments": rep.segments, **rep.extra}))
+"""
+
+
+def run_ray(corpus: Path, index: Path, cpus: int, actors: int, batch: int, segment: int) -> dict:
+    """index_with_ray with the stub encoder in a child driver process (a local cluster of ``cpus``): wall time,
+    the driver's peak RSS, and the actors' and writers' peaks the job reports."""
+    shutil.rmtree(index, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", RAY_DRIVER, str(corpus), str(index), str(cpus), str(actors),
+                             str(batch), str(segment)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"the Ray job failed: {err.strip()[-3000:]}")
+    manifest = json.loads((index / "manifest.json").read_text())
+    return {"seconds": round(seconds, 1), "driver_peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
+            "n_docs": manifest["n_docs"], **json.loads(out.strip().splitlines()[-1])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="bench", required=True)
@@ -125,7 +165,18 @@ def main() -> None:
     s.add_argument("--work", default=str(HERE / ".work" / "scale"))
     s.add_argument("--keep", action="store_true", help="keep the indexes (default: removed after each run)")
     s.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    r = sub.add_parser("ray", help="hylex index on a local Ray cluster with the stub encoder, against one process")
+    r.add_argument("--docs", type=int, nargs="+", default=[100_000])
+    r.add_argument("--cpus", type=int, default=2, help="the local cluster's CPUs")
+    r.add_argument("--actors", type=int, default=1)
+    r.add_argument("--batch", type=int, default=256, help="documents per encoder call")
+    r.add_argument("--segment", type=int, default=100_000)
+    r.add_argument("--single", action="store_true", help="also run the single-process hylex index on each corpus")
+    r.add_argument("--work", default=str(HERE / ".work" / "scale"))
+    r.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.bench == "ray":
+        return ray_main(args)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -149,6 +200,33 @@ def main() -> None:
                 sink.flush()
             if not args.keep:
                 shutil.rmtree(index, ignore_errors=True)
+
+
+
+def ray_main(args) -> None:
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sink = open(args.out, "a") if args.out else None
+    for n in args.docs:
+        corpus = work / f"corpus-{n}.jsonl.gz"
+        if not corpus.exists():
+            write_corpus(corpus, n)
+        runs = [("ray", lambda: run_ray(corpus, work / f"ray-{n}", args.cpus, args.actors, args.batch, args.segment))]
+        if args.single:
+            runs.insert(0, ("single", lambda: run_index(corpus, work / f"single-{n}", "auto")))
+        for kind, fn in runs:
+            r = fn()
+            row = {"bench": f"{kind}-process" if kind == "single" else "ray", "date": time.strftime("%Y-%m-%d"),
+                   "machine": platform.machine(), "cpus": os.cpu_count(), "docs": n, "corpus": corpus.name,
+                   "encoder": "stub (crc32, 64-d)", "docs_per_s": round(n / r["seconds"], 1), **r}
+            if kind == "ray":
+                row.update({"ray_cpus": args.cpus, "actors": args.actors, "batch": args.batch,
+                            "segment": args.segment})
+            print(json.dumps(row), flush=True)
+            if sink:
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+            shutil.rmtree(work / f"{kind}-{n}", ignore_errors=True)
 
 
 if __name__ == "__main__":

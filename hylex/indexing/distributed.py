@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 import time
 import uuid
@@ -94,7 +95,9 @@ class _Encode:
         docs = self._documents(batch)
         dense, sparse = self.encoder.encode_documents([d.full_text for d in docs])
         sparse = sp.csr_matrix(sparse, dtype=np.float32)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: this actor's peak so far
         return {"doc": np.array([doc_json(d) for d in docs], dtype=object),
+                "actor_rss_kb": np.full(len(docs), rss, dtype=np.int64),
                 "dense": np.asarray(dense, np.float32),
                 "sp_idx": _ragged([sparse.indices[sparse.indptr[i]:sparse.indptr[i + 1]].astype(np.int32)
                                    for i in range(len(docs))]),
@@ -145,7 +148,10 @@ def _write(batch: dict, staging: str, factory: str, sparse_cfg: dict, analyzer_c
                                sparse_cfg=sparse_cfg)
     _write_synced(target.with_name(name + ".documents.jsonl"), b"".join(b + b"\n" for b in blobs))
     _write_synced(target.with_name(name + ".json"), json.dumps(part).encode())  # last: marks it complete
-    return {"staged": np.array([name], dtype=object), "n": np.array([n], dtype=np.int64)}
+    actor_rss = int(np.max(batch["actor_rss_kb"])) if n else 0
+    return {"staged": np.array([name], dtype=object), "n": np.array([n], dtype=np.int64),
+            "actor_rss_kb": np.array([actor_rss], dtype=np.int64),
+            "writer_rss_kb": np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=np.int64)}
 
 
 def _full_text(d: dict) -> str:
@@ -172,7 +178,9 @@ def index_with_ray(corpus: str | os.PathLike, index_dir: str | os.PathLike, enco
     driver calls it once for the encoder's description, every actor once. ``address``: the cluster to join
     (``ray.init(address)``; None starts or joins a local one). Other options as :func:`build_index`;
     ``dense_agg='maxsim'`` encoders are not supported here. Returns the :class:`BuildReport`
-    (``extra["staged"]``: segments committed, ``extra["orphans"]``: staged directories left by retried tasks).
+    (``extra``: ``staged`` segments committed, ``orphans`` staged directories left by retried tasks,
+    ``actor_peak_rss_gib`` / ``writer_peak_rss_gib`` the largest peak RSS of an encoder actor / a write task's
+    worker, ``commit_seconds`` the driver's time in commits and the merges they start).
     """
     ray = _ray()
     for name, v in (("actors", actors), ("batch_size", batch_size), ("segment_size", segment_size)):
@@ -233,12 +241,17 @@ def index_with_ray(corpus: str | os.PathLike, index_dir: str | os.PathLike, enco
                                "vocab_size": int(m["sparse"]["vocab_size"])},
             batch_size=segment_size, batch_format="numpy")
         committed = set()
+        actor_kb = writer_kb = 0
+        commit_s = 0.0
         for row in staged.iter_rows():
             name, n = str(row["staged"]), int(row["n"])
+            actor_kb, writer_kb = max(actor_kb, int(row["actor_rss_kb"])), max(writer_kb, int(row["writer_rss_kb"]))
             if name in committed:
                 continue
             if n:
+                tc = time.perf_counter()
                 index.add_staged(staging / name, existing=existing)
+                commit_s += time.perf_counter() - tc
                 report.segments += 1
                 report.documents += n
                 if on_commit is not None:
@@ -246,6 +259,10 @@ def index_with_ray(corpus: str | os.PathLike, index_dir: str | os.PathLike, enco
             committed.add(name)
         orphans = [p.name for p in staging.iterdir() if p.is_dir()]
         report.extra["staged"] = len(committed)
+        # what each kind of process peaked at (the largest seen), and the driver's time in commits and merges
+        report.extra["actor_peak_rss_gib"] = round(actor_kb / 2**20, 3)
+        report.extra["writer_peak_rss_gib"] = round(writer_kb / 2**20, 3)
+        report.extra["commit_seconds"] = round(commit_s, 2)
         report.extra["orphans"] = len(orphans)
         if orphans:
             logger.info("removing %d staged segments no task returned (retried tasks)", len(orphans))
