@@ -476,6 +476,7 @@ def cmd_tune(args) -> int:
                      query_max_length=args.query_tokens, passage_max_length=args.passage_tokens,
                      temperature=args.temperature, dense_weight=args.dense_weight, sparse_weight=args.sparse_weight,
                      flops_q=args.flops, flops_p=args.flops, gradient_checkpointing=args.gradient_checkpointing,
+                     mask_false_negatives=args.mask_false_negatives,
                      bf16=args.bf16, seed=args.seed, save_every=args.save_every, eval_every=args.eval_every).check()
     options = _encoder_options(args)
     model = options.pop("model", None) or TUNE_BASE
@@ -933,6 +934,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="recompute activations in the backward pass: ~half the peak memory, about the same "
                         "step time on this CPU [on]")
+    g.add_argument("--mask-false-negatives", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave a query's other known positives that come into its batch out of its InfoNCE "
+                        "softmax [on]")
     g.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
                    help="bfloat16 autocast: auto = where fast (CUDA, AMX or AVX512-BF16 CPUs)")
     g.add_argument("--seed", type=int, default=0)

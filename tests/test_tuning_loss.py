@@ -51,3 +51,34 @@ def test_contrastive_loss_parts():
 def test_bad_loss_settings(kw, needle):
     with pytest.raises(TrainingDataError, match=needle):
         ContrastiveLoss(**kw)
+
+
+def test_masked_columns_leave_the_softmax():
+    """A query's other known positives in the batch (in-batch false negatives) are out of its InfoNCE: the loss
+    equals the one computed with those columns deleted, and the target column is never masked."""
+    rng = np.random.default_rng(3)
+    scores = torch.tensor(rng.standard_normal((3, 6)), dtype=torch.float32)
+    mask = torch.zeros((3, 6), dtype=torch.bool)
+    mask[0, 2] = mask[0, 5] = mask[2, 1] = True
+    got = float(info_nce(scores, 2, mask))
+    want = []
+    for i in range(3):
+        keep = [c for c in range(6) if not mask[i, c]]
+        row = scores[i, keep].numpy().astype(np.float64)
+        want.append(np.log(np.exp(row).sum()) - float(scores[i, 2 * i]))
+    assert got == pytest.approx(float(np.mean(want)), rel=1e-5)
+    assert float(info_nce(scores, 2, None)) == pytest.approx(float(info_nce(scores, 2, torch.zeros_like(mask))))
+    q_sparse, p_sparse = scores.abs(), torch.tensor(rng.random((6, 6)), dtype=torch.float32)
+    parts = ContrastiveLoss(dense_weight=0.0)(scores[:, :4], q_sparse, torch.ones(6, 4), p_sparse, 2, mask)
+    assert float(parts["sparse"]) == pytest.approx(float(info_nce(q_sparse @ p_sparse.T, 2, mask)))
+
+
+def test_the_trainer_masks_known_positives_of_other_groups():
+    from hylex.tuning.trainer import Trainer
+
+    t = Trainer.__new__(Trainer)  # only the positives map matters here (no model)
+    t._positives = {"qa": frozenset({"shared", "a1"}), "qb": frozenset({"shared", "b1"})}
+    # query qa's target is "a1" (column 0), qb's is "shared" (column 2); qa's other positive "shared" at column 2
+    mask = t.false_negatives(["qa", "qb"], ["a1", "neg", "shared", "a1"])
+    assert mask.tolist() == [[False, False, True, True], [False, False, False, False]]
+    assert t.false_negatives(["qa", "qb"], ["a1", "x", "b1", "y"]) is None

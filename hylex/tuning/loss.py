@@ -17,10 +17,15 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(scores: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Mean InfoNCE of ``scores`` float (Q, Q * group_size) where query i's positive is column ``i * group_size``."""
+def info_nce(scores: torch.Tensor, group_size: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean InfoNCE of ``scores`` float (Q, Q * group_size) where query i's positive is column ``i * group_size``;
+    ``mask`` bool (Q, Q * group_size): columns left out of query i's softmax (its other known positives: in-batch
+    false negatives), never its own target."""
     target = torch.arange(scores.shape[0], device=scores.device) * group_size
-    return F.cross_entropy(scores.float(), target)
+    scores = scores.float()
+    if mask is not None:
+        scores = scores.masked_fill(mask, float("-inf"))
+    return F.cross_entropy(scores, target)
 
 
 def flops(weights: torch.Tensor) -> torch.Tensor:
@@ -52,18 +57,19 @@ class ContrastiveLoss:
             raise TrainingDataError("dense_weight and sparse_weight are both 0: nothing would be trained")
 
     def __call__(self, q_dense: torch.Tensor, q_sparse: torch.Tensor, p_dense: torch.Tensor,
-                 p_sparse: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
-        """Queries (Q, H) / (Q, V), passages (Q * group_size, H) / (Q * group_size, V). Returns the parts and
-        their weighted sum under ``"loss"`` (scalars)."""
+                 p_sparse: torch.Tensor, group_size: int, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Queries (Q, H) / (Q, V), passages (Q * group_size, H) / (Q * group_size, V); ``mask`` bool
+        (Q, Q * group_size) as :func:`info_nce`. Returns the parts and their weighted sum under ``"loss"``
+        (scalars)."""
         if p_dense.shape[0] != q_dense.shape[0] * group_size:
             raise ValueError(f"{p_dense.shape[0]} passages for {q_dense.shape[0]} queries x group {group_size}")
         parts: dict[str, torch.Tensor] = {}
         total = q_dense.new_zeros((), dtype=torch.float32)
         if self.dense_weight:
-            parts["dense"] = info_nce(q_dense @ p_dense.T / self.temperature, group_size)
+            parts["dense"] = info_nce(q_dense @ p_dense.T / self.temperature, group_size, mask)
             total = total + self.dense_weight * parts["dense"]
         if self.sparse_weight:
-            parts["sparse"] = info_nce(q_sparse @ p_sparse.T, group_size)
+            parts["sparse"] = info_nce(q_sparse @ p_sparse.T, group_size, mask)
             total = total + self.sparse_weight * parts["sparse"]
         if self.flops_q:
             parts["flops_q"] = flops(q_sparse)

@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+# settings added after checkpoints were first written, with the value that reproduces what those checkpoints did
+LEGACY_ARGS = {"mask_false_negatives": False}
+
+
 class TuneInterrupted(TrainingDataError):
     """A run stopped by SIGINT/SIGTERM before its last step: the checkpoint is saved, no model is written."""
 
@@ -73,6 +77,10 @@ class TuneArgs:
     # recompute each layer's activations in the backward pass: peak RSS 8.4 vs 19.1 GiB for 16 queries x 4
     # passages of 128 tokens on this CPU, step time 42.1 vs 47.9 s (benchmarks/README.md, "Training memory")
     gradient_checkpointing: bool = True
+    # leave a query's other known positives out of its softmax when they come into the batch (as another group's
+    # positive or a padding negative): on NFCorpus train (~43 judged documents per query) 40% of queries had one
+    # in a batch of 16 x 4, and a run without the mask collapsed (sparse arm dead at step 22); SciFact 2.5%
+    mask_false_negatives: bool = True
     bf16: str = "auto"
     seed: int = 0
     save_every: int = 100
@@ -219,6 +227,9 @@ class Trainer:
         self.evaluate, self.progress = evaluate, progress
         self.loss = ContrastiveLoss(args.temperature, args.dense_weight, args.sparse_weight, args.flops_q,
                                     args.flops_p)
+        self._positives: dict[str, frozenset[str]] = {}
+        for g in train.groups:
+            self._positives[g.query] = self._positives.get(g.query, frozenset()) | frozenset(g.pos)
         device = encoder.device
         self.autocast = args.bf16 == "on" or (args.bf16 == "auto" and bf16_is_fast(device))
         lm = encoder.lm
@@ -299,6 +310,7 @@ class Trainer:
         # trades memory for time (a run killed for memory resumes with it on)
         saved = {k: v for k, v in meta["args"].items()
                  if k not in ("steps", "save_every", "eval_every", "gradient_checkpointing")}
+        saved = {**LEGACY_ARGS, **saved}  # a checkpoint older than a setting ran without it
         mine = {k: v for k, v in asdict(self.args).items() if k in saved}
         diffs = [f"{k}: checkpoint {saved[k]!r}, given {mine[k]!r}" for k in saved
                  if json.loads(json.dumps(mine[k])) != saved[k]]
@@ -330,7 +342,21 @@ class Trainer:
             tokens = self.encoder.feature_tokens
             pd, psp = self.encoder.features(passages, "passage", max_text_tokens=args.passage_max_length)
             tokens += self.encoder.feature_tokens
-            return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives), tokens
+            mask = self.false_negatives(queries, passages) if args.mask_false_negatives else None
+            return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives, mask), tokens
+
+    def false_negatives(self, queries: list[str], passages: list[str]) -> torch.Tensor | None:
+        """bool (Q, Q * group): passage c is a known positive of query i (or the same text as its target) and not
+        its target column; None when there is none."""
+        group = len(passages) // max(len(queries), 1)
+        mask = torch.zeros((len(queries), len(passages)), dtype=torch.bool)
+        for i, q in enumerate(queries):
+            target = i * group
+            known = self._positives.get(q, frozenset()) | {passages[target]}
+            for c, p in enumerate(passages):
+                if c != target and p in known:
+                    mask[i, c] = True
+        return mask if mask.any() else None
 
     def _step(self, step: int) -> dict:
         args = self.args
