@@ -78,8 +78,9 @@ class TuneArgs:
     # passages of 128 tokens on this CPU, step time 42.1 vs 47.9 s (benchmarks/README.md, "Training memory")
     gradient_checkpointing: bool = True
     # leave a query's other known positives out of its softmax when they come into the batch (as another group's
-    # positive or a padding negative): on NFCorpus train (~43 judged documents per query) 40% of queries had one
-    # in a batch of 16 x 4, and a run without the mask collapsed (sparse arm dead at step 22); SciFact 2.5%
+    # positive or a padding negative): a known positive is not a negative. On NFCorpus train (~43 judged documents
+    # per query) 40% of queries had one in a batch of 16 x 4 (SciFact 2.5%). It did not stop NFCorpus's sparse
+    # collapse (benchmarks/README.md, "Not run yet"): runs with and without it both lost the sparse arm by step 22
     mask_false_negatives: bool = True
     bf16: str = "auto"
     seed: int = 0
