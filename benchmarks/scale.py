@@ -178,15 +178,9 @@ def main() -> None:
     if args.bench == "ray":
         return ray_main(args)
 
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    sink = open(args.out, "a") if args.out else None
+    work, sink = _setup(args)
     for n in args.docs:
-        corpus = work / f"corpus-{n}.jsonl.gz"
-        if not corpus.exists():
-            t0 = time.perf_counter()
-            write_corpus(corpus, n)
-            print(f"wrote {corpus} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        corpus = _corpus(work, n)
         for merge in args.merge:
             index = work / f"index-{n}-{merge}"
             r = run_index(corpus, index, merge)
@@ -194,23 +188,40 @@ def main() -> None:
                    "cpus": os.cpu_count(), "docs": n, "corpus": corpus.name,
                    "corpus_mib": round(corpus.stat().st_size / 2**20, 1), "encoder": "stub (crc32, 64-d)",
                    "auto_merge": merge == "auto", "docs_per_s": round(n / r["seconds"], 1), **r}
-            print(json.dumps(row), flush=True)
-            if sink:
-                sink.write(json.dumps(row) + "\n")
-                sink.flush()
+            _emit(sink, row)
             if not args.keep:
                 shutil.rmtree(index, ignore_errors=True)
 
 
 
-def ray_main(args) -> None:
+def _setup(args):
+    """The work folder (created) and the --out file (or None)."""
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    sink = open(args.out, "a") if args.out else None
+    return work, open(args.out, "a") if args.out else None
+
+
+def _corpus(work: Path, n: int) -> Path:
+    """The synthetic corpus of ``n`` documents, written once."""
+    corpus = work / f"corpus-{n}.jsonl.gz"
+    if not corpus.exists():
+        t0 = time.perf_counter()
+        write_corpus(corpus, n)
+        print(f"wrote {corpus} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return corpus
+
+
+def _emit(sink, row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    if sink:
+        sink.write(json.dumps(row) + "\n")
+        sink.flush()
+
+
+def ray_main(args) -> None:
+    work, sink = _setup(args)
     for n in args.docs:
-        corpus = work / f"corpus-{n}.jsonl.gz"
-        if not corpus.exists():
-            write_corpus(corpus, n)
+        corpus = _corpus(work, n)
         runs = [("ray", lambda: run_ray(corpus, work / f"ray-{n}", args.cpus, args.actors, args.batch, args.segment))]
         if args.single:
             runs.insert(0, ("single", lambda: run_index(corpus, work / f"single-{n}", "auto")))
@@ -222,10 +233,7 @@ def ray_main(args) -> None:
             if kind == "ray":
                 row.update({"ray_cpus": args.cpus, "actors": args.actors, "batch": args.batch,
                             "segment": args.segment})
-            print(json.dumps(row), flush=True)
-            if sink:
-                sink.write(json.dumps(row) + "\n")
-                sink.flush()
+            _emit(sink, row)
             shutil.rmtree(work / f"{kind}-{n}", ignore_errors=True)
 
 

@@ -218,7 +218,7 @@ class _ImportedEncoder:
         return _custom_encoder(self.spec)
 
 
-def _index_on_ray(args, reader, bm25, sparse, merge, existing: str) -> int:
+def _index_on_ray(args, reader, base: dict | None, bm25, sparse, merge, existing: str) -> int:
     """``hylex index --ray``: hylex.indexing.distributed with the command line's encoder settings."""
     from hylex.indexing.distributed import index_with_ray
 
@@ -229,11 +229,8 @@ def _index_on_ray(args, reader, bm25, sparse, merge, existing: str) -> int:
         factory = _ImportedEncoder(args.encoder)
     else:
         from hylex.engine.encoder import EncoderFactory, resolve_dtype
-        from hylex.indexing.index import MANIFEST, read_manifest
 
-        base = read_manifest(args.index)["encoder"].get("settings", {}) if (Path(args.index) / MANIFEST).exists() \
-            else {}
-        cfg = EncoderConfig.from_dict({**base, **_encoder_options(args)})
+        cfg = EncoderConfig.from_dict({**(base or {}), **_encoder_options(args)})
         if cfg.dtype == "auto":  # the actors' dtype, fixed here so the index records what they encode with
             import torch
 
@@ -293,28 +290,25 @@ def cmd_index(args) -> int:
     base = None
     from hylex.indexing.index import MANIFEST, read_manifest
 
+    if not args.encoder and (Path(args.index) / MANIFEST).exists():
+        # adding to an index: its recorded encoder settings, unless an option says otherwise (then the index
+        # refuses the mismatch, naming the setting)
+        base = read_manifest(args.index)["encoder"].get("settings", {})
+        opts = _encoder_options(args)
+        given = EncoderConfig.from_dict({**base, **opts})
+        given.validate()
+        defaults = EncoderConfig()
+        # only the options given are compared here; the model's identity and an "auto" dtype are known once it
+        # loads (then the whole description is checked again)
+        diffs = [f"{key}: index {base.get(key, getattr(defaults, key))!r}, given {getattr(given, key)!r}"
+                 for key in opts if key != "model" and not (key == "dtype" and given.dtype == "auto")
+                 and base.get(key, getattr(defaults, key)) != getattr(given, key)]
+        if diffs:  # fails before the model loads
+            raise HylexError(f"index {args.index} was built with other encoder settings: {'; '.join(diffs)}: leave "
+                             f"the option out to use the index's setting, or index into a new directory")
     if args.ray is not None:
-        return _index_on_ray(args, reader, bm25, sparse, merge, existing)
-    if args.encoder:
-        encoder = _custom_encoder(args.encoder)
-    else:
-        if (Path(args.index) / MANIFEST).exists():
-            # adding to an index: its recorded encoder settings, unless an option says otherwise (then the index
-            # refuses the mismatch, naming the setting)
-            base = read_manifest(args.index)["encoder"].get("settings", {})
-            opts = _encoder_options(args)
-            given = EncoderConfig.from_dict({**base, **opts})
-            given.validate()
-            defaults = EncoderConfig()
-            # only the options given are compared here; the model's identity and an "auto" dtype are known once
-            # it loads (then the whole description is checked again)
-            diffs = [f"{key}: index {base.get(key, getattr(defaults, key))!r}, given {getattr(given, key)!r}"
-                     for key in opts if key != "model" and not (key == "dtype" and given.dtype == "auto")
-                     and base.get(key, getattr(defaults, key)) != getattr(given, key)]
-            if diffs:  # fails before the model loads
-                raise HylexError(f"index {args.index} was built with other encoder settings: {'; '.join(diffs)}: "
-                                 f"leave the option out to use the index's setting, or index into a new directory")
-        encoder = _make_encoder(args, base)
+        return _index_on_ray(args, reader, base, bm25, sparse, merge, existing)
+    encoder = _custom_encoder(args.encoder) if args.encoder else _make_encoder(args, base)
 
     def acknowledged(done: int, total: int | None) -> None:  # printed only once the batch is durable
         share = f" ({reader.position / reader.total:.0%} of {reader.path.name})" if reader.total else ""
@@ -718,7 +712,7 @@ def cmd_stats(args) -> int:
               f"{seg['bytes'] / 2**20:.1f} MiB")
     m = st["merge"]
     print(f"  merge policy: {'automatic' if m['auto'] else 'manual'}, factor {m['factor']}, segments up to "
-          f"{m.get('max_docs', 250_000):,} documents, rewrite segments over {m['max_deleted']:.0%} deleted; "
+          f"{m['max_docs']:,} documents, rewrite segments over {m['max_deleted']:.0%} deleted; "
           f"generation {st['generation']}")
     return 0
 

@@ -510,13 +510,6 @@ def read_corpus(path: PathLike) -> Iterator[Document]:
     return iter(CorpusReader(path))  # the file is checked here, at call time
 
 
-def read_corpus_lenient(path: PathLike, rejects: list[dict]) -> Iterator[Document]:
-    """Like :func:`read_corpus`, but a malformed line (invalid UTF-8 or JSON, a missing id or text, metadata that
-    is not an object) is appended to ``rejects`` as ``{"line", "error", "raw"}`` instead of stopping the read.
-    ``raw`` is the line as text (invalid bytes replaced). Duplicate ids are left to the indexer."""
-    return iter(CorpusReader(path, rejects=rejects))
-
-
 # --------------------------------------------------------------------------------------------------------------
 # queries and qrels
 # --------------------------------------------------------------------------------------------------------------

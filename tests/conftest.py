@@ -246,3 +246,18 @@ def assert_same_results(a, b, atol: float = 1e-5) -> None:
             above_a = {i for i, x in zip(a.ids[q], a.scores[q]) if x > last + atol}
             above_b = {i for i, x in zip(b.ids[q], b.scores[q]) if x > last + atol}
             assert above_a == above_b
+
+
+def assert_same_index_results(dir_a, dir_b, encoder, queries: Sequence[str], atol: float = 1e-5) -> None:
+    """Two indexes of the same documents answer alike (:func:`assert_same_results`) on every arm and the three-arm
+    fusion, top 10."""
+    from hylex.retrieval.searcher import Searcher
+
+    a, b = Searcher(dir_a, encoder=encoder), Searcher(dir_b, encoder=encoder)
+    try:
+        for arms in (["dense"], ["sparse"], ["bm25"], ["dense", "sparse", "bm25"]):
+            assert_same_results(a.search(list(queries), k=10, arms=arms), b.search(list(queries), k=10, arms=arms),
+                                atol=atol)
+    finally:
+        a.index.close()
+        b.index.close()

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeEncoder, doc_line, make_docs
+from conftest import FakeEncoder, assert_same_index_results, doc_line, make_docs
 from hylex.errors import HylexError
 from hylex.indexing import Index
 from hylex.indexing.builder import build_index
-from hylex.retrieval.searcher import Searcher
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -38,31 +37,6 @@ def cluster():
     ray.shutdown()
 
 
-def _hits(index_dir: Path, enc) -> list:
-    s = Searcher(index_dir, encoder=enc)
-    try:
-        out = []
-        for arms in (["dense"], ["sparse"], ["bm25"], ["dense", "sparse", "bm25"]):
-            res = s.search(QUERIES, k=10, arms=arms)
-            out.append([[(h["id"], round(h["score"], 4)) for h in hits] for hits in res.to_list()])
-        return out
-    finally:
-        s.index.close()
-
-
-def _same(a: list, b: list) -> bool:
-    """Equal hit lists up to ties: the same scores, and the same ids at each score above the last one (which
-    of several tied documents fills the last places depends on row order)."""
-    for arm_a, arm_b in zip(a, b):
-        for qa, qb in zip(arm_a, arm_b):
-            if [sc for _, sc in qa] != [sc for _, sc in qb]:
-                return False
-            last = qa[-1][1] if qa else None
-            if {(i, sc) for i, sc in qa if sc != last} != {(i, sc) for i, sc in qb if sc != last}:
-                return False
-    return len(a) == len(b)
-
-
 def _corpus(tmp_path: Path, n: int = 200) -> Path:
     path = tmp_path / "corpus.jsonl.gz"
     path.write_bytes(gzip.compress("".join(doc_line(d) + "\n" for d in make_docs(n)).encode()))
@@ -79,7 +53,7 @@ def test_ray_index_equals_the_single_process_index(tmp_path):
     rep = index_with_ray(corpus, tmp_path / "ray", FakeEncoder, batch_size=16, segment_size=64)
     assert rep.documents == 200 and rep.segments == 4 and rep.extra["orphans"] == 0
     build_index(corpus, tmp_path / "one", FakeEncoder(), progress=False)
-    assert _same(_hits(tmp_path / "ray", FakeEncoder()), _hits(tmp_path / "one", FakeEncoder()))
+    assert_same_index_results(tmp_path / "ray", tmp_path / "one", FakeEncoder(), QUERIES)
     with Index.open(tmp_path / "ray") as ix:
         # segments of exactly --segment-size documents, the last one smaller
         assert ix.n_docs == 200 and ix.validate() == [] and sorted(s.n_docs for s in ix.segments) == [8, 64, 64, 64]
@@ -100,7 +74,7 @@ def test_parquet_corpus_on_ray(tmp_path):
     pq.write_table(pa.Table.from_pylist([json.loads(doc_line(d)) for d in docs]), tmp_path / "c.parquet")
     index_with_ray(tmp_path / "c.parquet", tmp_path / "ray", FakeEncoder, batch_size=8, segment_size=20)
     build_index(docs, tmp_path / "one", FakeEncoder(), progress=False)
-    assert _same(_hits(tmp_path / "ray", FakeEncoder()), _hits(tmp_path / "one", FakeEncoder()))
+    assert_same_index_results(tmp_path / "ray", tmp_path / "one", FakeEncoder(), QUERIES)
     with Index.open(tmp_path / "ray") as ix:
         assert ix.get(["d0003"])[0] == {"id": "d0003", "title": docs[3].title, "text": docs[3].text,
                                         "metadata": docs[3].metadata}
@@ -143,7 +117,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(tmp_path):
         assert ix.n_docs == 200 and ix.validate() == []
         assert all(r is not None for r in ix.rows_of([d.id for d in make_docs(200)]))
     build_index(corpus, tmp_path / "one", FakeEncoder(), progress=False)
-    assert _same(_hits(tmp_path / "ray", FakeEncoder()), _hits(tmp_path / "one", FakeEncoder()))
+    assert_same_index_results(tmp_path / "ray", tmp_path / "one", FakeEncoder(), QUERIES)
 
 
 DRIVER = """
@@ -174,7 +148,7 @@ def test_a_killed_driver_leaves_the_last_commit_and_resume_completes(tmp_path):
         assert ix.n_docs == 200 and ix.validate() == []
         assert not any(p.name != "segments" and p.name.startswith("staging") for p in (tmp_path / "ray").iterdir())
     build_index(corpus, tmp_path / "one", FakeEncoder(), progress=False)
-    assert _same(_hits(tmp_path / "ray", FakeEncoder()), _hits(tmp_path / "one", FakeEncoder()))
+    assert_same_index_results(tmp_path / "ray", tmp_path / "one", FakeEncoder(), QUERIES)
 
 
 def test_the_command_line_indexes_on_ray(tmp_path, capsys):
@@ -186,7 +160,7 @@ def test_the_command_line_indexes_on_ray(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "indexed 60 documents" in out and "on Ray" in out
     build_index(corpus, tmp_path / "one", FakeEncoder(), progress=False)
-    assert _same(_hits(tmp_path / "ix", FakeEncoder()), _hits(tmp_path / "one", FakeEncoder()))
+    assert_same_index_results(tmp_path / "ix", tmp_path / "one", FakeEncoder(), QUERIES)
 
 
 def test_the_real_default_model_on_ray_equals_the_single_process_index(tmp_path):
@@ -203,8 +177,4 @@ def test_the_real_default_model_on_ray_equals_the_single_process_index(tmp_path)
     index_with_ray(corpus, tmp_path / "ray", factory, batch_size=32, segment_size=100)
     enc = Encoder(dtype="float32", progress=False, encoding_cache=False)
     build_index(corpus, tmp_path / "one", enc, progress=False)
-    a, b = _hits(tmp_path / "ray", enc), _hits(tmp_path / "one", enc)
-    for arm_a, arm_b in zip(a, b):
-        for qa, qb in zip(arm_a, arm_b):
-            assert [i for i, _ in qa] == [i for i, _ in qb]
-            assert [s for _, s in qa] == pytest.approx([s for _, s in qb], abs=2e-3)
+    assert_same_index_results(tmp_path / "ray", tmp_path / "one", enc, QUERIES, atol=2e-3)

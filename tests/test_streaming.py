@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FakeEncoder, doc_line, make_docs
+from conftest import FakeEncoder, assert_same_index_results, doc_line, make_docs
 from hylex.corpus import CorpusReader, Document, file_format, read_corpus
 from hylex.errors import CorpusError, HylexError
 from hylex.indexing import Index
@@ -39,18 +39,6 @@ def _write(path: Path, docs: list[Document], fmt: str) -> Path:
     else:
         pq.write_table(pa.Table.from_pylist(_rows(docs)), path, row_group_size=7)  # metadata: a struct column
     return path
-
-
-def _hits(index_dir: Path, enc: FakeEncoder) -> list:
-    s = Searcher(index_dir, encoder=enc)
-    try:
-        out = []
-        for arms in (["dense"], ["sparse"], ["bm25"], ["dense", "sparse", "bm25"]):
-            res = s.search(QUERIES, k=10, arms=arms)
-            out.append([[(h["id"], round(h["score"], 5)) for h in hits] for hits in res.to_list()])
-        return out
-    finally:
-        s.index.close()
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "gzip", "zstd", "parquet"])
@@ -115,7 +103,7 @@ def test_streamed_build_equals_a_build_from_a_list(tmp_path, fmt):
     assert rep.documents == 60 and rep.segments == math.ceil(60 / 11)
     build_index(list(read_corpus(_write(tmp_path / "plain.jsonl", make_docs(60), "jsonl"))), tmp_path / "whole",
                 enc, progress=False)
-    assert _hits(tmp_path / "streamed", enc) == _hits(tmp_path / "whole", enc)
+    assert_same_index_results(tmp_path / "streamed", tmp_path / "whole", enc, QUERIES)
     with Index.open(tmp_path / "streamed") as ix:
         assert [s.n_docs for s in ix.segments] == [11] * 5 + [5]
         assert ix.validate() == []
@@ -181,7 +169,7 @@ def test_a_bad_line_after_a_commit_keeps_it_and_resume_completes(tmp_path):
     rep = build_index(path, tmp_path / "ix", enc, chunk_size=5, segment_size=10, progress=False, existing="resume")
     assert rep.documents == 20 and rep.extra["skipped"] == 20
     build_index(path, tmp_path / "whole", enc, progress=False)
-    assert _hits(tmp_path / "ix", enc) == _hits(tmp_path / "whole", enc)
+    assert_same_index_results(tmp_path / "ix", tmp_path / "whole", enc, QUERIES)
 
 
 def test_a_repeated_id_is_refused_or_rejected_across_segments(tmp_path):

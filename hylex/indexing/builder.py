@@ -78,8 +78,8 @@ def build_index(corpus: str | os.PathLike | CorpusReader | Iterable[Document], i
     ``corpus``: a corpus file (JSONL, gzip or zstd JSONL, Parquet: :class:`hylex.corpus.CorpusReader`), a reader,
     or an iterable of :class:`Document`. Each ``segment_size`` documents are committed as one batch (a segment),
     durable when committed; encodings go through the encoder's cache, so an interrupted run re-done with
-    ``existing="resume"`` costs only the documents after the last commit. A new index directory is created at the
-    first commit: a run that fails before it leaves nothing behind. A malformed line, or an id met twice in the
+    ``existing="resume"`` costs only the documents after the last commit. A new index directory that a run fails
+    to commit anything into is removed again: it leaves nothing behind. A malformed line, or an id met twice in the
     corpus, stops the run with a :class:`CorpusError` naming it (what was committed before stays, and the message
     says how to continue), unless ``rejects`` is a list: then it is appended there as ``{"line", "error", "raw"}``
     and skipped. Documents with neither text nor title are indexed (no sparse or BM25 terms; the dense vector of
@@ -223,7 +223,6 @@ def build_index(corpus: str | os.PathLike | CorpusReader | Iterable[Document], i
             raise CorpusError(f"{_name(corpus)} has no valid document ({n_rejected} rejected): fix the lines"
                               if n_rejected else
                               "the corpus has no documents: pass a file or a list with at least one document")
-        bar.close()
     except BaseException as exc:
         if created and not report.documents:  # nothing committed: leave no empty index behind
             index.close()

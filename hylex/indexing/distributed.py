@@ -42,8 +42,8 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from hylex.corpus import CorpusError, _parse_document, _parse_json_line, file_format
-from hylex.errors import HylexError
+from hylex.corpus import _parse_document, _parse_json_line, file_format
+from hylex.errors import CorpusError, HylexError
 from hylex.indexing.bm25 import Bm25Postings
 from hylex.indexing.builder import EXISTING, BuildReport, _open_existing, _remove_new_index
 from hylex.indexing.dense import DEFAULT_FACTORY
@@ -97,6 +97,7 @@ class _Encode:
         sparse = sp.csr_matrix(sparse, dtype=np.float32)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: this actor's peak so far
         return {"doc": np.array([doc_json(d) for d in docs], dtype=object),
+                "full_text": np.array([d.full_text for d in docs], dtype=object),  # BM25's input, as encoded
                 "actor_rss_kb": np.full(len(docs), rss, dtype=np.int64),
                 "dense": np.asarray(dense, np.float32),
                 "sp_idx": _ragged([sparse.indices[sparse.indptr[i]:sparse.indptr[i + 1]].astype(np.int32)
@@ -130,8 +131,7 @@ def _write(batch: dict, staging: str, factory: str, sparse_cfg: dict, analyzer_c
     from hylex.text import Bm25Analyzer
 
     blobs = [bytes(b) for b in batch["doc"]]
-    docs = [json.loads(b) for b in blobs]
-    n = len(docs)
+    n = len(blobs)
     dense = np.stack([np.asarray(v, np.float32) for v in batch["dense"]]) if n else np.zeros((0, 0), np.float32)
     idx = [np.asarray(x, np.int32) for x in batch["sp_idx"]]
     val = [np.asarray(x, np.float32) for x in batch["sp_val"]]
@@ -140,8 +140,7 @@ def _write(batch: dict, staging: str, factory: str, sparse_cfg: dict, analyzer_c
     sparse = sp.csr_matrix((np.concatenate(val) if n else np.zeros(0, np.float32),
                             np.concatenate(idx) if n else np.zeros(0, np.int32), indptr), shape=(n, vocab_size))
     analyzer = Bm25Analyzer.from_dict(analyzer_cfg)
-    texts = [_full_text(d) for d in docs]
-    bm25 = Bm25Postings.from_tokens(analyzer.analyze(texts))
+    bm25 = Bm25Postings.from_tokens(analyzer.analyze([str(t) for t in batch["full_text"]]))
     name = uuid.uuid4().hex
     target = Path(staging) / name
     part = write_segment_files(target, dense, None, sparse_csr=sparse, bm25=bm25, factory=factory,
@@ -152,12 +151,6 @@ def _write(batch: dict, staging: str, factory: str, sparse_cfg: dict, analyzer_c
     return {"staged": np.array([name], dtype=object), "n": np.array([n], dtype=np.int64),
             "actor_rss_kb": np.array([actor_rss], dtype=np.int64),
             "writer_rss_kb": np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=np.int64)}
-
-
-def _full_text(d: dict) -> str:
-    from hylex.corpus import Document
-
-    return Document(d["id"], d["text"], d["title"], d["metadata"]).full_text
 
 
 def _write_synced(path: Path, data: bytes) -> None:

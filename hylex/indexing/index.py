@@ -565,12 +565,7 @@ class Index:
                                      f"only skips documents indexed unchanged; upsert to replace them")
         self._prepare_write()
         first = int(self.manifest["next_row"])
-        seq = int(self.manifest["next_segment"])
-        self.manifest = {**self.manifest, "next_segment": seq + 1}  # never reuse a name, even if this fails
-        name = f"seg-{seq:06d}"
-        final = self.path / "segments" / name
-        if final.exists():  # an interrupted commit renamed it but never reached the manifest
-            shutil.rmtree(final)
+        name, final = self._claim_segment()
         os.replace(staged, final)
         _fsync_dir(final.parent)
         self.store.put(first, blobs, ids)
@@ -751,18 +746,23 @@ class Index:
             self.manifest = manifest
             logger.debug("removed the garbage of %d commits (%d stored documents)", len(ready), dropped)
 
-    def _write_segment(self, first_row: int, dense: np.ndarray, dense_owner: np.ndarray | None, *,
-                       sparse_csr: sp.csr_matrix, bm25: Bm25Postings) -> tuple[str, dict, int]:
-        """Write a new segment's files (fsynced, renamed into place); returns (name, manifest entry, n_docs)."""
-        n = sparse_csr.shape[0]
+    def _claim_segment(self) -> tuple[str, Path]:
+        """The next segment's name and directory (free: what an interrupted commit left there is removed)."""
         seq = int(self.manifest["next_segment"])
         self.manifest = {**self.manifest, "next_segment": seq + 1}  # never reuse a name, even if this fails
         name = f"seg-{seq:06d}"
         final = self.path / "segments" / name
-        tmp = self.path / "segments" / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         if final.exists():  # an interrupted commit renamed it but never reached the manifest
             shutil.rmtree(final)
+        return name, final
+
+    def _write_segment(self, first_row: int, dense: np.ndarray, dense_owner: np.ndarray | None, *,
+                       sparse_csr: sp.csr_matrix, bm25: Bm25Postings) -> tuple[str, dict, int]:
+        """Write a new segment's files (fsynced, renamed into place); returns (name, manifest entry, n_docs)."""
+        n = sparse_csr.shape[0]
+        name, final = self._claim_segment()
+        tmp = self.path / "segments" / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
         part = write_segment_files(tmp, dense, dense_owner, sparse_csr=sparse_csr, bm25=bm25,
                                    factory=self.manifest["dense"]["factory"], sparse_cfg=self.manifest["sparse"])
         os.replace(tmp, final)
