@@ -1,17 +1,23 @@
-"""Encoder throughput: hylex's full encode (tokenize, prompt, batch, forward, project, prune) against the raw
-Hugging Face forward pass (``model(..., logits_to_keep=1)``) on the very same padded batches.
+"""Encoder throughput and query latency: hylex's encoder as it was before issue 14 (float32, every prompt token
+recomputed), each change on its own, and today's defaults; the raw Hugging Face forward on the same batches.
 
-Prints one JSON line per (dtype, system) with texts/s, tokens/s (real, unpadded tokens) and the median of
-``--repeats`` runs, then one line with hylex's overhead ratio. Run on an otherwise idle machine.
+Per system (interleaved, ``--repeats`` rounds) one JSON line: documents/s and tokens/s (real prompted tokens) of
+``encode_documents`` on the first ``--n`` documents, the medians, and its agreement with the float32 baseline
+(dense cosine, top sparse terms). Then the p50 of one in-process hybrid text query
+(``Searcher.search(text)``: encode + three arms + fusion) on an index of those documents, per system. Last, the
+raw ``transformers`` forward (body + LM head on the last position) on the batches hylex forms for the full
+prompts, and hylex's time over it. Run on an otherwise idle machine.
 
-    python benchmarks/encoder_throughput.py --data ../shared/data/beir/scifact --n 256
+    python benchmarks/encoder_throughput.py --data ../shared/data/beir/scifact --n 128 --repeats 3
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,66 +26,188 @@ import torch
 
 from hylex.corpus import read_corpus
 from hylex.engine import Encoder
+from hylex.engine.encoder import bf16_is_fast
+
+# name -> Encoder keyword arguments. "before" is the encoder as issue 14 found it: float32 and the whole prompt
+# run for every text; "after" is today's defaults.
+SYSTEMS = {
+    "before": {"dtype": "float32", "prefix_cache": False, "batch_tokens": 16384},
+    "bf16": {"dtype": "bfloat16", "prefix_cache": False, "batch_tokens": 16384},
+    "after": {},
+    "after-bf16-residual": {},  # today's defaults with the residual stream rounded to bf16 (what it costs)
+}
+TWEAKS = {"after-bf16-residual": lambda enc: setattr(enc.module.lm.base_model, "float32_residual", False)}
 
 
-def raw_forward(enc: Encoder, texts: list[str]) -> tuple[float, int]:
-    """The raw HF forward on the batches hylex would form: same token ids, padding and position ids."""
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def agreement(base, out, top: int = 10, tie: float = 0.02) -> dict:
+    """How far ``out`` is from ``base`` (both Encoded): dense cosine, and per document its ``top`` strongest sparse
+    terms: share of documents with the same set, the same set up to near-ties (a term may cross the cut only
+    when its ``base`` weight is within ``tie`` of the cut's), mean overlap, the same strongest term."""
+    cos = np.sum(base.dense * out.dense, axis=1)
+    same, same_ties, overlap, first = [], [], [], []
+    for r in range(base.sparse.shape[0]):
+        a, b = base.sparse[r], out.sparse[r]
+        order = np.argsort(-a.data, kind="stable")
+        ta, tb = a.indices[order[:top]], b.indices[np.argsort(-b.data, kind="stable")[:top]]
+        weight = dict(zip(a.indices.tolist(), a.data.tolist()))
+        cut = float(a.data[order[min(top, len(order)) - 1]]) if len(order) else 0.0
+        crossed = set(ta) ^ set(tb)
+        same.append(not crossed)
+        same_ties.append(all(abs(weight.get(t, 0.0) - cut) <= tie for t in crossed))
+        overlap.append(len(set(ta) & set(tb)) / max(len(ta), 1))
+        first.append(len(ta) == 0 or (len(tb) > 0 and ta[0] == tb[0]))
+    return {"dense_cosine_min": round(float(cos.min()), 6), "dense_cosine_median": round(float(np.median(cos)), 6),
+            f"top{top}_terms_same_share": round(float(np.mean(same)), 4),
+            f"top{top}_terms_same_up_to_ties_share": round(float(np.mean(same_ties)), 4),
+            f"top{top}_terms_overlap_mean": round(float(np.mean(overlap)), 4),
+            "top1_term_same_share": round(float(np.mean(first)), 4)}
+
+
+def raw_batches(enc: Encoder, texts: list[str]):
+    """The left-padded full-prompt batches hylex forms for ``texts`` (built outside any timer)."""
     ids = [x[0] for x in enc._token_ids(texts, "passage")]
-
     lengths = np.array([len(x) for x in ids])
-    batches = enc._batches(lengths)
-    padded = []
-    for batch in batches:  # build inputs outside the timed region: the raw pass gets them for free
+    out = []
+    for batch in enc._batches(lengths):
         width = int(lengths[batch].max())
         inp = torch.full((len(batch), width), enc.pad_id, dtype=torch.long)
         att = torch.zeros((len(batch), width), dtype=torch.long)
         for r, i in enumerate(batch):
             inp[r, width - len(ids[i]):] = torch.tensor(ids[i])
             att[r, width - len(ids[i]):] = 1
-        padded.append((inp, att, (att.cumsum(1) - 1).clamp(min=0)))
+        out.append((inp, att, (att.cumsum(1) - 1).clamp(min=0)))
+    return out
+
+
+def raw_forward(hf, batches) -> float:
+    """transformers' body on each batch and its LM head on the last position: the least a forward can do."""
     t = time.perf_counter()
     with torch.inference_mode():
-        for inp, att, pos in padded:
-            out = enc.lm(input_ids=inp, attention_mask=att, position_ids=pos, logits_to_keep=1,
-                         output_hidden_states=True)
-            _ = out.hidden_states[-1][:, -1], out.logits[:, -1]
-    return time.perf_counter() - t, int(lengths.sum())
+        for inp, att, pos in batches:
+            h = hf.model(input_ids=inp, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state
+            _ = h[:, -1].float(), hf.lm_head(h[:, -1])
+    return time.perf_counter() - t
+
+
+def query_latency(enc: Encoder, docs, dense, sparse, queries: list[str], tmp: Path) -> dict:
+    """p50/p90 ms of one hybrid text query (encode + arms + fusion) on an index of ``docs``, and of the search
+    alone with the query already encoded."""
+    from hylex.indexing.index import Index
+    from hylex.retrieval.searcher import Searcher
+
+    index = Index.create(tmp, enc.describe())
+    index.add(docs, dense, sparse)
+    searcher = Searcher(index, encoder=enc)
+    for q in queries[:3]:  # warm-up: numba kernels, first-call allocations
+        searcher.search(q, k=10)
+    full, search_only = [], []
+    for q in queries:
+        t = time.perf_counter()
+        searcher.search(q, k=10)
+        full.append(time.perf_counter() - t)
+        e = enc.encode_queries([q])
+        t = time.perf_counter()
+        searcher.search(dense=e.dense, sparse=e.sparse, bm25_queries=[q], k=10)
+        search_only.append(time.perf_counter() - t)
+    arms = list(searcher.default_fusion["arms"])
+    index.close()
+    ms = lambda xs, p: round(float(np.percentile(xs, p)) * 1000, 2)  # noqa: E731
+    return {"query_p50_ms": ms(full, 50), "query_p90_ms": ms(full, 90), "search_only_p50_ms": ms(search_only, 50),
+            "query_arms": arms, "queries": len(full)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default="../shared/data/beir/scifact", help="BEIR folder (corpus.jsonl)")
-    ap.add_argument("--n", type=int, default=256, help="documents")
+    ap.add_argument("--data", default="../shared/data/beir/scifact", help="BEIR folder (corpus.jsonl, queries.jsonl)")
+    ap.add_argument("--n", type=int, default=128, help="documents")
+    ap.add_argument("--queries", type=int, default=50, help="queries for the latency figures")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtypes", default="float32,auto")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
+    ap.add_argument("--batch-tokens", default="", help="also run 'after' with these batch_tokens (comma list)")
+    ap.add_argument("--no-raw", action="store_true", help="skip the raw transformers forward")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
-    texts = []
-    for d in read_corpus(Path(args.data) / "corpus.jsonl"):
-        texts.append(d.full_text)
-        if len(texts) == args.n:
+    data = Path(args.data)
+    docs = []
+    for d in read_corpus(data / "corpus.jsonl"):
+        docs.append(d)
+        if len(docs) == args.n:
             break
-    for dtype in args.dtypes.split(","):
-        enc = Encoder(progress=False, encoding_cache=False, dtype=dtype, threads=args.threads)
-        enc.encode_documents(texts[:8])  # warm-up
-        hy, raw = [], []
-        for _ in range(args.repeats):
+    texts = [d.full_text for d in docs]
+    queries = []
+    with open(data / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            queries.append(json.loads(line)["text"])
+            if len(queries) == args.queries:
+                break
+    systems = {name: dict(SYSTEMS[name]) for name in args.systems.split(",")}
+    for bt in filter(None, args.batch_tokens.split(",")):
+        systems[f"after@{bt}"] = {"batch_tokens": int(bt)}
+    encoders = {name: Encoder(progress=False, encoding_cache=False, threads=args.threads, **kw)
+                for name, kw in systems.items()}
+    for name, enc in encoders.items():
+        if name in TWEAKS:
+            TWEAKS[name](enc)
+    common = {"date": datetime.date.today().isoformat(), "dataset": data.name, "texts": len(texts),
+              "cpu": cpu_name(), "bf16_native": bf16_is_fast(torch.device("cpu")), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "model": next(iter(encoders.values())).config.model}
+    for enc in encoders.values():
+        enc.encode_documents(texts[:4])  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    outs, stats = {}, {}
+    for _ in range(args.repeats):  # interleaved, so that a slow spell of the machine hits every system alike
+        for name, enc in encoders.items():
             t = time.perf_counter()
-            enc.encode_documents(texts)
-            hy.append(time.perf_counter() - t)
-            tokens = enc.stats.tokens
-            s, _ = raw_forward(enc, texts)
-            raw.append(s)
-        common = {"dataset": Path(args.data).name, "texts": len(texts), "tokens": tokens,
-                  "dtype": enc.config.dtype, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                  "batch_tokens": enc.batch_tokens}
-        for name, times in (("hylex.encode_documents", hy), ("hf_forward_same_batches", raw)):
-            med = statistics.median(times)
-            print(json.dumps({**common, "system": name, "seconds_median": round(med, 3),
-                              "texts_per_s": round(len(texts) / med, 2), "tokens_per_s": round(tokens / med, 1),
-                              "runs": [round(x, 3) for x in times]}), flush=True)
-        print(json.dumps({**common, "overhead_ratio": round(statistics.median(hy) / statistics.median(raw), 4)}),
-              flush=True)
+            outs[name] = enc.encode_documents(texts)
+            times[name].append(time.perf_counter() - t)
+            stats[name] = enc.stats
+    base = outs.get("before")
+    medians = {}
+    for name, enc in encoders.items():
+        med = medians[name] = statistics.median(times[name])
+        s = stats[name]
+        row = {**common, "system": name, "dtype": enc.config.dtype, "prefix_cache": enc.prefix_cache,
+               "batch_tokens": enc.batch_tokens, "tokens": s.tokens, "padded_tokens": s.padded_tokens,
+               "prefix_tokens": s.prefix_tokens, "batches": s.batches, "seconds_median": round(med, 3),
+               "texts_per_s": round(len(texts) / med, 3), "tokens_per_s": round(s.tokens / med, 1),
+               "forward_share": round(s.forward_seconds / s.seconds, 4), "runs": [round(x, 3) for x in times[name]]}
+        if base is not None and name != "before":
+            row["speedup_vs_before"] = round(medians["before"] / med, 3) if "before" in medians else None
+            row["vs_before"] = agreement(base, outs[name])
+        with tempfile.TemporaryDirectory() as tmp:
+            row.update(query_latency(enc, docs, outs[name].dense, outs[name].sparse, queries, Path(tmp) / "idx"))
+        print(json.dumps(row), flush=True)
+    if "before" in medians:
+        for name in medians:
+            if name != "before":
+                print(json.dumps({**common, "system": name, "speedup_vs_before": round(medians["before"] / medians[name], 3)}),
+                      flush=True)
+    if not args.no_raw:
+        from hylex.engine.models import load_causal_lm
+
+        name = "after" if "after" in encoders else next(iter(encoders))
+        enc = encoders[name]
+        hf = load_causal_lm(enc.resolved.path)
+        enc._merge_adapters(hf)
+        hf = hf.to(getattr(torch, enc.config.dtype)).eval()
+        batches = raw_batches(enc, texts)
+        raw = [raw_forward(hf, batches) for _ in range(args.repeats)]
+        med = statistics.median(raw)
+        print(json.dumps({**common, "system": "hf_forward_same_batches", "dtype": enc.config.dtype,
+                          "attn_implementation": getattr(hf.config, "_attn_implementation", None),
+                          "seconds_median": round(med, 3), "texts_per_s": round(len(texts) / med, 3),
+                          "runs": [round(x, 3) for x in raw],
+                          f"{name}_over_raw_time": round(medians[name] / med, 4)}), flush=True)
 
 
 if __name__ == "__main__":

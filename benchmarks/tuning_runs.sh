@@ -56,9 +56,11 @@ for step in $steps; do
       tune "$RUNS/scifact-tuned" "$SCIFACT" --split train --steps 150 "${COMMON[@]}"
       bench scifact-tuned "$RUNS/scifact-tuned" train "$SCIFACT" ;;
     nfcorpus)  # 100 steps, and a small dev (20 queries, 100 distractors): NFCorpus judges ~50 documents per query,
-               # so 20 dev queries already pool ~1,000 passages (~6 min per evaluation here)
+               # so 20 dev queries already pool ~1,000 passages (~6 min per evaluation here). Sparse weight 0.1:
+               # at 1.0 the sparse loss (15-22 at the start here) drove every own-word weight to zero by step 22
+               # twice (a dead ReLU; logs in benchmarks/README.md)
       tune "$RUNS/nfcorpus-tuned" "$NFCORPUS" --split train --steps 100 --max-dev 20 --dev-distractors 100 \
-        "${COMMON[@]}"
+        --sparse-weight 0.1 "${COMMON[@]}"
       bench nfcorpus-tuned "$RUNS/nfcorpus-tuned" train "$NFCORPUS" ;;
     vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document)
       tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --steps 100 "${COMMON[@]}"

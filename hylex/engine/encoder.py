@@ -96,6 +96,7 @@ class EncodeStats:
     forward_seconds: float = 0.0
     batch_shapes: list = field(default_factory=list)
     truncated: int = 0  # texts cut to max_length (not chunked)
+    prefix_tokens: int = 0  # prompt-prefix tokens not recomputed (read from the prefix cache)
 
 
 class PromptRepsModule(torch.nn.Module):
@@ -122,12 +123,14 @@ class PromptRepsModule(torch.nn.Module):
         # Gemma-style models squash their logits; applying the same keeps the sparse weights faithful.
         self.softcap = getattr(lm.config, "final_logit_softcapping", None)
 
-    def forward(self, input_ids, attention_mask, position_ids, pool_weights, logit_index: int = -1):
+    def forward(self, input_ids, attention_mask, position_ids, pool_weights, logit_index: int = -1, prefix=None):
         """input_ids/attention_mask/position_ids long (B, L), left-padded; pool_weights float32 (B, L) summing
         to 1 per row. Returns dense float32 (B, H) = sum_l w_l h_l of the last layer, and float32 logits (B, V)
-        at position ``logit_index``."""
+        at position ``logit_index``. ``prefix``: the per-layer keys and values of a prompt prefix every row
+        continues (hylex's native models only; :meth:`prefix_kv`), the rows then holding what follows it."""
+        extra = {} if prefix is None else {"prefix": prefix}
         out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids, use_cache=False)
+                                 position_ids=position_ids, use_cache=False, **extra)
         hidden = out.last_hidden_state  # (B, L, H)
         dense = torch.einsum("bl,blh->bh", pool_weights.to(hidden.dtype), hidden).float()
         # float32 even under a caller's bfloat16 autocast (training, dev evaluation): one position per row
@@ -136,6 +139,15 @@ class PromptRepsModule(torch.nn.Module):
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return dense, logits
+
+    def prefix_kv(self, ids: Sequence[int], device: torch.device) -> list:
+        """Per layer, the (keys, values) (1, kv_heads, P, head_dim) of the P tokens ``ids`` at positions 0..P-1:
+        what :meth:`forward`'s ``prefix`` takes."""
+        x = torch.tensor([list(ids)], dtype=torch.long, device=device)
+        kept: list = []
+        self.lm.base_model(input_ids=x, attention_mask=torch.ones_like(x),
+                           position_ids=torch.arange(x.shape[1], device=device)[None], keep_kv=kept)
+        return kept
 
 
 @dataclass(frozen=True)
@@ -167,15 +179,22 @@ class Encoder:
         backend: ``auto`` runs Llama/Qwen2 models on hylex's torch-only forward and tokenizer
             (:mod:`hylex.engine.native`, the same outputs without importing ``transformers``: seconds off every
             one-shot command) and anything else on ``transformers``; ``transformers`` always uses the latter.
+        prefix_cache: run the prompt's shared prefix (system message and the words before the text: 22-23
+            tokens of the default prompt) once and let every text continue from its keys and values instead of
+            recomputing it per text (native backend; the same outputs up to float rounding). Recomputed when
+            the weights change (training).
     """
 
     def __init__(self, model: str | None = None, config: EncoderConfig | None = None, *, device: str = "auto",
                  threads: int | None = None, batch_tokens: int = 16384, max_batch: int = 64,
                  progress: bool | None = None, cache: str | None = None,
-                 encoding_cache: str | bool = True, backend: str = "auto", **overrides):
+                 encoding_cache: str | bool = True, backend: str = "auto", prefix_cache: bool = True,
+                 **overrides):
         if backend not in ("auto", "transformers"):
             raise HylexError(f"backend must be 'auto' or 'transformers', not {backend!r}")
         self.backend = backend
+        self.prefix_cache = bool(prefix_cache)
+        self._prefixes: dict = {}
         cfg = EncoderConfig.from_dict({**(config.to_dict() if config else {}), **overrides})
         if model is not None:
             cfg.model = str(model)
@@ -433,17 +452,18 @@ class Encoder:
             self._stop_mask = torch.from_numpy(np.array([s.lower() in stop for s in self._token_strings()]))
         return self._stop_mask
 
-    def _batch_tensors(self, prompted: list[tuple[list[int], int, int]]):
+    def _batch_tensors(self, prompted: list[tuple[list[int], int, int]], offset: int = 0):
         """Left-padded model inputs for prompted rows ``(ids, start, end)``: input_ids, attention_mask and
-        position_ids long (B, L), pooling weights float32 (B, L). Positions count real tokens only, so a text's
-        encoding does not depend on its batch's padding."""
+        position_ids long (B, L), pooling weights float32 (B, L). Positions count real tokens only (from
+        ``offset``: the length of a cached prefix the rows continue), so a text's encoding does not depend on
+        its batch's padding."""
         width = max(len(x[0]) for x in prompted)
         input_ids = torch.full((len(prompted), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(prompted), width), dtype=torch.long)
         for r, (x, _, _) in enumerate(prompted):
             input_ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
             attn[r, width - len(x):] = 1
-        pos = (attn.cumsum(1) - 1).clamp(min=0)
+        pos = (attn.cumsum(1) - 1).clamp(min=0) + offset
         pool = self._pool_weights([(len(x), start, end) for x, start, end in prompted], width)
         return input_ids, attn, pos, pool
 
@@ -495,6 +515,21 @@ class Encoder:
             mask = self._alnum_mask().to(dev)
         return torch.nn.functional.normalize(dense, dim=-1), weights * mask
 
+    def _prefix(self, kind: str, units: list[_Unit]) -> tuple[int, list | None]:
+        """``(P, per-layer keys/values)`` of ``kind``'s prompt prefix (the tokens before the text, the same in
+        every row), or ``(0, None)`` where it is not used. Kept until the weights change: the key is every
+        parameter's storage and in-place version counter (an optimizer step bumps it). Call in inference mode."""
+        ids = self._layouts[kind].pieces[0]
+        if not self.prefix_cache or self.backend_used != "native" or len(ids) < 2 or \
+                any(len(u.ids) <= len(ids) for u in units):
+            return 0, None
+        version = tuple((p.data_ptr(), p._version) for p in self.module.parameters())
+        hit = self._prefixes.get(kind)
+        if hit is None or hit[0] != version:
+            hit = (version, self.module.prefix_kv(ids, self.device))
+            self._prefixes[kind] = hit
+        return len(ids), hit[1]
+
     def _forward_units(self, units: list[_Unit], kind: str, stats: EncodeStats):
         """Encode without the cache: dense float32 (n, H) and per-unit sorted (term ids, weights)."""
         from tqdm.auto import tqdm
@@ -513,12 +548,16 @@ class Encoder:
                    disable=True if kind == "query" and n < 64 else bar_disabled(self.progress), leave=False,
                    delay=1.0)
         with torch.inference_mode():
+            skip, prefix = self._prefix(kind, units)
+            if skip:  # rows continue the cached prefix: only what follows it runs through the model
+                prompted = [(x[skip:], start - skip, end - skip) for x, start, end in prompted]
+                stats.prefix_tokens += skip * n
             for batch in batches:
-                input_ids, attn, pos, pool = self._batch_tensors([prompted[i] for i in batch])
+                input_ids, attn, pos, pool = self._batch_tensors([prompted[i] for i in batch], skip)
                 width = input_ids.shape[1]
                 tf = time.perf_counter()
                 dense, logits = self.module(input_ids.to(self.device), attn.to(self.device), pos.to(self.device),
-                                            pool.to(self.device), logit_index)
+                                            pool.to(self.device), logit_index, prefix)
                 stats.forward_seconds += time.perf_counter() - tf
                 dense_out[batch] = torch.nn.functional.normalize(dense, dim=-1).cpu().numpy()
                 b_idx, b_val = self._sparse(logits, [texts[i] for i in batch])

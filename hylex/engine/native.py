@@ -86,12 +86,19 @@ class Attention(nn.Module):
         o_bias = c.model_type == "llama" and bool(getattr(c, "attention_bias", False))
         self.o_proj = Linear(self.heads * self.head_dim, h, bias=o_bias)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, past=None, keep=None):
+        """``past``: keys and values (1, kv_heads, P, head_dim) of a prefix every row shares, placed before
+        this call's tokens; ``keep``: a list this call's own (keys, values) are appended to."""
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        if keep is not None:
+            keep.append((k, v))
+        if past is not None:
+            k = torch.cat((past[0].expand(b, -1, -1, -1), k), dim=2)
+            v = torch.cat((past[1].expand(b, -1, -1, -1), v), dim=2)
         if self.kv_heads != self.heads:
             rep = self.heads // self.kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -124,9 +131,12 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
-    def forward(self, h, cos, sin, mask):
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, h, cos, sin, mask, past=None, keep=None):
+        # the residual stream h stays in its own dtype (float32 under a bfloat16 body: see DecoderModel.forward);
+        # each block runs in the weights' dtype
+        dt = self.input_layernorm.weight.dtype
+        h = h + self.self_attn(self.input_layernorm(h).to(dt), cos, sin, mask, past, keep).to(h.dtype)
+        return h + self.mlp(self.post_attention_layernorm(h).to(dt)).to(h.dtype)
 
 
 class DecoderModel(nn.Module):
@@ -145,16 +155,27 @@ class DecoderModel(nn.Module):
         inv = 1.0 / torch.pow(torch.tensor(theta, device="cpu"), steps)
         self.register_buffer("inv_freq", inv, persistent=False)
         self.gradient_checkpointing = False
+        self.float32_residual = True  # see forward; False runs a half-precision body entirely in its dtype
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, **_):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, prefix=None,
+                keep_kv=None, **_):
+        """input_ids long (B, n). ``prefix``: per layer, the (keys, values) of P tokens every row continues (from
+        an earlier call's ``keep_kv``); then ``position_ids`` must start at P. ``keep_kv``: a list that receives
+        this call's per-layer (keys, values), (B, kv_heads, n, head_dim) each."""
         b, n = input_ids.shape
         h = self.embed_tokens(input_ids)
+        body = h.dtype
+        if body in (torch.bfloat16, torch.float16) and self.float32_residual:
+            # A half-precision body keeps its residual stream in float32, so its 60 additions do not each round
+            # to 8 bits (SciFact documents' dense cosine to float32: benchmarks/README.md); the matmuls, where the
+            # time goes, stay in half precision.
+            h = h.float()
         if position_ids is None:
             position_ids = torch.arange(n, device=input_ids.device).expand(b, n)
         # rotary angles in float32, as transformers computes them, then cast to the body's dtype
         freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :].to(input_ids.device)
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(h.dtype)[:, None], emb.sin().to(h.dtype)[:, None]
+        cos, sin = emb.cos().to(body)[:, None], emb.sin().to(body)[:, None]
         causal = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
         mask = causal[None]
         if attention_mask is not None:
@@ -162,11 +183,14 @@ class DecoderModel(nn.Module):
         # a padding row attends to itself only, so it stays finite (its output is never read: pooling weights
         # and the logit position are on real tokens)
         mask = (mask | torch.eye(n, dtype=torch.bool, device=h.device)[None])[:, None]
-        for layer in self.layers:
+        if prefix is not None:  # every token sees the whole shared prefix
+            seen = torch.ones((mask.shape[0], 1, n, prefix[0][0].shape[2]), dtype=torch.bool, device=h.device)
+            mask = torch.cat((seen, mask), dim=-1)
+        for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, mask)
+                h = layer(h, cos, sin, mask, None if prefix is None else prefix[i], keep_kv)
         return SimpleNamespace(last_hidden_state=self.norm(h))
 
 
