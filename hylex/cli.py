@@ -690,6 +690,10 @@ def cmd_stats(args) -> int:
     except HylexError as e:  # a damaged stored fusion: say so, show the rest
         st["fusion"] = None
         print(f"hylex: warning: {e}", file=sys.stderr)
+    from hylex.indexing.dense import dense_device  # faiss only (~0.05 s); a faiss-gpu probe once per process
+    from hylex.indexing.manifest import CPU_ARMS
+
+    st["devices"] = {"dense": dense_device(st["dense"]["factory"]), **CPU_ARMS}
     if args.json:
         print(json.dumps(st))
         return 0
@@ -702,6 +706,8 @@ def cmd_stats(args) -> int:
     print("  settings: " + ", ".join(f"{k}={v}" for k, v in sorted(enc.get("settings", {}).items())))
     print(f"  dense: FAISS {st['dense']['factory']} ({st['dense']['metric']}); bm25: k1 {st['bm25']['k1']}, "
           f"b {st['bm25']['b']}, {st['bm25']['analyzer']}")
+    d = st["devices"]["dense"]
+    print(f"  devices here: dense on {d['device']} ({d['why']}); sparse and BM25 on the CPU (Numba kernels)")
     f = st.get("fusion")
     if f:
         print(f"  default search: {f['method']} fusion of {', '.join(f'{a} {w:g}' for a, w in zip(f['arms'], f['weights']))}"

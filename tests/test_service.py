@@ -95,6 +95,12 @@ def test_documents_stats_health_and_api_key(server):
     assert server.call("GET", "/health") == (200, {"status": "ok", "documents": 200})
     code, st = server.call("GET", "/stats")
     assert code == 200 and st["documents"] == 200
+    # where each arm searches, and why (issue 15): the CPU on a machine without a GPU
+    from hylex.indexing.dense import dense_device
+
+    here = dense_device("Flat")["device"]
+    assert st["devices"]["dense"]["device"] == here and st["devices"]["dense"]["segments"] == [here]
+    assert st["devices"]["dense"]["why"] and st["devices"]["sparse"]["device"] == st["devices"]["bm25"]["device"] == "cpu"
     code, doc = server.call("GET", "/documents/d0007")
     assert code == 200 and doc["id"] == "d0007"
     assert server.call("GET", "/documents/nope")[0] == 404

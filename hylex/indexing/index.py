@@ -881,6 +881,16 @@ class Index:
         """What the index holds: counts, segments with sizes, encoder model and settings, format."""
         return manifest_stats(self.path, self.manifest)
 
+    def devices(self) -> dict:
+        """Which device each arm searches on here, and why: ``{"dense": {"device", "why", "segments"}, "sparse":
+        ..., "bm25": ...}``; the dense ``segments`` lists the devices the loaded segments actually use."""
+        from hylex.indexing.dense import dense_device
+        from hylex.indexing.manifest import CPU_ARMS
+
+        dense = dense_device(self.manifest["dense"]["factory"])
+        dense["segments"] = sorted({s.dense.device for s in self.segments})
+        return {"dense": dense, **CPU_ARMS}
+
     def validate(self) -> list[str]:
         """Full check (file checksums, counts, the document store); returns a list of problems (empty when
         sound)."""

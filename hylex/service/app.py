@@ -621,8 +621,14 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     @app.get("/stats", responses=_errors(401))
     def stats() -> dict:
         with service.lock:
-            out = service.current().stats()
+            current = service.current()
+            out = current.stats()
             out["default_fusion"] = service.searcher.default_fusion
+            out["devices"] = current.devices()
+            enc = service.searcher._encoder  # only once loaded: /stats never loads a model
+            if enc is not None and hasattr(enc, "device"):
+                out["devices"]["encoder"] = {"device": str(enc.device), "dtype": getattr(enc.config, "dtype", None),
+                                             "why": "the encoder's device (hylex serve --device)"}
         b = service.batcher
         out["service"] = {"batching": b is not None, "encode_batches": b.batches if b else None,
                           "encoded_query_texts": b.texts if b else None,
