@@ -78,7 +78,8 @@ def _add_encoder_args(p: argparse.ArgumentParser, with_settings: bool = True,
         g.add_argument("--dtype", default=None, choices=list(DTYPES), help=f"[{d.dtype}]")
     g.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    g.add_argument("--batch-tokens", type=_positive_int, default=16384, help="padded tokens per forward pass")
+    g.add_argument("--batch-tokens", type=_positive_int, default=None,
+                   help="padded tokens per forward pass [4096 on a CPU, 16384 on a GPU; at least --max-length]")
     g.add_argument("--cache-dir", default=None,
                    help="where converted models and cached encodings live (default $HYLEX_CACHE_DIR or "
                         "~/.cache/hylex)")
@@ -690,7 +691,7 @@ def cmd_stats(args) -> int:
     except HylexError as e:  # a damaged stored fusion: say so, show the rest
         st["fusion"] = None
         print(f"hylex: warning: {e}", file=sys.stderr)
-    from hylex.indexing.dense import dense_device  # faiss only (~0.05 s); a faiss-gpu probe once per process
+    from hylex.indexing.placement import dense_device  # no FAISS import for a CPU build; faiss-gpu is probed
     from hylex.indexing.manifest import CPU_ARMS
 
     st["devices"] = {"dense": dense_device(st["dense"]["factory"]), **CPU_ARMS}

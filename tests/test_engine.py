@@ -161,6 +161,18 @@ def test_bfloat16_body_stays_close_to_float32(fp32):
             assert ra[top] >= ra.max() - 0.02, (kind, r)
 
 
+def test_default_batch_budget_follows_the_device_and_max_length():
+    """Small batches on a CPU (faster there), never under max_length: a long max_length needs no batch_tokens."""
+    from hylex.engine.encoder import CPU_BATCH_TOKENS
+
+    long = Encoder(progress=False, encoding_cache=False, dtype="float32", max_length=6000, device="cpu")
+    assert long.batch_tokens == 6000 and CPU_BATCH_TOKENS < 6000
+    short = Encoder(progress=False, encoding_cache=False, dtype="float32", device="cpu")
+    assert short.batch_tokens == CPU_BATCH_TOKENS
+    with pytest.raises(HylexError, match=r"batch_tokens \(600\) must be >= max_length \(6000\)"):
+        Encoder(progress=False, encoding_cache=False, max_length=6000, batch_tokens=600)
+
+
 def test_text_without_words_falls_back(fp32):
     out = fp32.encode_queries(["?!? ... ---"])
     assert out.sparse.nnz > 0

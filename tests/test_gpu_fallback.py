@@ -10,8 +10,9 @@ import torch
 
 from conftest import assert_same_results, assert_valid_topk, make_docs
 from hylex.errors import HylexError
-from hylex.indexing import dense, torch_flat
-from hylex.indexing.dense import DenseIndex, dense_device, dense_placement
+from hylex.indexing import placement, torch_flat
+from hylex.indexing.dense import DenseIndex
+from hylex.indexing.placement import dense_device, dense_placement
 from hylex.indexing.torch_flat import TorchFlat
 
 # HYLEX_DENSE_DEVICE=torch searches on torch's device: the CPU here, CUDA on a GPU machine (the same tests)
@@ -149,13 +150,13 @@ def test_placement_says_where_and_why(monkeypatch):
     monkeypatch.delenv("HYLEX_DENSE_DEVICE", raising=False)
     monkeypatch.delenv("HYLEX_FAISS_GPU", raising=False)
     here = dense_placement()
-    if not dense._nvidia_visible() and dense._check_one_faiss()[0].startswith("faiss-cpu"):  # CI: faiss-cpu, no GPU
+    if not placement._nvidia_visible() and placement._check_one_faiss()[0].startswith("faiss-cpu"):  # CI: faiss-cpu, no GPU
         assert here == {"device": "cpu", "why": "FAISS is a CPU build (faiss-cpu); no NVIDIA GPU visible"}
-    monkeypatch.setattr(dense, "faiss_gpu_status", lambda: (True, "probe search on 1 GPU(s) passed"))
+    monkeypatch.setattr(placement, "faiss_gpu_status", lambda: (True, "probe search on 1 GPU(s) passed"))
     assert dense_placement() == {"device": "faiss-gpu", "why": "probe search on 1 GPU(s) passed"}
     assert dense_device("HNSW32")["device"] == "cpu" and "no GPU HNSW" in dense_device("HNSW32")["why"]
-    monkeypatch.setattr(dense, "faiss_gpu_status", lambda: (False, "probe search on 1 GPU(s) failed: CUDA error 209"))
-    monkeypatch.setattr(dense, "_nvidia_visible", lambda: True)
+    monkeypatch.setattr(placement, "faiss_gpu_status", lambda: (False, "probe search on 1 GPU(s) failed: CUDA error 209"))
+    monkeypatch.setattr(placement, "_nvidia_visible", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     where = dense_placement()
     assert where["device"] == "torch:cuda" and "CUDA error 209" in where["why"] and where["torch_dtype"] == "float32"

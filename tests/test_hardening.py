@@ -320,8 +320,9 @@ def test_stats_and_version_import_no_search_libraries(index_copy, argv, capsys):
             want = ix.stats()
         if "--json" in argv:
             got = json.loads(p.stdout)
-            # plus the fusion a plain search uses (retrieval's, not the index layer's)
+            # plus the fusion a plain search uses (retrieval's, not the index layer's) and where each arm runs here
             assert got.pop("fusion")["source"] == "builtin"
+            assert got.pop("devices")["sparse"]["device"] == "cpu"
             assert got == json.loads(json.dumps(want))
         else:
             assert f"{want['documents']} documents" in p.stdout

@@ -471,7 +471,7 @@ def test_dense_index_stays_on_cpu_when_the_gpu_probe_fails(monkeypatch, tmp_path
     the child has faiss-cpu, so its probe fails for real; HYLEX_FAISS_GPU=0 skips GPUs altogether."""
     import faiss
 
-    from hylex.indexing import dense
+    from hylex.indexing import placement as dense
     from hylex.indexing.dense import DenseIndex
 
     calls = []

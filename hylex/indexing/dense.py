@@ -4,8 +4,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -21,7 +19,6 @@ from hylex.kernels.dense import flat_topk
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FACTORY = "Flat"
 # From this many queries in a batch, exact Flat search goes through BLAS: FAISS's own BLAS path without a mask
 # (FAISS 1.15 otherwise keeps a scalar loop up to ~128,000 queries: 78 vs 1,140 queries/s for 300 queries over
 # 200,000 x 384 here), hylex.kernels.dense.flat_topk with one (FAISS never uses BLAS with an ID selector).
@@ -43,164 +40,11 @@ def _faiss_blas():
             faiss.cvar.distance_compute_blas_threshold = old
 
 
-GPU_ENV = "HYLEX_FAISS_GPU"
-
-# Run in a child process: a faiss-gpu build without kernels for the visible GPU (the PyPI faiss-gpu-cu12 wheels
-# stop at compute capability 8.9, so no Hopper H100/H200) aborts the whole process on its first search, which
-# no exception handler can catch.
-_PROBE = """
-import faiss, numpy as np
-x = np.random.default_rng(0).standard_normal((256, 16)).astype("float32")
-index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(16))
-index.add(x)
-D, I = index.search(x[:8], 1)
-raise SystemExit(0 if (I[:, 0] == np.arange(8)).all() else 3)
-"""
-_gpu_probe: dict[tuple, tuple[bool, str]] = {}
-DEVICE_ENV = "HYLEX_DENSE_DEVICE"
-TORCH_DTYPE_ENV = "HYLEX_TORCH_FLAT_DTYPE"
-_logged: set[tuple[str, str]] = set()
-
-
-def _probe_gpu() -> tuple[bool, str]:
-    try:
-        r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return False, str(e)
-    lines = [x for x in (r.stderr or "").splitlines() if x.strip()]
-    return r.returncode == 0, (lines[-1] if lines else f"exit status {r.returncode}")
-
-
-_FAISS_DISTS: list[str] | None = None
-
-
-def _check_one_faiss() -> list[str]:
-    """The installed FAISS distributions; warns once when there are several (they share one ``faiss`` module, so
-    whichever was installed last wins, and removing either breaks the other)."""
-    global _FAISS_DISTS
-    if _FAISS_DISTS is None:
-        from importlib import metadata
-
-        found = []
-        for name in ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12"):
-            try:
-                found.append(f"{name} {metadata.version(name)}")
-            except metadata.PackageNotFoundError:
-                pass
-        _FAISS_DISTS = found
-        if len(found) > 1:
-            logger.warning("%s are installed together and overwrite each other's faiss module: pip uninstall -y "
-                           "faiss-cpu faiss-gpu faiss-gpu-cu12, then bash install.sh [--gpu]", " and ".join(found))
-    return _FAISS_DISTS
-
-
-def faiss_gpu_status() -> tuple[bool, str]:
-    """``(usable, why)``: whether FAISS can search on a GPU here (faiss-gpu installed, a GPU visible, and a probe
-    search on it, run once per process in a child process, succeeds), and the reason in words.
-
-    ``$HYLEX_FAISS_GPU``: ``0`` never uses FAISS's GPU code, ``1`` uses it without the probe, ``auto`` (default)
-    probes.
-    """
-    dists = _check_one_faiss()
-    setting = os.environ.get(GPU_ENV, "auto").strip().lower()
-    if setting in ("0", "off", "false", "no"):
-        return False, f"{GPU_ENV}={setting}"
-    get = getattr(faiss, "get_num_gpus", None)
-    n = int(get()) if get else 0
-    if n == 0:
-        gpu_build = any(d.startswith("faiss-gpu") for d in dists)
-        return False, "faiss-gpu sees no GPU" if gpu_build else "FAISS is a CPU build (faiss-cpu)"
-    if setting in ("1", "on", "true", "yes"):
-        return True, f"{GPU_ENV}={setting}: {n} GPU(s), probe skipped"
-    key = (faiss.__file__, n)
-    if key not in _gpu_probe:
-        ok, why = _probe_gpu()
-        if not ok:
-            logger.warning("faiss-gpu sees %d GPU(s) but cannot search on them (%s): FAISS stays on the CPU (exact "
-                           "Flat search moves to the GPU through torch where torch sees one). faiss-gpu 1.15.1 from "
-                           "PyPI has kernels for compute capability 7.0-9.0 (`bash install.sh --gpu`); "
-                           "faiss-gpu-cu12 stops at 8.9. Set %s=0 to skip this check", n, why, GPU_ENV)
-        _gpu_probe[key] = (ok, f"probe search on {n} GPU(s) {'passed' if ok else 'failed: ' + why}")
-    return _gpu_probe[key]
-
-
-def gpu_available() -> bool:
-    """True when FAISS can search on a GPU here (:func:`faiss_gpu_status`)."""
-    return faiss_gpu_status()[0]
-
-
-def _nvidia_visible() -> bool:
-    """A cheap first check before importing torch's CUDA runtime: an NVIDIA driver and a visible device."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia/version") or sys.platform == "win32"
-
-
-def dense_placement() -> dict:
-    """Where this process searches dense vectors, and why: ``{"device", "why", "torch_dtype"}``, with device
-
-    - ``faiss-gpu``: FAISS's GPU indexes (Flat, IVF; HNSW stays on the CPU), when :func:`faiss_gpu_status` passes;
-    - ``torch:cuda`` (or ``torch:cpu`` when forced): exact Flat indexes searched with torch
-      (:class:`~hylex.indexing.torch_flat.TorchFlat`), when FAISS cannot use the GPU and torch can; other index
-      types stay on FAISS's CPU code;
-    - ``cpu``: FAISS on the CPU.
-
-    ``$HYLEX_DENSE_DEVICE``: ``auto`` (default, the order above), ``cpu`` (never a GPU), ``torch`` (the torch
-    Flat search on torch's device: CUDA when visible, else the CPU, which is what the tests run).
-    ``$HYLEX_TORCH_FLAT_DTYPE``: the torch search's storage, ``float32`` (default), ``float16`` or ``bfloat16``.
-    Cheap after the first call (the probe runs once per process).
-    """
-    setting = os.environ.get(DEVICE_ENV, "auto").strip().lower()
-    dtype = os.environ.get(TORCH_DTYPE_ENV, "float32").strip().lower()
-    if setting not in ("auto", "cpu", "torch"):
-        raise HylexError(f"{DEVICE_ENV}={setting!r} is unknown: use auto, cpu or torch")
-    if setting == "cpu":
-        out = {"device": "cpu", "why": f"{DEVICE_ENV}=cpu"}
-    elif setting == "torch":
-        import torch
-
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-        out = {"device": f"torch:{dev}", "why": f"{DEVICE_ENV}=torch"}
-    else:
-        ok, why = faiss_gpu_status()
-        if ok:
-            out = {"device": "faiss-gpu", "why": why}
-        elif not _nvidia_visible():
-            out = {"device": "cpu", "why": f"{why}; no NVIDIA GPU visible"}
-        else:
-            try:
-                import torch
-
-                cuda = torch.cuda.is_available()
-                torch_why = f"torch {torch.__version__} " + ("sees CUDA" if cuda else "sees no CUDA device")
-            except ImportError as e:  # pragma: no cover - torch is a dependency
-                cuda, torch_why = False, f"torch: {e}"
-            out = {"device": "torch:cuda" if cuda else "cpu", "why": f"{why}; {torch_why}"}
-    if out["device"].startswith("torch"):
-        from hylex.indexing.torch_flat import STORAGE_DTYPES
-
-        if dtype not in STORAGE_DTYPES:
-            raise HylexError(f"{TORCH_DTYPE_ENV}={dtype!r} is unknown: use {', '.join(STORAGE_DTYPES)}")
-        out["torch_dtype"] = dtype
-    if out["device"] != "cpu" and (out["device"], out["why"]) not in _logged:
-        _logged.add((out["device"], out["why"]))
-        logger.info("dense search on %s (%s)", out["device"], out["why"])
-    return out
-
-
-def dense_device(factory: str = DEFAULT_FACTORY) -> dict:
-    """Where an index built with ``factory`` is searched when loaded in this process, and why:
-    ``{"device", "why"}`` (:func:`dense_placement` narrowed to what the index type allows)."""
-    where = dense_placement()
-    device, why = where["device"], where["why"]
-    kind = factory.replace(" ", "")
-    if device == "faiss-gpu" and "HNSW" in kind:
-        return {"device": "cpu", "why": f"FAISS has no GPU HNSW ({why})"}
-    if device.startswith("torch:"):
-        if kind != "Flat":
-            return {"device": "cpu", "why": f"the torch search covers exact Flat indexes, not {factory} ({why})"}
-        return {"device": device, "why": why, "storage": where["torch_dtype"]}
-    return {"device": device, "why": why}
+# where dense search runs (light: importable by `hylex stats` without FAISS or Numba)
+from hylex.indexing.placement import (  # noqa: E402,F401  (re-exported)
+    DEFAULT_FACTORY, DEVICE_ENV, GPU_ENV, TORCH_DTYPE_ENV, dense_device, dense_placement, faiss_gpu_status,
+    gpu_available,
+)
 
 
 def to_gpu(index: faiss.Index) -> faiss.Index:

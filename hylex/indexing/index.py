@@ -884,8 +884,8 @@ class Index:
     def devices(self) -> dict:
         """Which device each arm searches on here, and why: ``{"dense": {"device", "why", "segments"}, "sparse":
         ..., "bm25": ...}``; the dense ``segments`` lists the devices the loaded segments actually use."""
-        from hylex.indexing.dense import dense_device
         from hylex.indexing.manifest import CPU_ARMS
+        from hylex.indexing.placement import dense_device
 
         dense = dense_device(self.manifest["dense"]["factory"])
         dense["segments"] = sorted({s.dense.device for s in self.segments})
