@@ -75,18 +75,9 @@ def agreement(base, out, top: int = 10, tie: float = 0.02) -> dict:
 
 def raw_batches(enc: Encoder, texts: list[str]):
     """The left-padded full-prompt batches hylex forms for ``texts`` (built outside any timer)."""
-    ids = [x[0] for x in enc._token_ids(texts, "passage")]
-    lengths = np.array([len(x) for x in ids])
-    out = []
-    for batch in enc._batches(lengths):
-        width = int(lengths[batch].max())
-        inp = torch.full((len(batch), width), enc.pad_id, dtype=torch.long)
-        att = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, i in enumerate(batch):
-            inp[r, width - len(ids[i]):] = torch.tensor(ids[i])
-            att[r, width - len(ids[i]):] = 1
-        out.append((inp, att, (att.cumsum(1) - 1).clamp(min=0)))
-    return out
+    prompted = enc._token_ids(texts, "passage")
+    lengths = np.array([len(x[0]) for x in prompted])
+    return [enc._batch_tensors([prompted[i] for i in batch])[:3] for batch in enc._batches(lengths)]
 
 
 def raw_forward(hf, batches) -> float:
@@ -172,26 +163,20 @@ def main() -> None:
             times[name].append(time.perf_counter() - t)
             stats[name] = enc.stats
     base = outs.get("before")
-    medians = {}
+    medians = {name: statistics.median(t) for name, t in times.items()}
     for name, enc in encoders.items():
-        med = medians[name] = statistics.median(times[name])
-        s = stats[name]
+        med, s = medians[name], stats[name]
         row = {**common, "system": name, "dtype": enc.config.dtype, "prefix_cache": enc.prefix_cache,
                "batch_tokens": enc.batch_tokens, "tokens": s.tokens, "padded_tokens": s.padded_tokens,
                "prefix_tokens": s.prefix_tokens, "batches": s.batches, "seconds_median": round(med, 3),
                "texts_per_s": round(len(texts) / med, 3), "tokens_per_s": round(s.tokens / med, 1),
                "forward_share": round(s.forward_seconds / s.seconds, 4), "runs": [round(x, 3) for x in times[name]]}
         if base is not None and name != "before":
-            row["speedup_vs_before"] = round(medians["before"] / med, 3) if "before" in medians else None
+            row["speedup_vs_before"] = round(medians["before"] / med, 3)
             row["vs_before"] = agreement(base, outs[name])
         with tempfile.TemporaryDirectory() as tmp:
             row.update(query_latency(enc, docs, outs[name].dense, outs[name].sparse, queries, Path(tmp) / "idx"))
         print(json.dumps(row), flush=True)
-    if "before" in medians:
-        for name in medians:
-            if name != "before":
-                print(json.dumps({**common, "system": name, "speedup_vs_before": round(medians["before"] / medians[name], 3)}),
-                      flush=True)
     if not args.no_raw:
         from hylex.engine.models import load_causal_lm
 

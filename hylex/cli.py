@@ -691,10 +691,9 @@ def cmd_stats(args) -> int:
     except HylexError as e:  # a damaged stored fusion: say so, show the rest
         st["fusion"] = None
         print(f"hylex: warning: {e}", file=sys.stderr)
-    from hylex.indexing.placement import dense_device  # no FAISS import for a CPU build; faiss-gpu is probed
-    from hylex.indexing.manifest import CPU_ARMS
+    from hylex.indexing.placement import arm_devices  # no FAISS import for a CPU build; faiss-gpu is probed
 
-    st["devices"] = {"dense": dense_device(st["dense"]["factory"]), **CPU_ARMS}
+    st["devices"] = arm_devices(st["dense"]["factory"])
     if args.json:
         print(json.dumps(st))
         return 0

@@ -172,9 +172,9 @@ class DecoderModel(nn.Module):
         h = self.embed_tokens(input_ids)
         body = h.dtype
         if body in (torch.bfloat16, torch.float16) and self.float32_residual:
-            # A half-precision body keeps its residual stream in float32, so its 60 additions do not each round
-            # to 8 bits (SciFact documents' dense cosine to float32: benchmarks/README.md); the matmuls, where the
-            # time goes, stay in half precision.
+            # A half-precision body keeps its residual stream in float32, so its two additions per layer do not
+            # each round to 8 bits (SciFact documents' dense cosine to float32: benchmarks/README.md); the
+            # matmuls, where the time goes, stay in half precision.
             h = h.float()
         if position_ids is None:
             position_ids = torch.arange(n, device=input_ids.device).expand(b, n)

@@ -15,6 +15,10 @@ try:
 except ImportError as e:  # FAISS comes from an extra: hylex[cpu] or hylex[gpu]
     raise HylexError(f"FAISS is not installed ({e}): pip install 'hylex[cpu]', or 'hylex[gpu]' on a CUDA machine "
                      f"(bash install.sh [--gpu] does either)") from None
+from hylex.indexing.placement import (  # noqa: F401  (where dense search runs; re-exported from here)
+    DEFAULT_FACTORY, DEVICE_ENV, GPU_ENV, TORCH_DTYPE_ENV, dense_device, dense_placement, faiss_gpu_status,
+    gpu_available,
+)
 from hylex.kernels.dense import flat_topk
 
 logger = logging.getLogger(__name__)
@@ -38,13 +42,6 @@ def _faiss_blas():
             yield
         finally:
             faiss.cvar.distance_compute_blas_threshold = old
-
-
-# where dense search runs (light: importable by `hylex stats` without FAISS or Numba)
-from hylex.indexing.placement import (  # noqa: E402,F401  (re-exported)
-    DEFAULT_FACTORY, DEVICE_ENV, GPU_ENV, TORCH_DTYPE_ENV, dense_device, dense_placement, faiss_gpu_status,
-    gpu_available,
-)
 
 
 def to_gpu(index: faiss.Index) -> faiss.Index:
@@ -249,11 +246,14 @@ class DenseIndex:
         """``index`` where :func:`dense_placement` says searches run: moved to FAISS's GPUs, its vectors copied to
         torch's device (exact Flat only), or as it is."""
         where = dense_placement()
-        if where["device"].startswith("torch:") and type(index) is faiss.IndexFlatIP and index.ntotal:
-            from hylex.indexing.torch_flat import TorchFlat
+        if where["device"].startswith("torch:"):
+            dense = cls(index, factory)
+            vectors = dense._flat_vectors()  # None unless an exact, non-empty Flat index
+            if vectors is not None:
+                from hylex.indexing.torch_flat import TorchFlat
 
-            vectors = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-            return cls(index, factory, TorchFlat(vectors, where["device"].split(":", 1)[1], where["torch_dtype"]))
+                dense.accel = TorchFlat(vectors, where["device"].split(":", 1)[1], where["torch_dtype"])
+            return dense
         return cls(to_gpu(index), factory)
 
 

@@ -884,12 +884,11 @@ class Index:
     def devices(self) -> dict:
         """Which device each arm searches on here, and why: ``{"dense": {"device", "why", "segments"}, "sparse":
         ..., "bm25": ...}``; the dense ``segments`` lists the devices the loaded segments actually use."""
-        from hylex.indexing.manifest import CPU_ARMS
-        from hylex.indexing.placement import dense_device
+        from hylex.indexing.placement import arm_devices
 
-        dense = dense_device(self.manifest["dense"]["factory"])
-        dense["segments"] = sorted({s.dense.device for s in self.segments})
-        return {"dense": dense, **CPU_ARMS}
+        out = arm_devices(self.manifest["dense"]["factory"])
+        out["dense"]["segments"] = sorted({s.dense.device for s in self.segments})
+        return out
 
     def validate(self) -> list[str]:
         """Full check (file checksums, counts, the document store); returns a list of problems (empty when

@@ -22,11 +22,6 @@ RAW_DENSE_FILE = "dense_raw.npy"  # float32 vectors, kept where the FAISS index 
 # before it existed read as this default.
 MERGE_DEFAULTS = {"auto": True, "factor": 10, "max_deleted": 0.5, "max_docs": 250_000}
 
-# the sparse and BM25 arms: hylex's own inverted-index kernels, compiled with Numba for the CPU (``devices`` in
-# ``hylex stats`` and the service's /stats)
-CPU_ARMS = {"sparse": {"device": "cpu", "why": "hylex's block-max kernels (Numba, CPU)"},
-            "bm25": {"device": "cpu", "why": "hylex's BM25 kernels (Numba, CPU)"}}
-
 
 def read_manifest(path: str | os.PathLike) -> dict:
     """The checked manifest of an index directory (format and version), without loading any segment: a cheap

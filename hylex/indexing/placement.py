@@ -14,6 +14,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_FACTORY = "Flat"
 
 GPU_ENV = "HYLEX_FAISS_GPU"
+DEVICE_ENV = "HYLEX_DENSE_DEVICE"
+TORCH_DTYPE_ENV = "HYLEX_TORCH_FLAT_DTYPE"
+# the sparse and BM25 arms: hylex's own inverted-index kernels, compiled with Numba for the CPU
+CPU_ARMS = {"sparse": {"device": "cpu", "why": "hylex's block-max kernels (Numba, CPU)"},
+            "bm25": {"device": "cpu", "why": "hylex's BM25 kernels (Numba, CPU)"}}
 
 # Run in a child process: a faiss-gpu build without kernels for the visible GPU (the PyPI faiss-gpu-cu12 wheels
 # stop at compute capability 8.9, so no Hopper H100/H200) aborts the whole process on its first search, which
@@ -27,8 +32,6 @@ D, I = index.search(x[:8], 1)
 raise SystemExit(0 if (I[:, 0] == np.arange(8)).all() else 3)
 """
 _gpu_probe: dict[tuple, tuple[bool, str]] = {}
-DEVICE_ENV = "HYLEX_DENSE_DEVICE"
-TORCH_DTYPE_ENV = "HYLEX_TORCH_FLAT_DTYPE"
 _logged: set[tuple[str, str]] = set()
 
 
@@ -175,3 +178,9 @@ def dense_device(factory: str = DEFAULT_FACTORY) -> dict:
             return {"device": "cpu", "why": f"the torch search covers exact Flat indexes, not {factory} ({why})"}
         return {"device": device, "why": why, "storage": where["torch_dtype"]}
     return {"device": device, "why": why}
+
+
+def arm_devices(factory: str = DEFAULT_FACTORY) -> dict:
+    """Per arm, where an index built with ``factory`` searches in this process and why: ``{"dense", "sparse",
+    "bm25"}`` (``devices`` in ``hylex stats`` and the service's ``/stats``)."""
+    return {"dense": dense_device(factory), **CPU_ARMS}

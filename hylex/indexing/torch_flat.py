@@ -34,7 +34,8 @@ class TorchFlat:
         import torch
 
         if dtype not in STORAGE_DTYPES:
-            raise HylexError(f"torch Flat storage dtype {dtype!r} is unknown: choose one of {', '.join(STORAGE_DTYPES)}")
+            raise HylexError(f"torch Flat storage dtype {dtype!r} is unknown: choose one of "
+                             f"{', '.join(STORAGE_DTYPES)}")
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2:
             raise HylexError(f"dense vectors must be a 2-D array (n, dim), got shape {x.shape}")
