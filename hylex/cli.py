@@ -470,7 +470,7 @@ def cmd_tune(args) -> int:
                      lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=targets, full=args.full,
                      query_max_length=args.query_tokens, passage_max_length=args.passage_tokens,
                      temperature=args.temperature, dense_weight=args.dense_weight, sparse_weight=args.sparse_weight,
-                     flops_q=args.flops, flops_p=args.flops, gradient_checkpointing=args.gradient_checkpointing,
+                     sparse_temperature=args.sparse_temperature, flops_q=args.flops, flops_p=args.flops, gradient_checkpointing=args.gradient_checkpointing,
                      mask_false_negatives=args.mask_false_negatives,
                      bf16=args.bf16, seed=args.seed, save_every=args.save_every, eval_every=args.eval_every).check()
     options = _encoder_options(args)
@@ -930,6 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.01, help="dense InfoNCE temperature [0.01]")
     g.add_argument("--dense-weight", type=float, default=1.0)
     g.add_argument("--sparse-weight", type=float, default=1.0)
+    g.add_argument("--sparse-temperature", type=float, default=1.0,
+                   help="divide the sparse dot products by this in the InfoNCE (1 = unscaled, PromptReps) [1]")
     g.add_argument("--flops", type=float, default=0.0, help="FLOPS regularisation weight (with --expansion) [0]")
     g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="recompute activations in the backward pass: ~half the peak memory, about the same "

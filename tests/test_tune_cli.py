@@ -73,6 +73,7 @@ def test_index_built_with_the_tuned_model_refuses_the_base(tuned, tmp_path, caps
     (["--steps", "0"], "must be a positive integer"),
     (["--lr", "-1"], "lr must be a finite number > 0"),
     (["--batch", "3", "--accumulate", "2"], "multiple of accumulate"),
+    (["--sparse-temperature", "0"], "sparse_temperature must be a finite number > 0"),
 ])
 def test_bad_tune_options(pairs, tmp_path, capsys, argv, needle):
     with pytest.raises(SystemExit) if "positive integer" in needle else _nullcontext():

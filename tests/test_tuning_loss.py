@@ -37,6 +37,11 @@ def test_contrastive_loss_parts():
     assert float(parts["sparse"]) == pytest.approx(s, rel=1e-5)
     want = 0.5 * d + 2.0 * s + 0.1 * float(flops(qs)) + 0.2 * float(flops(ps))
     assert float(parts["loss"]) == pytest.approx(want, rel=1e-5)
+    # the sparse temperature divides the sparse dot products only
+    cooled = ContrastiveLoss(temperature=0.05, dense_weight=0.5, sparse_weight=2.0, sparse_temperature=10.0)
+    cparts = cooled(q, qs, p, ps, group_size=2)
+    assert float(cparts["sparse"]) == pytest.approx(_np_info_nce((qs @ ps.T).numpy() / 10.0, 2), rel=1e-5)
+    assert float(cparts["dense"]) == pytest.approx(d, rel=1e-5)
     only_dense = ContrastiveLoss(sparse_weight=0)(q, qs, p, ps, 2)
     assert set(only_dense) == {"dense", "loss"}
     # a perfect dense match gives a lower loss than a random one
@@ -47,6 +52,8 @@ def test_contrastive_loss_parts():
 @pytest.mark.parametrize("kw, needle", [({"temperature": 0}, "temperature"), ({"temperature": float("nan")},
                                         "temperature"), ({"dense_weight": -1}, "dense_weight"),
                                         ({"flops_q": float("inf")}, "flops_q"),
+                                        ({"sparse_temperature": 0}, "sparse_temperature"),
+                                        ({"sparse_temperature": float("inf")}, "sparse_temperature"),
                                         ({"dense_weight": 0, "sparse_weight": 0}, "nothing would be trained")])
 def test_bad_loss_settings(kw, needle):
     with pytest.raises(TrainingDataError, match=needle):
@@ -82,3 +89,18 @@ def test_the_trainer_masks_known_positives_of_other_groups():
     mask = t.false_negatives(["qa", "qb"], ["a1", "neg", "shared", "a1"])
     assert mask.tolist() == [[False, False, True, True], [False, False, False, False]]
     assert t.false_negatives(["qa", "qb"], ["a1", "x", "b1", "y"]) is None
+
+
+def test_a_sparse_temperature_removes_the_pull_to_all_zero_weights():
+    """Scores tens of units apart, the positive not the strongest (NFCorpus's sparse arm at step 0): unscaled, the
+    loss is far above ln(candidates), the loss of all-zero weights, so zeroing them is a decrease; divided by a
+    temperature of 10 the same scores sit below it."""
+    rng = np.random.default_rng(5)
+    q = torch.from_numpy(np.abs(rng.normal(size=(4, 50))).astype(np.float32))
+    p = torch.from_numpy(np.abs(rng.normal(size=(16, 50))).astype(np.float32))
+    zero = ContrastiveLoss(dense_weight=0.0)(torch.ones(4, 2), q * 0, torch.ones(16, 2), p * 0, 4)["sparse"]
+    assert float(zero) == pytest.approx(np.log(16), rel=1e-5)
+    raw = ContrastiveLoss(dense_weight=0.0)(torch.ones(4, 2), q, torch.ones(16, 2), p, 4)["sparse"]
+    cooled = ContrastiveLoss(dense_weight=0.0, sparse_temperature=10.0)(torch.ones(4, 2), q, torch.ones(16, 2), p,
+                                                                        4)["sparse"]
+    assert float(raw) > 2 * float(zero) and float(cooled) < 1.2 * float(zero)

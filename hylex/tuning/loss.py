@@ -5,7 +5,10 @@ Q * P passage rows. Each query is scored against every passage of the batch (its
 in-batch negatives) and InfoNCE pulls its positive up:
 
 - dense: cosine / ``temperature`` (the representations are L2-normalised; PromptReps uses 0.01);
-- sparse: the dot product of the sparse weights, unscaled (as PromptReps);
+- sparse: the dot product of the sparse weights / ``sparse_temperature`` (1 = unscaled, as PromptReps). The raw
+  dot products span tens of units, so where the judged positive is often not the lexically strongest candidate
+  (NFCorpus) the unscaled loss starts far above ln(candidates), the loss of all-equal scores, and zeroing every
+  weight is an easy decrease (the sparse arm collapses, benchmarks/README.md); a temperature > 1 removes that pull;
 - optional FLOPS regularisation (Paria et al. 2020), ``sum_v mean_b(|w_bv|)^2``, on queries and passages: it
   keeps expansion terms sparse; it is off by default since own-word weights are sparse by construction.
 """
@@ -35,7 +38,7 @@ def flops(weights: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ContrastiveLoss:
-    """``dense_weight * InfoNCE(dense) + sparse_weight * InfoNCE(sparse) + flops_q * FLOPS(q) + flops_p *
+    """``dense_weight * InfoNCE(dense / temperature) + sparse_weight * InfoNCE(sparse / sparse_temperature) + flops_q * FLOPS(q) + flops_p *
     FLOPS(p)``; a weight of 0 leaves its part out (and its arm untrained)."""
 
     temperature: float = 0.01
@@ -43,12 +46,15 @@ class ContrastiveLoss:
     sparse_weight: float = 1.0
     flops_q: float = 0.0
     flops_p: float = 0.0
+    sparse_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         from hylex.tuning.data import TrainingDataError
 
         if not (self.temperature > 0 and self.temperature < float("inf")):
             raise TrainingDataError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if not (self.sparse_temperature > 0 and self.sparse_temperature < float("inf")):
+            raise TrainingDataError(f"sparse_temperature must be a finite number > 0, got {self.sparse_temperature}")
         for name in ("dense_weight", "sparse_weight", "flops_q", "flops_p"):
             v = getattr(self, name)
             if not (v >= 0 and v < float("inf")):
@@ -69,7 +75,7 @@ class ContrastiveLoss:
             parts["dense"] = info_nce(q_dense @ p_dense.T / self.temperature, group_size, mask)
             total = total + self.dense_weight * parts["dense"]
         if self.sparse_weight:
-            parts["sparse"] = info_nce(q_sparse @ p_sparse.T, group_size, mask)
+            parts["sparse"] = info_nce(q_sparse @ p_sparse.T / self.sparse_temperature, group_size, mask)
             total = total + self.sparse_weight * parts["sparse"]
         if self.flops_q:
             parts["flops_q"] = flops(q_sparse)

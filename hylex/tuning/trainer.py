@@ -33,7 +33,7 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 
 # settings added after checkpoints were first written, with the value that reproduces what those checkpoints did
-LEGACY_ARGS = {"mask_false_negatives": False}
+LEGACY_ARGS = {"mask_false_negatives": False, "sparse_temperature": 1.0}
 
 
 class TuneInterrupted(TrainingDataError):
@@ -74,6 +74,8 @@ class TuneArgs:
     sparse_weight: float = 1.0
     flops_q: float = 0.0
     flops_p: float = 0.0
+    # 1 = the raw sparse dot product (PromptReps); see hylex/tuning/loss.py for why NFCorpus needs more
+    sparse_temperature: float = 1.0
     # recompute each layer's activations in the backward pass: peak RSS 8.4 vs 19.1 GiB for 16 queries x 4
     # passages of 128 tokens on this CPU, step time 42.1 vs 47.9 s (benchmarks/README.md, "Training memory")
     gradient_checkpointing: bool = True
@@ -111,7 +113,8 @@ class TuneArgs:
                                     f"{self.accumulate}")
         if self.bf16 not in ("auto", "on", "off"):
             raise TrainingDataError(f"bf16 must be auto, on or off, got {self.bf16!r}")
-        ContrastiveLoss(self.temperature, self.dense_weight, self.sparse_weight, self.flops_q, self.flops_p)
+        ContrastiveLoss(self.temperature, self.dense_weight, self.sparse_weight, self.flops_q, self.flops_p,
+                        self.sparse_temperature)
         return self
 
 
@@ -227,7 +230,7 @@ class Trainer:
         self.workdir = Path(workdir)
         self.evaluate, self.progress = evaluate, progress
         self.loss = ContrastiveLoss(args.temperature, args.dense_weight, args.sparse_weight, args.flops_q,
-                                    args.flops_p)
+                                    args.flops_p, args.sparse_temperature)
         self._positives: dict[str, frozenset[str]] = {}
         for g in train.groups:
             self._positives[g.query] = self._positives.get(g.query, frozenset()) | frozenset(g.pos)
