@@ -45,15 +45,16 @@ class StubEncoder:
     each word at ``crc32(word) % vocab_size``; dense the sparse row times a seeded Gaussian matrix, L2-normalised
     (a text without words gets a fixed unit vector)."""
 
-    dim = 64
     vocab_size = 32_768
 
-    def __init__(self) -> None:
+    def __init__(self, dim: int = 64) -> None:
+        self.dim = dim  # 576 = the default model's hidden size: the vectors' bytes the driver commits
         rng = np.random.default_rng(0)
         self.projection = rng.standard_normal((self.vocab_size, self.dim)).astype(np.float32)
 
     def describe(self) -> dict:
-        return {"model_id": "stub-hash", "fingerprint": "stub-hash-1", "dim": self.dim,
+        return {"model_id": "stub-hash", "fingerprint": "stub-hash-1" + ("" if self.dim == 64 else f"-{self.dim}"),
+                "dim": self.dim,
                 "vocab_size": self.vocab_size, "settings": {"stub": "crc32 words, log1p counts"}}
 
     def _encode(self, texts):
@@ -78,9 +79,9 @@ class StubEncoder:
         return self._encode(texts)
 
 
-def stub_encoder() -> StubEncoder:
+def stub_encoder(dim: int = 64) -> StubEncoder:
     """``--encoder scale:stub_encoder`` (with ``benchmarks`` on PYTHONPATH)."""
-    return StubEncoder()
+    return StubEncoder(dim)
 
 
 def write_corpus(path: Path, n: int, seed: int = 0) -> None:
@@ -124,27 +125,28 @@ def run_index(corpus: Path, index: Path, merge: str) -> dict:
 
 
 RAY_DRIVER = """
-import json, sys, time
+import functools, json, sys, time
 import ray
 from scale import stub_encoder
 from hylex.indexing.distributed import index_with_ray
 ray.init(num_cpus=int(sys.argv[3]), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 ray.data.DataContext.get_current().enable_progress_bars = False
 t0 = time.perf_counter()
-rep = index_with_ray(sys.argv[1], sys.argv[2], stub_encoder, actors=int(sys.argv[4]), batch_size=int(sys.argv[5]),
+factory = functools.partial(stub_encoder, int(sys.argv[7]))
+rep = index_with_ray(sys.argv[1], sys.argv[2], factory, actors=int(sys.argv[4]), batch_size=int(sys.argv[5]),
                      segment_size=int(sys.argv[6]))
 print(json.dumps({"seconds_in_job": round(time.perf_counter() - t0, 1), "segments": rep.segments, **rep.extra}))
 """
 
 
-def run_ray(corpus: Path, index: Path, cpus: int, actors: int, batch: int, segment: int) -> dict:
+def run_ray(corpus: Path, index: Path, cpus: int, actors: int, batch: int, segment: int, dim: int = 64) -> dict:
     """index_with_ray with the stub encoder in a child driver process (a local cluster of ``cpus``): wall time,
     the driver's peak RSS, and the actors' and writers' peaks the job reports."""
     shutil.rmtree(index, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", RAY_DRIVER, str(corpus), str(index), str(cpus), str(actors),
-                             str(batch), str(segment)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             str(batch), str(segment), str(dim)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -171,6 +173,7 @@ def main() -> None:
     r.add_argument("--actors", type=int, default=1)
     r.add_argument("--batch", type=int, default=256, help="documents per encoder call")
     r.add_argument("--segment", type=int, default=100_000)
+    r.add_argument("--dim", type=int, default=64, help="the stub's dense dimension (576: the default model's)")
     r.add_argument("--single", action="store_true", help="also run the single-process hylex index on each corpus")
     r.add_argument("--work", default=str(HERE / ".work" / "scale"))
     r.add_argument("--out", default=None)
@@ -222,14 +225,16 @@ def ray_main(args) -> None:
     work, sink = _setup(args)
     for n in args.docs:
         corpus = _corpus(work, n)
-        runs = [("ray", lambda: run_ray(corpus, work / f"ray-{n}", args.cpus, args.actors, args.batch, args.segment))]
+        runs = [("ray", lambda: run_ray(corpus, work / f"ray-{n}", args.cpus, args.actors, args.batch, args.segment,
+                                          args.dim))]
         if args.single:
             runs.insert(0, ("single", lambda: run_index(corpus, work / f"single-{n}", "auto")))
         for kind, fn in runs:
             r = fn()
             row = {"bench": f"{kind}-process" if kind == "single" else "ray", "date": time.strftime("%Y-%m-%d"),
                    "machine": platform.machine(), "cpus": os.cpu_count(), "docs": n, "corpus": corpus.name,
-                   "encoder": "stub (crc32, 64-d)", "docs_per_s": round(n / r["seconds"], 1), **r}
+                   "encoder": f"stub (crc32, {args.dim if kind == 'ray' else 64}-d)",
+                   "docs_per_s": round(n / r["seconds"], 1), **r}
             if kind == "ray":
                 row.update({"ray_cpus": args.cpus, "actors": args.actors, "batch": args.batch,
                             "segment": args.segment})
