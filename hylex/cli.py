@@ -34,6 +34,15 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _float_or_auto(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def _float_list(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",")]
@@ -930,8 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.01, help="dense InfoNCE temperature [0.01]")
     g.add_argument("--dense-weight", type=float, default=1.0)
     g.add_argument("--sparse-weight", type=float, default=1.0)
-    g.add_argument("--sparse-temperature", type=float, default=1.0,
-                   help="divide the sparse dot products by this in the InfoNCE (1 = unscaled, PromptReps) [1]")
+    g.add_argument("--sparse-temperature", type=_float_or_auto, default=1.0,
+                   help="divide the sparse dot products by this in the InfoNCE (1 = unscaled, PromptReps; auto = "
+                        "the lowest starting loss of 1/3/10/30/100 on the first 8 training batches) [1]")
     g.add_argument("--flops", type=float, default=0.0, help="FLOPS regularisation weight (with --expansion) [0]")
     g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="recompute activations in the backward pass: ~half the peak memory, about the same "

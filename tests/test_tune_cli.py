@@ -74,9 +74,10 @@ def test_index_built_with_the_tuned_model_refuses_the_base(tuned, tmp_path, caps
     (["--lr", "-1"], "lr must be a finite number > 0"),
     (["--batch", "3", "--accumulate", "2"], "multiple of accumulate"),
     (["--sparse-temperature", "0"], "sparse_temperature must be a finite number > 0"),
+    (["--sparse-temperature", "hot"], "expected a number or auto"),
 ])
 def test_bad_tune_options(pairs, tmp_path, capsys, argv, needle):
-    with pytest.raises(SystemExit) if "positive integer" in needle else _nullcontext():
+    with pytest.raises(SystemExit) if "positive integer" in needle or "or auto" in needle else _nullcontext():
         rc = cli.main(["tune", str(pairs), "--out", str(tmp_path / "m"), *argv])
         assert rc == 2
     assert needle in capsys.readouterr().err

@@ -399,3 +399,65 @@ def test_demo_tries_another_model_beside_the_default_index(tiny_model, tmp_path,
     rc = cli.main(["--no-progress", "demo", "--model", str(tiny_model), "--limit", "12", "--workdir", str(tmp_path),
                    "--no-encoding-cache", "-k", "2", "compress data with gzip"])
     assert rc == 0 and "using the sample index" in capsys.readouterr().out
+
+
+def test_choose_sparse_temperature_is_the_lowest_starting_loss(tiny_model):
+    from hylex.tuning.loss import info_nce
+    from hylex.tuning.trainer import choose_sparse_temperature
+
+    enc, args = _encoder(tiny_model), TuneArgs(steps=3, **ARGS)
+    chosen, probe = choose_sparse_temperature(enc, _toy().groups, args, grid=(0.5, 1.0, 10.0), batches=2)
+    assert probe["batches"] == 2 and set(probe["grid"]) == {"0.5", "1.0", "10.0"} and chosen == probe["chosen"]
+    assert probe["grid"][str(chosen)] == min(probe["grid"].values())
+    # the same numbers computed by hand from the first two batches' sparse features
+    want = []
+    for step in range(2):
+        q, p = batch_at(_toy().groups, step, args)
+        with torch.no_grad():
+            _, qs = enc.features(q, "query", max_text_tokens=32)
+            _, ps = enc.features(p, "passage", max_text_tokens=32)
+        # the toy's negatives are other groups' positives: masked out, as training masks them
+        known = {g.query: frozenset(g.pos) for g in _toy().groups}
+        mask = torch.tensor([[c != 2 * i and (p[c] in known[qq] or p[c] == p[2 * i]) for c in range(len(p))]
+                             for i, qq in enumerate(q)])
+        want.append(float(info_nce((qs @ ps.T) / 10.0, 2, mask if mask.any() else None)))
+    assert probe["grid"]["10.0"] == pytest.approx(sum(want) / 2, abs=1e-4)
+    with pytest.raises(TrainingDataError, match="grid"):
+        choose_sparse_temperature(enc, _toy().groups, args, grid=(0.0,))
+    with pytest.raises(TrainingDataError, match="chosen before training"):
+        Trainer(enc, _toy(), TuneArgs(steps=3, **{**ARGS, "sparse_temperature": "auto"}), "unused", progress=False)
+    with pytest.raises(TrainingDataError, match="or 'auto'"):
+        TuneArgs(sparse_temperature="hot").check()
+
+
+def test_tune_with_an_automatic_sparse_temperature_records_and_resumes_it(tiny_model, tmp_path, monkeypatch):
+    from hylex.engine.models import read_card
+    from hylex.tuning import trainer as trainer_mod
+    from hylex.tuning.trainer import SPARSE_TEMPERATURES
+    from hylex.tuning.trainer import TuneArgs as A
+    from hylex.tuning.tune import DataArgs, tune
+
+    rows = [{"query": f"about {w}", "pos": [f"{w} {w} is the topic here"]} for w in WORDS]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = []
+    kw = dict(model=str(tiny_model), args=A(steps=4, **{**ARGS, "eval_every": 2, "save_every": 2,
+                                                          "sparse_temperature": "auto"}),
+              encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=lines.append)
+    data = DataArgs(pairs=[str(pairs)], dev=3, n=1, skip=0)
+    first = read_card(tune(data, tmp_path / "model", **kw).out)
+    t = first["hyperparameters"]["sparse_temperature"]
+    probe = first["training"]["sparse_temperature_probe"]
+    assert t in SPARSE_TEMPERATURES and probe["chosen"] == t and probe["grid"][str(t)] == min(probe["grid"].values())
+    assert any(x.startswith("sparse temperature: ") for x in lines)
+    # resumed: the run's own number from its checkpoint, no second probe
+    shutil.rmtree(tmp_path / "model")
+    shutil.rmtree(tmp_path / "model.work" / "checkpoints" / "step-0000004")
+
+    def no_probe(*a, **k):
+        raise AssertionError("probed again on resume")
+
+    monkeypatch.setattr(trainer_mod, "choose_sparse_temperature", no_probe)
+    again = read_card(tune(data, tmp_path / "model", resume=True, **kw).out)
+    assert again["hyperparameters"]["sparse_temperature"] == t
+    assert again["training"]["sparse_temperature_probe"] == probe

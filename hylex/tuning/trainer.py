@@ -74,8 +74,9 @@ class TuneArgs:
     sparse_weight: float = 1.0
     flops_q: float = 0.0
     flops_p: float = 0.0
-    # 1 = the raw sparse dot product (PromptReps); see hylex/tuning/loss.py for why NFCorpus needs more
-    sparse_temperature: float = 1.0
+    # 1 = the raw sparse dot product (PromptReps); see hylex/tuning/loss.py for why NFCorpus needs more. "auto":
+    # tune() picks it from SPARSE_TEMPERATURES by the starting loss on the first batches (choose_sparse_temperature)
+    sparse_temperature: float | str = 1.0
     # recompute each layer's activations in the backward pass: peak RSS 8.4 vs 19.1 GiB for 16 queries x 4
     # passages of 128 tokens on this CPU, step time 42.1 vs 47.9 s (benchmarks/README.md, "Training memory")
     gradient_checkpointing: bool = True
@@ -113,8 +114,11 @@ class TuneArgs:
                                     f"{self.accumulate}")
         if self.bf16 not in ("auto", "on", "off"):
             raise TrainingDataError(f"bf16 must be auto, on or off, got {self.bf16!r}")
+        st = self.sparse_temperature
+        if isinstance(st, str) and st != "auto" or isinstance(st, bool):
+            raise TrainingDataError(f"sparse_temperature must be a finite number > 0 or 'auto', got {st!r}")
         ContrastiveLoss(self.temperature, self.dense_weight, self.sparse_weight, self.flops_q, self.flops_p,
-                        self.sparse_temperature)
+                        1.0 if st == "auto" else float(st))
         return self
 
 
@@ -122,6 +126,66 @@ class TuneArgs:
 class TrainState:
     step: int = 0
     log: list = field(default_factory=list)
+
+
+SPARSE_TEMPERATURES = (1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def choose_sparse_temperature(encoder, groups: Sequence[Group], args: TuneArgs, *,
+                              grid: Sequence[float] = SPARSE_TEMPERATURES, batches: int = 8) -> tuple[float, dict]:
+    """The sparse temperature of ``grid`` with the lowest mean sparse InfoNCE on the first ``batches``
+    micro-batches training would see, before any step (forward only, as training runs it: autocast, masks).
+
+    The unscaled loss can start far above ln(candidates), the loss of all-zero weights, and the sparse arm then
+    collapses (NFCorpus: 18.3 unscaled, 3.9 at 10); the argmin is the scale at which the starting scores separate the
+    positives best. Returns ``(temperature, {"grid": {t: mean loss}, "batches": n})``; chosen on training data only.
+    """
+    from hylex.tuning.loss import info_nce
+
+    if not groups:
+        raise TrainingDataError("no training groups to choose a sparse temperature on")
+    grid = tuple(float(t) for t in grid)
+    if not grid or any(not (math.isfinite(t) and t > 0) for t in grid):
+        raise TrainingDataError(f"the sparse temperature grid must hold finite numbers > 0, got {grid!r}")
+    positives: dict[str, frozenset[str]] = {}
+    for g in groups:
+        positives[g.query] = positives.get(g.query, frozenset()) | frozenset(g.pos)
+    micro, group = args.queries_per_step // args.accumulate, 1 + args.negatives
+    autocast = args.bf16 == "on" or (args.bf16 == "auto" and bf16_is_fast(encoder.device))
+    losses: dict[float, list[float]] = {t: [] for t in grid}
+    step = 0
+    while len(losses[grid[0]]) < batches:
+        queries, passages = batch_at(groups, step, args)
+        for m in range(args.accumulate):
+            if len(losses[grid[0]]) == batches:
+                break
+            q, p = queries[m * micro:(m + 1) * micro], passages[m * micro * group:(m + 1) * micro * group]
+            with torch.no_grad(), torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=autocast):
+                _, qs = encoder.features(q, "query", max_text_tokens=args.query_max_length)
+                _, ps = encoder.features(p, "passage", max_text_tokens=args.passage_max_length)
+            scores = qs.float() @ ps.float().T
+            mask = _known_positive_mask(positives, q, p) if args.mask_false_negatives else None
+            for t in grid:
+                losses[t].append(float(info_nce(scores / t, group, mask)))
+        step += 1
+    means = {t: sum(v) / len(v) for t, v in losses.items()}
+    best = min(grid, key=lambda t: (means[t], t))
+    return best, {"grid": {str(t): round(means[t], 4) for t in grid}, "batches": batches, "chosen": best}
+
+
+def _known_positive_mask(positives: dict[str, frozenset[str]], queries: list[str],
+                         passages: list[str]) -> torch.Tensor | None:
+    """bool (Q, Q * group): passage c is a known positive of query i (or the same text as its target) and not
+    its target column; None when there is none."""
+    group = len(passages) // max(len(queries), 1)
+    mask = torch.zeros((len(queries), len(passages)), dtype=torch.bool)
+    for i, q in enumerate(queries):
+        target = i * group
+        known = positives.get(q, frozenset()) | {passages[target]}
+        for c, p in enumerate(passages):
+            if c != target and p in known:
+                mask[i, c] = True
+    return mask if mask.any() else None
 
 
 # -- batches ---------------------------------------------------------------------------------------------------
@@ -227,6 +291,9 @@ class Trainer:
         if not train.groups:
             raise TrainingDataError("no training groups: give pairs with at least one positive")
         self.encoder, self.train, self.args = encoder, train, args.check()
+        if args.sparse_temperature == "auto":
+            raise TrainingDataError("sparse_temperature 'auto' is chosen before training: call "
+                                    "choose_sparse_temperature() (tune() does) and pass the number")
         self.workdir = Path(workdir)
         self.evaluate, self.progress = evaluate, progress
         self.loss = ContrastiveLoss(args.temperature, args.dense_weight, args.sparse_weight, args.flops_q,
@@ -297,7 +364,12 @@ class Trainer:
         return {"model_id": d["model_id"], "fingerprint": d["fingerprint"], "settings": settings}
 
     def latest_checkpoint(self) -> Path | None:
-        found = sorted((self.workdir / "checkpoints").glob("step-???????"))
+        return self.checkpoint_in(self.workdir)
+
+    @staticmethod
+    def checkpoint_in(workdir: str | os.PathLike) -> Path | None:
+        """The latest complete checkpoint under ``workdir`` (None when there is none)."""
+        found = sorted((Path(workdir) / "checkpoints").glob("step-???????"))
         return found[-1] if found else None
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -352,15 +424,7 @@ class Trainer:
     def false_negatives(self, queries: list[str], passages: list[str]) -> torch.Tensor | None:
         """bool (Q, Q * group): passage c is a known positive of query i (or the same text as its target) and not
         its target column; None when there is none."""
-        group = len(passages) // max(len(queries), 1)
-        mask = torch.zeros((len(queries), len(passages)), dtype=torch.bool)
-        for i, q in enumerate(queries):
-            target = i * group
-            known = self._positives.get(q, frozenset()) | {passages[target]}
-            for c, p in enumerate(passages):
-                if c != target and p in known:
-                    mask[i, c] = True
-        return mask if mask.any() else None
+        return _known_positive_mask(self._positives, queries, passages)
 
     def _step(self, step: int) -> dict:
         args = self.args

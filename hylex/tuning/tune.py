@@ -204,6 +204,27 @@ class TuneResult:
     estimate: dict = field(default_factory=dict)
 
 
+def _resolve_sparse_temperature(encoder, train, args, workdir: Path, resume: bool, say):
+    """``args`` with ``sparse_temperature="auto"`` replaced by a number: on resume the one the run chose (its
+    checkpoint's), otherwise :func:`~hylex.tuning.trainer.choose_sparse_temperature` on the training groups.
+    Returns ``(args, probe)`` (the probe's losses, or the resumed run's record of them)."""
+    from hylex.tuning.trainer import Trainer, choose_sparse_temperature
+
+    if resume:
+        ck = Trainer.checkpoint_in(workdir)
+        if ck is not None:
+            saved = json.loads((ck / "trainer.json").read_text())["args"].get("sparse_temperature")
+            before = json.loads((workdir / "run.json").read_text()) if (workdir / "run.json").is_file() else {}
+            if isinstance(saved, (int, float)) and not isinstance(saved, bool):
+                say(f"sparse temperature: {saved} (the resumed run's, from its checkpoint)")
+                return replace(args, sparse_temperature=float(saved)), before.get("sparse_temperature_probe")
+    t0 = time.perf_counter()
+    value, probe = choose_sparse_temperature(encoder, train.groups, args)
+    say(f"sparse temperature: {value} (lowest starting sparse loss on {probe['batches']} training batches: "
+        + ", ".join(f"{t} -> {v:.2f}" for t, v in probe["grid"].items()) + f"; {time.perf_counter() - t0:.0f} s)")
+    return replace(args, sparse_temperature=value), probe
+
+
 def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL, args=None,
          encoder_options: dict | None = None, workdir: str | os.PathLike | None = None, resume: bool = False,
          select_on: str = "dense+sparse", patience: int | None = None, device: str = "auto",
@@ -245,6 +266,9 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     encoder = Encoder(model, progress=False, encoding_cache=False, device=device, threads=threads,
                       **{**(encoder_options or {}), "dtype": "float32"})
     evaluator = DevEvaluator(dev, extra=distractors)
+    probe = None
+    if args.sparse_temperature == "auto":
+        args, probe = _resolve_sparse_temperature(encoder, train, args, workdir, resume, say)
     history: list[dict] = []
     best = {"score": None, "weights": None, "step": 0, "scores": None, "fusion": None}
     waited = [0]
@@ -282,6 +306,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     say(f"estimate: {est['seconds_per_step']} s/step x {est['steps']} steps + evaluations ~ "
         f"{est['estimated_minutes']} min; peak memory so far {est['peak_rss_gib']} GiB")
     (workdir / "run.json").write_text(json.dumps({"data": asdict(data), "args": asdict(args), "model": model,
+                                                  "sparse_temperature_probe": probe,
                                                   "encoder_options": encoder_options or {}, "estimate": est,
                                                   "dev_before": zero, "dev_before_fusion": zero_fusion},
                                                  default=str))
@@ -316,6 +341,8 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
                 "metric": evaluator.metric, "queries": len(dev), "pool": len(evaluator.pool)}
     training = {**train.summary(), "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])},
                 "cost": run_cost(workdir / "log.jsonl")}
+    if probe:
+        training["sparse_temperature_probe"] = probe
     saved = save_tuned(trainer, out, training=training, dev=dev_card, fusion=fusion, adapter_dtype=adapter_dtype)
     say(f"saved {saved} (step {best['step'] or trainer.state.step}; dev {select_on} {zero[select_on]:.4f} -> "
         f"{final[select_on]:.4f}; best fusion on dev: {name})")
