@@ -146,8 +146,8 @@ def run_ray(corpus: Path, index: Path, cpus: int, actors: int, batch: int, segme
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", RAY_DRIVER, str(corpus), str(index), str(cpus), str(actors),
-                             str(batch), str(segment), str(dim)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                             str(batch), str(segment), str(dim)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0

@@ -479,7 +479,8 @@ def cmd_tune(args) -> int:
                      lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=targets, full=args.full,
                      query_max_length=args.query_tokens, passage_max_length=args.passage_tokens,
                      temperature=args.temperature, dense_weight=args.dense_weight, sparse_weight=args.sparse_weight,
-                     sparse_temperature=args.sparse_temperature, flops_q=args.flops, flops_p=args.flops, gradient_checkpointing=args.gradient_checkpointing,
+                     sparse_temperature=args.sparse_temperature, flops_q=args.flops, flops_p=args.flops,
+                     gradient_checkpointing=args.gradient_checkpointing,
                      mask_false_negatives=args.mask_false_negatives,
                      bf16=args.bf16, seed=args.seed, save_every=args.save_every, eval_every=args.eval_every).check()
     options = _encoder_options(args)

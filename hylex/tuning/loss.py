@@ -38,8 +38,8 @@ def flops(weights: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ContrastiveLoss:
-    """``dense_weight * InfoNCE(dense / temperature) + sparse_weight * InfoNCE(sparse / sparse_temperature) + flops_q * FLOPS(q) + flops_p *
-    FLOPS(p)``; a weight of 0 leaves its part out (and its arm untrained)."""
+    """``dense_weight * InfoNCE(dense / temperature) + sparse_weight * InfoNCE(sparse / sparse_temperature) +
+    flops_q * FLOPS(q) + flops_p * FLOPS(p)``; a weight of 0 leaves its part out (and its arm untrained)."""
 
     temperature: float = 0.01
     dense_weight: float = 1.0
@@ -51,10 +51,10 @@ class ContrastiveLoss:
     def __post_init__(self) -> None:
         from hylex.tuning.data import TrainingDataError
 
-        if not (self.temperature > 0 and self.temperature < float("inf")):
-            raise TrainingDataError(f"temperature must be a finite number > 0, got {self.temperature}")
-        if not (self.sparse_temperature > 0 and self.sparse_temperature < float("inf")):
-            raise TrainingDataError(f"sparse_temperature must be a finite number > 0, got {self.sparse_temperature}")
+        for name in ("temperature", "sparse_temperature"):
+            v = getattr(self, name)
+            if not (v > 0 and v < float("inf")):
+                raise TrainingDataError(f"{name} must be a finite number > 0, got {v}")
         for name in ("dense_weight", "sparse_weight", "flops_q", "flops_p"):
             v = getattr(self, name)
             if not (v >= 0 and v < float("inf")):

@@ -7,6 +7,7 @@ order and negative sampling are functions of the seed and the step, not of how t
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -115,7 +116,7 @@ class TuneArgs:
         if self.bf16 not in ("auto", "on", "off"):
             raise TrainingDataError(f"bf16 must be auto, on or off, got {self.bf16!r}")
         st = self.sparse_temperature
-        if isinstance(st, str) and st != "auto" or isinstance(st, bool):
+        if isinstance(st, bool) or (isinstance(st, str) and st != "auto"):
             raise TrainingDataError(f"sparse_temperature must be a finite number > 0 or 'auto', got {st!r}")
         ContrastiveLoss(self.temperature, self.dense_weight, self.sparse_weight, self.flops_q, self.flops_p,
                         1.0 if st == "auto" else float(st))
@@ -147,34 +148,36 @@ def choose_sparse_temperature(encoder, groups: Sequence[Group], args: TuneArgs, 
     grid = tuple(float(t) for t in grid)
     if not grid or any(not (math.isfinite(t) and t > 0) for t in grid):
         raise TrainingDataError(f"the sparse temperature grid must hold finite numbers > 0, got {grid!r}")
-    positives: dict[str, frozenset[str]] = {}
-    for g in groups:
-        positives[g.query] = positives.get(g.query, frozenset()) | frozenset(g.pos)
-    micro, group = args.queries_per_step // args.accumulate, 1 + args.negatives
-    autocast = args.bf16 == "on" or (args.bf16 == "auto" and bf16_is_fast(encoder.device))
+    positives, autocast = known_positives(groups), use_autocast(args, encoder.device)
+    micro = (mb for step in itertools.count() for mb in micro_batches(*batch_at(groups, step, args), args))
     losses: dict[float, list[float]] = {t: [] for t in grid}
-    step = 0
-    while len(losses[grid[0]]) < batches:
-        queries, passages = batch_at(groups, step, args)
-        for m in range(args.accumulate):
-            if len(losses[grid[0]]) == batches:
-                break
-            q, p = queries[m * micro:(m + 1) * micro], passages[m * micro * group:(m + 1) * micro * group]
-            with torch.no_grad(), torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=autocast):
-                _, qs = encoder.features(q, "query", max_text_tokens=args.query_max_length)
-                _, ps = encoder.features(p, "passage", max_text_tokens=args.passage_max_length)
-            scores = qs.float() @ ps.float().T
-            mask = _known_positive_mask(positives, q, p) if args.mask_false_negatives else None
-            for t in grid:
-                losses[t].append(float(info_nce(scores / t, group, mask)))
-        step += 1
+    for q, p in itertools.islice(micro, batches):
+        with torch.no_grad(), torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=autocast):
+            _, qs, _, ps, _ = batch_features(encoder, q, p, args)
+        scores = qs.float() @ ps.float().T
+        mask = known_positive_mask(positives, q, p) if args.mask_false_negatives else None
+        for t in grid:
+            losses[t].append(float(info_nce(scores / t, 1 + args.negatives, mask)))
     means = {t: sum(v) / len(v) for t, v in losses.items()}
     best = min(grid, key=lambda t: (means[t], t))
     return best, {"grid": {str(t): round(means[t], 4) for t in grid}, "batches": batches, "chosen": best}
 
 
-def _known_positive_mask(positives: dict[str, frozenset[str]], queries: list[str],
-                         passages: list[str]) -> torch.Tensor | None:
+def use_autocast(args: TuneArgs, device: torch.device) -> bool:
+    """Whether training runs under bfloat16 autocast (``args.bf16``: on, off, or auto = where it is fast)."""
+    return args.bf16 == "on" or (args.bf16 == "auto" and bf16_is_fast(device))
+
+
+def known_positives(groups: Sequence[Group]) -> dict[str, frozenset[str]]:
+    """Each query's judged positives over all its groups."""
+    out: dict[str, frozenset[str]] = {}
+    for g in groups:
+        out[g.query] = out.get(g.query, frozenset()) | frozenset(g.pos)
+    return out
+
+
+def known_positive_mask(positives: dict[str, frozenset[str]], queries: list[str],
+                        passages: list[str]) -> torch.Tensor | None:
     """bool (Q, Q * group): passage c is a known positive of query i (or the same text as its target) and not
     its target column; None when there is none."""
     group = len(passages) // max(len(queries), 1)
@@ -186,6 +189,22 @@ def _known_positive_mask(positives: dict[str, frozenset[str]], queries: list[str
             if c != target and p in known:
                 mask[i, c] = True
     return mask if mask.any() else None
+
+
+def micro_batches(queries: list[str], passages: list[str], args: TuneArgs):
+    """A step's ``args.accumulate`` micro-batches: ``(queries, passages)`` slices that keep each group whole."""
+    micro, group = args.queries_per_step // args.accumulate, 1 + args.negatives
+    for m in range(args.accumulate):
+        yield queries[m * micro:(m + 1) * micro], passages[m * micro * group:(m + 1) * micro * group]
+
+
+def batch_features(encoder, queries: list[str], passages: list[str], args: TuneArgs):
+    """``(q_dense, q_sparse, p_dense, p_sparse, text_tokens)`` of a micro-batch through the Encoder's own
+    ``features()``, texts cut to the training lengths (the caller sets grad mode and autocast)."""
+    qd, qs = encoder.features(queries, "query", max_text_tokens=args.query_max_length)
+    tokens = encoder.feature_tokens
+    pd, ps = encoder.features(passages, "passage", max_text_tokens=args.passage_max_length)
+    return qd, qs, pd, ps, tokens + encoder.feature_tokens
 
 
 # -- batches ---------------------------------------------------------------------------------------------------
@@ -298,11 +317,9 @@ class Trainer:
         self.evaluate, self.progress = evaluate, progress
         self.loss = ContrastiveLoss(args.temperature, args.dense_weight, args.sparse_weight, args.flops_q,
                                     args.flops_p, args.sparse_temperature)
-        self._positives: dict[str, frozenset[str]] = {}
-        for g in train.groups:
-            self._positives[g.query] = self._positives.get(g.query, frozenset()) | frozenset(g.pos)
+        self._positives = known_positives(train.groups)
         device = encoder.device
-        self.autocast = args.bf16 == "on" or (args.bf16 == "auto" and bf16_is_fast(device))
+        self.autocast = use_autocast(args, device)
         lm = encoder.lm
         if args.full:
             for p in lm.parameters():
@@ -414,29 +431,23 @@ class Trainer:
         negatives) passages (each query's positive first), encoded through the Encoder's own features()."""
         args = self.args
         with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            qd, qsp = self.encoder.features(queries, "query", max_text_tokens=args.query_max_length)
-            tokens = self.encoder.feature_tokens
-            pd, psp = self.encoder.features(passages, "passage", max_text_tokens=args.passage_max_length)
-            tokens += self.encoder.feature_tokens
+            qd, qsp, pd, psp, tokens = batch_features(self.encoder, queries, passages, args)
             mask = self.false_negatives(queries, passages) if args.mask_false_negatives else None
             return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives, mask), tokens
 
     def false_negatives(self, queries: list[str], passages: list[str]) -> torch.Tensor | None:
         """bool (Q, Q * group): passage c is a known positive of query i (or the same text as its target) and not
         its target column; None when there is none."""
-        return _known_positive_mask(self._positives, queries, passages)
+        return known_positive_mask(self._positives, queries, passages)
 
     def _step(self, step: int) -> dict:
         args = self.args
         queries, passages = batch_at(self.train.groups, step, args)
-        micro = args.queries_per_step // args.accumulate
-        group = 1 + args.negatives
         parts_sum: dict[str, float] = {}
         tokens = 0
         self.encoder.lm.train()
-        for m in range(args.accumulate):
-            parts, n = self.micro_loss(queries[m * micro:(m + 1) * micro],
-                                       passages[m * micro * group:(m + 1) * micro * group])
+        for q, p in micro_batches(queries, passages, args):
+            parts, n = self.micro_loss(q, p)
             tokens += n
             (parts["loss"] / args.accumulate).backward()
             for k, v in parts.items():

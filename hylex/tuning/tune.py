@@ -204,17 +204,16 @@ class TuneResult:
     estimate: dict = field(default_factory=dict)
 
 
-def _resolve_sparse_temperature(encoder, train, args, workdir: Path, resume: bool, say):
-    """``args`` with ``sparse_temperature="auto"`` replaced by a number: on resume the one the run chose (its
-    checkpoint's), otherwise :func:`~hylex.tuning.trainer.choose_sparse_temperature` on the training groups.
-    Returns ``(args, probe)`` (the probe's losses, or the resumed run's record of them)."""
+def _resolve_sparse_temperature(encoder, train, args, workdir: Path, before: dict | None, say):
+    """``args`` with ``sparse_temperature="auto"`` replaced by a number: on resume (``before``: the run's run.json)
+    the one the run chose (its checkpoint's), otherwise :func:`~hylex.tuning.trainer.choose_sparse_temperature`
+    on the training groups. Returns ``(args, probe)`` (the probe's losses, or the resumed run's record of them)."""
     from hylex.tuning.trainer import Trainer, choose_sparse_temperature
 
-    if resume:
+    if before is not None:
         ck = Trainer.checkpoint_in(workdir)
         if ck is not None:
             saved = json.loads((ck / "trainer.json").read_text())["args"].get("sparse_temperature")
-            before = json.loads((workdir / "run.json").read_text()) if (workdir / "run.json").is_file() else {}
             if isinstance(saved, (int, float)) and not isinstance(saved, bool):
                 say(f"sparse temperature: {saved} (the resumed run's, from its checkpoint)")
                 return replace(args, sparse_temperature=float(saved)), before.get("sparse_temperature_probe")
@@ -266,9 +265,13 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     encoder = Encoder(model, progress=False, encoding_cache=False, device=device, threads=threads,
                       **{**(encoder_options or {}), "dtype": "float32"})
     evaluator = DevEvaluator(dev, extra=distractors)
+    # a resumed run's record: its dev starting point and sparse temperature probe
+    before = None
+    if resume:
+        before = json.loads((workdir / "run.json").read_text()) if (workdir / "run.json").is_file() else {}
     probe = None
     if args.sparse_temperature == "auto":
-        args, probe = _resolve_sparse_temperature(encoder, train, args, workdir, resume, say)
+        args, probe = _resolve_sparse_temperature(encoder, train, args, workdir, before, say)
     history: list[dict] = []
     best = {"score": None, "weights": None, "step": 0, "scores": None, "fusion": None}
     waited = [0]
@@ -295,7 +298,6 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     zero = zero_fusion = None
     if resume:  # a resumed run keeps its dev history and starting point (the dev pool is fixed by the data's seed)
         history.extend(_dev_history(workdir / "log.jsonl", trainer.latest_checkpoint()))
-        before = json.loads((workdir / "run.json").read_text()) if (workdir / "run.json").is_file() else {}
         if before.get("dev_before") and before.get("data") == json.loads(json.dumps(asdict(data), default=str)):
             zero, zero_fusion = before["dev_before"], before.get("dev_before_fusion")
     if zero is None:
