@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,33 @@ def test_corpus_groups_title_and_crop():
         corpus_groups(docs, "pseudo")
     with pytest.raises(TrainingDataError, match="crop fractions"):
         corpus_groups(docs, "crop", crop=(0.6, 0.2))
+
+
+def test_corpus_groups_lead():
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(50)]
+    docs = [Document(f"d{i}", " ".join(rng.choice(vocab) for _ in range(rng.randint(10, 40)))) for i in range(60)]
+    docs.append(Document("s", "Short opening sentence here. " + " ".join(vocab[:20])))   # a 4-word first sentence
+    docs.append(Document("long", "One " + " ".join(vocab) + ". Then more words follow"))   # sentence > 12 words
+    data = corpus_groups(docs, "lead", seed=0)
+    assert data.sources == {"corpus:lead": len(data.groups)}
+    by_id = {d.id: d for d in docs}
+    assert {g.qid for g in data.groups} == {d.id for d in docs if len(d.text.split()) >= 16}
+    assert data.skipped == {"too short": sum(len(d.text.split()) < 16 for d in docs)}
+    lengths = set()
+    for g in data.groups:
+        text = by_id[g.qid].text
+        q, (p,) = g.query, g.pos
+        n = len(q.split())
+        lengths.add(n)
+        assert 4 <= n <= 12 and text.startswith(q) and text.endswith(p)   # the opening words, the rest: no overlap
+        assert q.split() + p.split() == text.split()
+    assert len(lengths) > 3    # random lengths where no sentence ends in range
+    s = next(g for g in data.groups if g.qid == "s")
+    assert s.query == "Short opening sentence here." and s.pos[0].startswith("w0 w1")
+    assert corpus_groups(docs, "lead", seed=0).groups == data.groups
+    with pytest.raises(TrainingDataError, match="lead lengths"):
+        corpus_groups(docs, "lead", lead=(5, 2))
 
 
 def test_mined_negatives_never_contain_positives(tmp_path):

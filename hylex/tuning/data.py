@@ -219,25 +219,33 @@ def dev_split(data: TrainingData, dev: int | float = 0.1, *, seed: int = 0, max_
 
 
 # -- pairs from a bare corpus ---------------------------------------------------------------------------------
-CORPUS_METHODS = ("title", "crop", "auto")
+CORPUS_METHODS = ("title", "crop", "lead", "auto")
 _WORD = re.compile(r"\S+")
+_SENTENCE_END = re.compile(r"[.!?]$")
 
 
 def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto", *, seed: int = 0,
-                  min_words: int = 8, crop: tuple[float, float] = (0.1, 0.5), limit: int | None = None
-                  ) -> TrainingData:
+                  min_words: int = 8, crop: tuple[float, float] = (0.1, 0.5), lead: tuple[int, int] = (4, 12),
+                  limit: int | None = None) -> TrainingData:
     """Self-supervised groups from documents alone (no labels).
 
     ``title``: the title is the query, the body the positive (documents without a title are skipped).
     ``crop``: two independent random spans of one document (each 10-50% of its words, as in Contriever) are
-    query and positive. ``auto``: ``title`` where at least half the documents have a title, else ``crop``.
-    Documents under ``min_words`` words are skipped. Negatives come from :func:`mine_negatives` or in-batch.
+    query and positive. ``lead``: the document's opening words are the query, the rest of its text the positive
+    (the two do not overlap): the first sentence when it is ``lead[0]``-``lead[1]`` words long, else a random
+    ``lead[0]``-``lead[1]`` words; query-length, like a title (collections such as Vaswani or news wires run
+    the headline into the text). ``auto``: ``title`` where at least half the documents have a title, else
+    ``crop``. Documents under ``min_words`` words are skipped. Negatives come from :func:`mine_negatives` or
+    in-batch.
     """
     if method not in CORPUS_METHODS:
         raise TrainingDataError(f"unknown pair construction {method!r}: choose one of {', '.join(CORPUS_METHODS)}")
     lo, hi = crop
     if not (0 < lo <= hi <= 1):
         raise TrainingDataError(f"crop fractions must satisfy 0 < low <= high <= 1, got {crop}")
+    if not (1 <= lead[0] <= lead[1]):
+        raise TrainingDataError(f"lead lengths must satisfy 1 <= low <= high words, got {lead}")
+    min_words = max(min_words, lead[1] + lead[0]) if method == "lead" else min_words
     docs = list(read_corpus(corpus)) if isinstance(corpus, (str, Path)) else list(corpus)
     if method == "auto":
         titled = sum(1 for d in docs if d.title.strip())
@@ -257,6 +265,8 @@ def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto",
                 skipped["no title"] += 1
                 continue
             q, p = d.title, d.text
+        elif method == "lead":
+            q, p = _lead(d.text, lead, rng)
         else:
             q, p = _crop(words, lo, hi, rng), _crop(words, lo, hi, rng)
         groups.append(Group(query=q, pos=(p,), source=f"corpus:{method}", qid=d.id, pos_ids=frozenset({d.id})))
@@ -266,6 +276,16 @@ def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto",
         raise TrainingDataError(f"no document yields a {method} pair ({dict(skipped)}): use another --pairs method "
                                 f"or a corpus with longer texts")
     return TrainingData(groups, {f"corpus:{method}": len(groups)}, dict(skipped))
+
+
+def _lead(text: str, bounds: tuple[int, int], rng: random.Random) -> tuple[str, str]:
+    """(opening words, the rest of the text): the first sentence if it has ``bounds`` words, else a random
+    number of words within ``bounds``. The caller guarantees more than ``bounds[1] + bounds[0]`` words."""
+    spans = [m.span() for m in _WORD.finditer(text)]
+    lo, hi = bounds
+    ends = [i + 1 for i in range(min(hi, len(spans))) if _SENTENCE_END.search(text[spans[i][0]:spans[i][1]])]
+    n = ends[0] if ends and ends[0] >= lo else rng.randint(lo, hi)
+    return text[:spans[n - 1][1]].strip(), text[spans[n][0]:].strip()
 
 
 def _crop(words: list[str], lo: float, hi: float, rng: random.Random) -> str:
