@@ -42,6 +42,10 @@ def test_tuned_folder_loads_encodes_and_differs(tuned):
     card = read_card(tuned)
     assert card["base"]["model"] == "smollm2-135m" and card["steps"] == 2 and card["training"]["groups"] == 8
     assert (tuned / "adapter.safetensors").stat().st_size < 20 * 2**20  # an adapter, not a model copy
+    # no --sparse-temperature: the default is auto, so the probe ran and its choice is a grid value
+    probe, t = card["training"]["sparse_temperature_probe"], card["hyperparameters"]["sparse_temperature"]
+    assert set(probe["grid"]) == {"1.0", "3.0", "10.0", "30.0", "100.0"} and probe["chosen"] == t
+    assert probe["grid"][str(t)] == min(probe["grid"].values())
     base = Encoder(progress=False, encoding_cache=False, dtype="float32")
     mine = Encoder(str(tuned), progress=False, encoding_cache=False, dtype="float32")
     assert mine.describe()["fingerprint"] != base.describe()["fingerprint"]

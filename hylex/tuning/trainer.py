@@ -75,8 +75,9 @@ class TuneArgs:
     sparse_weight: float = 1.0
     flops_q: float = 0.0
     flops_p: float = 0.0
-    # 1 = the raw sparse dot product (PromptReps); see hylex/tuning/loss.py for why NFCorpus needs more. "auto":
-    # tune() picks it from SPARSE_TEMPERATURES by the starting loss on the first batches (choose_sparse_temperature)
+    # 1 = the raw sparse dot product (PromptReps); see hylex/tuning/loss.py for why NFCorpus needs more. "auto" (the
+    # default of `hylex tune` and of tune() without args): tune() picks it from SPARSE_TEMPERATURES by the starting
+    # loss on the first batches (choose_sparse_temperature); the Trainer itself needs a number
     sparse_temperature: float | str = 1.0
     # recompute each layer's activations in the backward pass: peak RSS 8.4 vs 19.1 GiB for 16 queries x 4
     # passages of 128 tokens on this CPU, step time 42.1 vs 47.9 s (benchmarks/README.md, "Training memory")

@@ -232,7 +232,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     """Fine-tune ``model`` on ``data`` and write the tuned model to ``out`` (see the module docstring).
 
     Args:
-        args: a :class:`TuneArgs` (default settings when None).
+        args: a :class:`TuneArgs` (when None, its defaults with ``sparse_temperature="auto"``, as ``hylex tune``).
         encoder_options: encoder settings (prompt, pooling, ...) to train with; a tuned model keeps them.
         select_on: the dev score that picks the best evaluation (an arm or a fusion of :data:`FUSIONS`).
         patience: stop after this many evaluations without a better ``select_on`` (None: never).
@@ -248,7 +248,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
 
     from hylex.tuning.output import ADAPTER_DTYPES
 
-    args = (args or TuneArgs()).check()
+    args = (args or TuneArgs(sparse_temperature="auto")).check()  # as `hylex tune`: 1 lost NFCorpus's sparse arm
     out = check_output(out)
     if adapter_dtype not in ADAPTER_DTYPES:
         raise TrainingDataError(f"adapter dtype must be one of {', '.join(ADAPTER_DTYPES)}, got {adapter_dtype!r}")
