@@ -235,8 +235,8 @@ def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto",
     (the two do not overlap): the first sentence when it is ``lead[0]``-``lead[1]`` words long, else a random
     ``lead[0]``-``lead[1]`` words; query-length, like a title (collections such as Vaswani or news wires run
     the headline into the text). ``auto``: ``title`` where at least half the documents have a title, else
-    ``crop``. Documents under ``min_words`` words are skipped. Negatives come from :func:`mine_negatives` or
-    in-batch.
+    ``crop``. Documents under ``min_words`` words are skipped (for ``lead`` under ``lead[0] + lead[1]`` at least, so
+    the positive keeps ``lead[0]`` words). Negatives come from :func:`mine_negatives` or in-batch.
     """
     if method not in CORPUS_METHODS:
         raise TrainingDataError(f"unknown pair construction {method!r}: choose one of {', '.join(CORPUS_METHODS)}")
@@ -280,7 +280,8 @@ def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto",
 
 def _lead(text: str, bounds: tuple[int, int], rng: random.Random) -> tuple[str, str]:
     """(opening words, the rest of the text): the first sentence if it has ``bounds`` words, else a random
-    number of words within ``bounds``. The caller guarantees more than ``bounds[1] + bounds[0]`` words."""
+    number of words within ``bounds``. A word ending in . ! or ? ends a sentence. ``text`` has at least
+    ``bounds[0] + bounds[1]`` words (the caller skips shorter ones)."""
     spans = [m.span() for m in _WORD.finditer(text)]
     lo, hi = bounds
     ends = [i + 1 for i in range(min(hi, len(spans))) if _SENTENCE_END.search(text[spans[i][0]:spans[i][1]])]
