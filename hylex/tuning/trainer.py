@@ -382,12 +382,7 @@ class Trainer:
         return {"model_id": d["model_id"], "fingerprint": d["fingerprint"], "settings": settings}
 
     def latest_checkpoint(self) -> Path | None:
-        return self.checkpoint_in(self.workdir)
-
-    @staticmethod
-    def checkpoint_in(workdir: str | os.PathLike) -> Path | None:
-        """The latest complete checkpoint under ``workdir`` (None when there is none)."""
-        found = sorted((Path(workdir) / "checkpoints").glob("step-???????"))
+        found = sorted((self.workdir / "checkpoints").glob("step-???????"))
         return found[-1] if found else None
 
     def load_checkpoint(self, folder: Path) -> None:

@@ -204,19 +204,17 @@ class TuneResult:
     estimate: dict = field(default_factory=dict)
 
 
-def _resolve_sparse_temperature(encoder, train, args, workdir: Path, before: dict | None, say):
-    """``args`` with ``sparse_temperature="auto"`` replaced by a number: on resume (``before``: the run's run.json)
-    the one the run chose (its checkpoint's), otherwise :func:`~hylex.tuning.trainer.choose_sparse_temperature`
-    on the training groups. Returns ``(args, probe)`` (the probe's losses, or the resumed run's record of them)."""
-    from hylex.tuning.trainer import Trainer, choose_sparse_temperature
+def _resolve_sparse_temperature(encoder, train, args, before: dict | None, say):
+    """``args`` with ``sparse_temperature="auto"`` replaced by a number: on resume (``before``: the run's run.json,
+    written with the resolved settings before the first step) the one the run chose, otherwise
+    :func:`~hylex.tuning.trainer.choose_sparse_temperature` on the training groups. Returns ``(args, probe)`` (the
+    probe's losses, or the resumed run's record of them). The Trainer still checks it against the checkpoint."""
+    from hylex.tuning.trainer import choose_sparse_temperature
 
-    if before is not None:
-        ck = Trainer.checkpoint_in(workdir)
-        if ck is not None:
-            saved = json.loads((ck / "trainer.json").read_text())["args"].get("sparse_temperature")
-            if isinstance(saved, (int, float)) and not isinstance(saved, bool):
-                say(f"sparse temperature: {saved} (the resumed run's, from its checkpoint)")
-                return replace(args, sparse_temperature=float(saved)), before.get("sparse_temperature_probe")
+    saved = (before or {}).get("args", {}).get("sparse_temperature")
+    if isinstance(saved, (int, float)) and not isinstance(saved, bool):
+        say(f"sparse temperature: {saved} (the resumed run's)")
+        return replace(args, sparse_temperature=float(saved)), before.get("sparse_temperature_probe")
     t0 = time.perf_counter()
     value, probe = choose_sparse_temperature(encoder, train.groups, args)
     say(f"sparse temperature: {value} (lowest starting sparse loss on {probe['batches']} training batches: "
@@ -271,7 +269,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
         before = json.loads((workdir / "run.json").read_text()) if (workdir / "run.json").is_file() else {}
     probe = None
     if args.sparse_temperature == "auto":
-        args, probe = _resolve_sparse_temperature(encoder, train, args, workdir, before, say)
+        args, probe = _resolve_sparse_temperature(encoder, train, args, before, say)
     history: list[dict] = []
     best = {"score": None, "weights": None, "step": 0, "scores": None, "fusion": None}
     waited = [0]
