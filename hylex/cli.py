@@ -471,7 +471,8 @@ def cmd_tune(args) -> int:
             pairs = list(args.data)
     data = DataArgs(beir=beir, split=args.split, pairs=pairs or (), caps=args.cap, weights=args.source_weights,
                     total=args.total, from_corpus=args.from_corpus, pair_method=args.pairs_from,
-                    mine=not args.no_mine, skip=args.mine_skip, depth=args.mine_depth, n=args.mine_n, dev=args.dev,
+                    mine=not args.no_mine, skip=args.mine_skip, depth=args.mine_depth, n=args.mine_n,
+                    mine_index=args.mine_index, mine_mode=args.mine_mode, dev=args.dev,
                     max_dev=args.max_dev, dev_distractors=args.dev_distractors, seed=args.seed).check()
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else ALL_LINEAR
     targs = TuneArgs(steps=args.steps, queries_per_step=args.batch, negatives=args.negatives, lr=args.lr,
@@ -916,6 +917,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--mine-skip", type=int, default=3, help="BM25 ranks left out at the top (unjudged positives) [3]")
     pt.add_argument("--mine-depth", type=_positive_int, default=50, help="deepest BM25 rank mined [50]")
     pt.add_argument("--mine-n", type=_positive_int, default=7, help="negatives mined per query [7]")
+    pt.add_argument("--mine-index", default=None, metavar="INDEX",
+                    help="mine with this hylex index's search (its own model: e.g. a first tuned model's index of "
+                         "the corpus, for a second round) instead of BM25 over the corpus; the --mine-skip/depth/n "
+                         "window applies")
+    pt.add_argument("--mine-mode", default="hybrid", choices=["hybrid", "dense", "sparse", "bm25"],
+                    help="the --mine-index search: hybrid (its stored fusion) or one arm [hybrid]")
     pt.add_argument("--dev", type=_dev_size, default=0.1,
                     help="training queries held out for model selection: a fraction or a count [0.1]")
     pt.add_argument("--max-dev", type=_positive_int, default=200, help="most dev queries [200]")

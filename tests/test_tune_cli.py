@@ -79,6 +79,8 @@ def test_index_built_with_the_tuned_model_refuses_the_base(tuned, tmp_path, caps
     (["--batch", "3", "--accumulate", "2"], "multiple of accumulate"),
     (["--sparse-temperature", "0"], "sparse_temperature must be a finite number > 0"),
     (["--sparse-temperature", "hot"], "expected a number or auto"),
+    (["--mine-index", "no-such-index"], "mining index no-such-index is not a folder"),
+    (["--mine-index", ".", "--no-mine"], "mining turned off"),
 ])
 def test_bad_tune_options(pairs, tmp_path, capsys, argv, needle):
     with pytest.raises(SystemExit) if "positive integer" in needle or "or auto" in needle else _nullcontext():

@@ -258,3 +258,49 @@ def test_the_dev_pool_holds_no_mined_negatives(tmp_path):
     assert set(distractors) <= {g.pos[0] for g in train.groups}
     with pytest.raises(TrainingDataError, match="dev_negatives"):
         DataArgs(pairs=[str(p)], dev_negatives=-1).check()
+
+
+def test_negatives_mined_with_an_index_follow_its_search(tmp_path):
+    """--mine-index: negatives come from the index's own ranking (here its dense arm, checked against brute force),
+    past the skipped top ranks, never a judged positive, the labelled negative first; bad settings are refused."""
+    import numpy as np
+
+    from hylex.indexing import build_index
+    from hylex.tuning.data import mine_negatives_index
+    from hylex.tuning.tune import DataArgs
+    from conftest import FakeEncoder
+
+    root = _beir(tmp_path, [(f"q-{t}", f"{t}-{j}", 1) for t in TOPICS for j in range(3)] +
+                 [("q-volcano", "volcano-3", 0)], extra_docs=50)
+    data, docs = beir_groups(root, "train")
+    enc = FakeEncoder()
+    build_index(docs, tmp_path / "idx", enc, progress=False)
+    window = MiningWindow(skip=2, depth=30, n=30)  # n covers the window: every candidate, in rank order
+    mined = mine_negatives_index(data, tmp_path / "idx", window=window, mode="dense", encoder=enc, keep_given=False)
+    texts = [f"{d.title}\n{d.text}".strip() for d in docs]
+    doc_dense = enc.encode_documents(texts).dense
+    for g, m in zip(data.groups, mined.groups):
+        order = np.argsort(-(doc_dense @ enc.encode_queries([g.query]).dense[0]), kind="stable")[:30]
+        expect = [texts[i] for i in order[2:] if docs[i].id not in g.pos_ids]
+        assert list(m.neg) == expect
+        assert not set(m.neg) & set(g.pos)
+    kept = mine_negatives_index(data, tmp_path / "idx", window=MiningWindow(skip=0, depth=40, n=5), mode="dense",
+                                encoder=enc)
+    volcano = next(g for g in kept.groups if g.qid == "q-volcano")
+    assert volcano.neg[0].startswith("volcano 3\n") and len(volcano.neg) == 5
+    assert all(len(g.neg) == 5 for g in kept.groups)
+    # BM25 needs no encoder: the index's own BM25 arm, the same rules
+    by_bm25 = mine_negatives_index(data, tmp_path / "idx", window=MiningWindow(skip=0, depth=40, n=5), mode="bm25")
+    by_id = {t: d.id for t, d in zip(texts, docs)}
+    for g in by_bm25.groups:
+        mined_ids = [by_id[t] for t in g.neg if by_id[t] != "volcano-3"]  # the labelled negative is given
+        assert len(g.neg) == 5 and not set(mined_ids) & g.pos_ids
+    assert by_bm25.groups != kept.groups
+    with pytest.raises(TrainingDataError, match="mining mode"):
+        mine_negatives_index(data, tmp_path / "idx", mode="colbert")
+    with pytest.raises(TrainingDataError, match="is not a folder"):
+        DataArgs(beir=str(root), mine_index=str(tmp_path / "nope")).check()
+    with pytest.raises(TrainingDataError, match="mining turned off"):
+        DataArgs(beir=str(root), mine_index=str(tmp_path / "idx"), mine=False).check()
+    with pytest.raises(TrainingDataError, match="mining mode"):
+        DataArgs(beir=str(root), mine_mode="colbert").check()

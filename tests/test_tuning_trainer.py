@@ -461,3 +461,21 @@ def test_tune_with_an_automatic_sparse_temperature_records_and_resumes_it(tiny_m
     again = read_card(tune(data, tmp_path / "model", resume=True, **kw).out)
     assert again["hyperparameters"]["sparse_temperature"] == t
     assert again["training"]["sparse_temperature_probe"] == probe
+
+
+def test_run_cost_counts_each_step_once_and_takes_the_gpu_peak(tmp_path):
+    """A resumed run logs some steps twice (the last record wins); a CUDA run's peak GPU memory is the largest
+    logged; a CPU log has no GPU figure."""
+    from hylex.tuning.tune import run_cost
+
+    rows = [{"step": 1, "tokens": 100, "seconds": 2.0, "cuda_peak_gib": 1.5},
+            {"step": 2, "tokens": 100, "seconds": 2.0, "cuda_peak_gib": 2.5},
+            {"step": 2, "tokens": 120, "seconds": 3.0, "cuda_peak_gib": 2.0},  # the resumed run's step 2
+            {"step": 3, "tokens": 80, "seconds": 1.0, "cuda_peak_gib": 2.25}]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cost = run_cost(log)
+    assert (cost["steps"], cost["tokens"], cost["step_seconds"]) == (3, 300, 6.0)
+    assert cost["tokens_per_s"] == 50.0 and cost["cuda_peak_gib"] == 2.25 and cost["peak_rss_gib"] > 0
+    log.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "cuda_peak_gib"}) + "\n" for r in rows))
+    assert "cuda_peak_gib" not in run_cost(log)

@@ -1,5 +1,6 @@
 """Training data for contrastive tuning: (query, positives, negatives) groups from BEIR qrels, pair files, or a bare
-corpus; a dev split carved from the training queries; hard negatives mined with hylex's own BM25.
+corpus; a dev split carved from the training queries; hard negatives mined with hylex's own BM25, or with a
+hylex index's search (the model that built it: e.g. a first tuned model, for a second round).
 
 Everything here is plain Python and NumPy (no torch), validated with one-line errors that name the file, the
 line and the fix.
@@ -340,23 +341,73 @@ def mine_negatives(data: TrainingData, passages: Sequence[Document] | Sequence[s
     postings = Bm25Postings.from_tokens(analyzer.analyze(pool))
     depth = min(window.depth, len(pool))
     _, rows = bm25_search([(0, postings)], analyzer.analyze([g.query for g in data.groups]), depth)
-    rng = random.Random(seed)
-    out = []
-    mined_total = 0
-    for g, ranked in zip(data.groups, rows):
-        pos_text = set(g.pos)
-        cand = [int(r) for r in ranked[window.skip:] if r >= 0]
-        cand = [r for r in cand if pool[r] not in pos_text and (ids[r] is None or ids[r] not in g.pos_ids)]
-        given = list(g.neg) if keep_given else []
-        need = max(0, window.n - len(given))
-        picked = rng.sample(cand, min(need, len(cand)))
-        picked.sort(key=cand.index)  # keep rank order
-        mined = [pool[r] for r in picked if pool[r] not in given]
-        mined_total += len(mined)
-        out.append(replace(g, neg=tuple(given + mined)))
+    ranked = [[(ids[r], pool[r]) for r in row if r >= 0] for row in rows]
+    out, mined_total = _pick_negatives(data.groups, ranked, window, seed, keep_given)
     logger.info("mined %d BM25 negatives for %d groups (ranks %d-%d)", mined_total, len(out), window.skip + 1,
                 window.depth)
     return TrainingData(out, dict(data.sources), dict(data.skipped))
+
+
+MINE_MODES = ("hybrid", "dense", "sparse", "bm25")
+
+
+def mine_negatives_index(data: TrainingData, index, *, window: MiningWindow = MiningWindow(), seed: int = 0,
+                         mode: str = "hybrid", keep_given: bool = True, encoder=None, batch: int = 256
+                         ) -> TrainingData:
+    """Add hard negatives mined with a hylex index's own search to every group.
+
+    ``index``: an index folder (or open :class:`hylex.indexing.Index`) over the corpus the groups' positives come
+    from; its queries are encoded with the model that built it (or ``encoder``, which must match it) -- e.g. a
+    first tuned model's index, so that a second round trains on what that model still ranks too high. ``mode``:
+    ``hybrid`` (the index's stored fusion, what a plain search runs) or one arm. The same rules as
+    :func:`mine_negatives`: ranks ``window.skip + 1 .. window.depth``, never a judged positive (by document id) nor
+    a passage equal to a positive text; passages are the stored documents as ``title\ntext``.
+    """
+    from hylex.indexing import Index
+    from hylex.retrieval.searcher import Searcher
+
+    if mode not in MINE_MODES:
+        raise TrainingDataError(f"mining mode {mode!r} is unknown: choose one of {', '.join(MINE_MODES)}")
+    if not isinstance(index, Index):
+        if not Path(index).is_dir():
+            raise TrainingDataError(f"mining index {index} is not a folder: build one over the corpus with "
+                                    f"`hylex index CORPUS {index} --model MODEL`, or leave --mine-index out (BM25)")
+        index = Index.open(index)
+    if index.n_docs == 0:
+        raise TrainingDataError("the mining index holds no documents: index the training corpus first")
+    searcher = Searcher(index, encoder=encoder)
+    queries = [g.query for g in data.groups]
+    depth = min(window.depth, index.n_docs)
+    ranked: list[list[tuple[str | None, str]]] = []
+    for i in range(0, len(queries), batch):
+        res = searcher.search(queries[i:i + batch], k=depth, mode=mode, with_documents=True)
+        for docs in res.documents:
+            ranked.append([(d["id"], _doc_text(Document(d["id"], d["text"], d.get("title") or "")))
+                           for d in docs if d is not None])
+    out, mined_total = _pick_negatives(data.groups, ranked, window, seed, keep_given)
+    logger.info("mined %d negatives with %s's %s search for %d groups (ranks %d-%d)", mined_total,
+                index.encoder_info.get("model_id"), mode, len(out), window.skip + 1, window.depth)
+    return TrainingData(out, dict(data.sources), dict(data.skipped))
+
+
+def _pick_negatives(groups: Sequence[Group], ranked: Sequence[Sequence[tuple[str | None, str]]],
+                    window: MiningWindow, seed: int, keep_given: bool) -> tuple[list[Group], int]:
+    """Per group, ``window.n`` (minus its given negatives) passages sampled (seeded, kept in rank order) from its
+    ranked ``(doc id or None, text)`` list past ``window.skip``, none of them a positive."""
+    rng = random.Random(seed)
+    out = []
+    mined_total = 0
+    for g, hits in zip(groups, ranked):
+        pos_text = set(g.pos)
+        cand = [text for doc_id, text in hits[window.skip:window.depth]
+                if text not in pos_text and (doc_id is None or doc_id not in g.pos_ids)]
+        given = list(g.neg) if keep_given else []
+        need = max(0, window.n - len(given))
+        picked = sorted(rng.sample(range(len(cand)), min(need, len(cand))))  # keep rank order
+        mined = [cand[r] for r in picked if cand[r] not in given]
+        mined_total += len(mined)
+        out.append(replace(g, neg=tuple(given + mined)))
+    return out, mined_total
 
 
 def iter_texts(groups: Iterable[Group]) -> Iterable[str]:

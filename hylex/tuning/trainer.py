@@ -498,6 +498,8 @@ class Trainer:
                 self.state.step += 1
                 dt = time.perf_counter() - ts
                 rec.update(step=self.state.step, seconds=round(dt, 3), tokens_per_s=round(rec["tokens"] / dt, 1))
+                if self.encoder.device.type == "cuda":  # the GPU's own peak (RSS says nothing of it)
+                    rec["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated(self.encoder.device) / 2**30, 3)
                 if self.evaluate and (self.state.step % args.eval_every == 0 or self.state.step == args.steps):
                     rec["dev"] = self.evaluate(self.encoder)
                 log.write(json.dumps(rec) + "\n")

@@ -21,8 +21,8 @@ from typing import Sequence
 
 from hylex.engine.models import ZERO_SHOT_MODEL
 from hylex.tuning.data import (
-    MiningWindow, TrainingData, TrainingDataError, beir_groups, corpus_groups, dev_split, mine_negatives, mix,
-    read_pairs,
+    MINE_MODES, MiningWindow, TrainingData, TrainingDataError, beir_groups, corpus_groups, dev_split, mine_negatives,
+    mine_negatives_index, mix, read_pairs,
 )
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ class DataArgs:
 
     ``caps`` / ``weights`` + ``total`` mix several pair files; ``mine`` adds BM25 negatives from ranks
     ``skip + 1 .. depth`` (``n`` per query; from the corpus for BEIR and ``from_corpus``, else from the pair
-    files' own passages) to the training groups; ``dev`` (fraction or count of training queries, at most
+    files' own passages) to the training groups, or, with ``mine_index``, negatives from that hylex index's
+    ``mine_mode`` search (``hybrid``: its stored fusion; encoded with the model that built it); ``dev`` (fraction or count of training queries, at most
     ``max_dev``) is held out for model selection and the fusion choice.
 
     The dev pool is each dev query's positives and at most ``dev_negatives`` of its labelled negatives, plus
@@ -56,6 +57,8 @@ class DataArgs:
     skip: int = 3
     depth: int = 50
     n: int = 7
+    mine_index: str | None = None
+    mine_mode: str = "hybrid"
     dev: float | int = 0.1
     max_dev: int = 200
     dev_distractors: int = 300
@@ -68,6 +71,15 @@ class DataArgs:
             raise TrainingDataError("give exactly one source of training data: a BEIR folder (with --split), pair "
                                     "files, or --from-corpus CORPUS.jsonl")
         MiningWindow(self.skip, self.depth, self.n)
+        if self.mine_mode not in MINE_MODES:
+            raise TrainingDataError(f"mining mode {self.mine_mode!r} is unknown: choose one of {', '.join(MINE_MODES)}")
+        if self.mine_index is not None:
+            if not self.mine:
+                raise TrainingDataError("a mining index was given with mining turned off: drop --no-mine or "
+                                        "--mine-index")
+            if not Path(self.mine_index).is_dir():
+                raise TrainingDataError(f"mining index {self.mine_index} is not a folder: build one over the corpus "
+                                        f"with `hylex index CORPUS DIR --model MODEL`, or leave --mine-index out")
         for name in ("dev_distractors", "dev_negatives"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -92,9 +104,11 @@ def load_data(d: DataArgs) -> tuple[TrainingData, TrainingData, list[str]]:
             mix(parts, caps=d.caps, weights=d.weights, total=d.total, seed=d.seed)
     train, dev = dev_split(data, d.dev, seed=d.seed, max_dev=d.max_dev)
     if d.mine:
-        pool = docs if docs is not None else None
         window = MiningWindow(d.skip, d.depth, d.n)
-        train = mine_negatives(train, pool, window=window, seed=d.seed)
+        if d.mine_index:
+            train = mine_negatives_index(train, d.mine_index, window=window, seed=d.seed, mode=d.mine_mode)
+        else:
+            train = mine_negatives(train, docs, window=window, seed=d.seed)
     # the dev pool: labelled negatives only (capped), no mined ones (see the class docstring)
     dev = TrainingData([replace(g, neg=g.neg[:d.dev_negatives]) for g in dev.groups], dict(dev.sources),
                        dict(dev.skipped))
@@ -187,12 +201,17 @@ def _dev_history(log: Path, checkpoint: Path | None) -> list[dict]:
 
 def run_cost(log: Path) -> dict:
     """What the training steps in a JSONL log cost (a resumed run's steps counted once each, the last record of a
-    step winning): steps, real tokens, seconds in steps, tokens/s, and this process's peak RSS."""
+    step winning): steps, real tokens, seconds in steps, tokens/s, this process's peak RSS, and on CUDA the peak
+    allocated GPU memory."""
     steps = _log_steps(log)
     tokens = sum(int(r.get("tokens", 0)) for r in steps.values())
     seconds = sum(float(r.get("seconds", 0)) for r in steps.values())
-    return {"steps": len(steps), "tokens": tokens, "step_seconds": round(seconds, 1),
+    cost = {"steps": len(steps), "tokens": tokens, "step_seconds": round(seconds, 1),
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None, "peak_rss_gib": round(_rss_gib(), 2)}
+    cuda = [float(r["cuda_peak_gib"]) for r in steps.values() if "cuda_peak_gib" in r]
+    if cuda:  # CUDA training: torch's peak allocated GPU memory over the logged steps
+        cost["cuda_peak_gib"] = max(cuda)
+    return cost
 
 
 @dataclass
