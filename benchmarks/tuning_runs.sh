@@ -3,7 +3,7 @@
 # folder that exists is kept, a run with a work folder continues from its last checkpoint (--resume), and a
 # benchmark whose line is already in results/tuning.jsonl is not run again. Long: hours on a 2-core CPU.
 #
-#   bash benchmarks/tuning_runs.sh [STEP ...]      steps: scifact scifact-t10 scifact-r2 default nfcorpus vaswani vaswani-lead
+#   bash benchmarks/tuning_runs.sh [STEP ...]      steps: scifact scifact-t10 scifact-r2 default nfcorpus nfcorpus-r2 vaswani vaswani-lead
 #                                                   zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
@@ -77,6 +77,15 @@ for step in $steps; do
       tune "$RUNS/nfcorpus-t10" "$NFCORPUS" --split train --steps 100 --max-dev 20 --dev-distractors 100 \
         --sparse-temperature 10 "${COMMON[@]}"
       bench nfcorpus-t10 "$RUNS/nfcorpus-t10" train "$NFCORPUS" ;;
+    nfcorpus-r2)  # the second round of scifact-r2 on NFCorpus: runs/nfcorpus-t10 trained 100 steps more on negatives
+                  # mined with its own hybrid search over the NFCorpus corpus
+      IDX=benchmarks/.work/tuning/nfcorpus-nfcorpus-t10$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
+      [ -d "$IDX" ] || python3 -m hylex --no-progress index "$NFCORPUS/corpus.jsonl" --index "$IDX" \
+        --model "$RUNS/nfcorpus-t10" --dtype "$DTYPE"
+      tune "$RUNS/nfcorpus-r2" "$NFCORPUS" --split train --steps 100 --max-dev 20 --dev-distractors 100 \
+        --sparse-temperature 10 --mine-index "$IDX" --model "$RUNS/nfcorpus-t10" --batch 16 --negatives 3 \
+        --save-every 25 --eval-every 50 --lr 1e-4
+      bench nfcorpus-r2 "$RUNS/nfcorpus-r2" train "$NFCORPUS" ;;
     vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document)
       tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --steps 100 --sparse-temperature 1 \
         "${COMMON[@]}"
@@ -102,6 +111,6 @@ for step in $steps; do
       bench default-tuned "$RUNS/default-tuned" card "$SCIFACT" "$NFCORPUS" "$VASWANI"
       bench default-tuned "$RUNS/default-tuned" train "$SCIFACT" "$NFCORPUS"
       bench smollm2-135m-hylex smollm2-135m-hylex card "$SCIFACT" "$NFCORPUS" "$VASWANI" ;;
-    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 default nfcorpus vaswani vaswani-lead zero-shot evals)" >&2; exit 2 ;;
+    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 default nfcorpus nfcorpus-r2 vaswani vaswani-lead zero-shot evals)" >&2; exit 2 ;;
   esac
 done

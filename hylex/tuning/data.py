@@ -368,25 +368,32 @@ def mine_negatives_index(data: TrainingData, index, *, window: MiningWindow = Mi
 
     if mode not in MINE_MODES:
         raise TrainingDataError(f"mining mode {mode!r} is unknown: choose one of {', '.join(MINE_MODES)}")
-    if not isinstance(index, Index):
+    opened = not isinstance(index, Index)
+    if opened:
         if not Path(index).is_dir():
             raise TrainingDataError(f"mining index {index} is not a folder: build one over the corpus with "
-                                    f"`hylex index CORPUS {index} --model MODEL`, or leave --mine-index out (BM25)")
+                                    f"`hylex index CORPUS --index {index} --model MODEL`, or leave --mine-index out "
+                                    f"(BM25)")
         index = Index.open(index)
-    if index.n_docs == 0:
-        raise TrainingDataError("the mining index holds no documents: index the training corpus first")
-    searcher = Searcher(index, encoder=encoder)
-    queries = [g.query for g in data.groups]
-    depth = min(window.depth, index.n_docs)
-    ranked: list[list[tuple[str | None, str]]] = []
-    for i in range(0, len(queries), batch):
-        res = searcher.search(queries[i:i + batch], k=depth, mode=mode, with_documents=True)
-        for docs in res.documents:
-            ranked.append([(d["id"], _doc_text(Document(d["id"], d["text"], d.get("title") or "")))
-                           for d in docs if d is not None])
+    try:
+        if index.n_docs == 0:
+            raise TrainingDataError("the mining index holds no documents: index the training corpus first")
+        searcher = Searcher(index, encoder=encoder)
+        queries = [g.query for g in data.groups]
+        depth = min(window.depth, index.n_docs)
+        ranked: list[list[tuple[str | None, str]]] = []
+        for i in range(0, len(queries), batch):
+            res = searcher.search(queries[i:i + batch], k=depth, mode=mode, with_documents=True)
+            for docs in res.documents:
+                ranked.append([(d["id"], _doc_text(Document(d["id"], d["text"], d.get("title") or "")))
+                               for d in docs if d is not None])
+        model_id = index.encoder_info.get("model_id")
+    finally:
+        if opened:
+            index.close()
     out, mined_total = _pick_negatives(data.groups, ranked, window, seed, keep_given)
-    logger.info("mined %d negatives with %s's %s search for %d groups (ranks %d-%d)", mined_total,
-                index.encoder_info.get("model_id"), mode, len(out), window.skip + 1, window.depth)
+    logger.info("mined %d negatives with %s's %s search for %d groups (ranks %d-%d)", mined_total, model_id, mode,
+                len(out), window.skip + 1, window.depth)
     return TrainingData(out, dict(data.sources), dict(data.skipped))
 
 

@@ -79,7 +79,8 @@ class DataArgs:
                                         "--mine-index")
             if not Path(self.mine_index).is_dir():
                 raise TrainingDataError(f"mining index {self.mine_index} is not a folder: build one over the corpus "
-                                        f"with `hylex index CORPUS DIR --model MODEL`, or leave --mine-index out")
+                                        f"with `hylex index CORPUS --index DIR --model MODEL`, or leave --mine-index "
+                                        f"out")
         for name in ("dev_distractors", "dev_negatives"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
