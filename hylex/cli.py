@@ -913,9 +913,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--source-weights", type=_float_list, default=None,
                     help="per pair file, sampling weights (with --total)")
     pt.add_argument("--total", type=_positive_int, default=None, help="groups sampled by --source-weights")
-    pt.add_argument("--no-mine", action="store_true", help="no BM25-mined hard negatives")
-    pt.add_argument("--mine-skip", type=int, default=3, help="BM25 ranks left out at the top (unjudged positives) [3]")
-    pt.add_argument("--mine-depth", type=_positive_int, default=50, help="deepest BM25 rank mined [50]")
+    pt.add_argument("--no-mine", action="store_true", help="no mined hard negatives (in-batch and labelled ones only)")
+    pt.add_argument("--mine-skip", type=int, default=3,
+                    help="ranks left out at the top when mining (unjudged positives) [3]")
+    pt.add_argument("--mine-depth", type=_positive_int, default=50, help="deepest rank mined [50]")
     pt.add_argument("--mine-n", type=_positive_int, default=7, help="negatives mined per query [7]")
     pt.add_argument("--mine-index", default=None, metavar="INDEX",
                     help="mine with this hylex index's search (its own model: e.g. a first tuned model's index of "

@@ -2,8 +2,8 @@
 corpus; a dev split carved from the training queries; hard negatives mined with hylex's own BM25, or with a
 hylex index's search (the model that built it: e.g. a first tuned model, for a second round).
 
-Everything here is plain Python and NumPy (no torch), validated with one-line errors that name the file, the
-line and the fix.
+Everything here is plain Python and NumPy (no torch, but for the model a mining index's search loads), validated
+with one-line errors that name the file, the line and the fix.
 """
 from __future__ import annotations
 

@@ -35,8 +35,8 @@ class DataArgs:
     ``caps`` / ``weights`` + ``total`` mix several pair files; ``mine`` adds BM25 negatives from ranks
     ``skip + 1 .. depth`` (``n`` per query; from the corpus for BEIR and ``from_corpus``, else from the pair
     files' own passages) to the training groups, or, with ``mine_index``, negatives from that hylex index's
-    ``mine_mode`` search (``hybrid``: its stored fusion; encoded with the model that built it); ``dev`` (fraction or count of training queries, at most
-    ``max_dev``) is held out for model selection and the fusion choice.
+    ``mine_mode`` search (``hybrid``: its stored fusion; encoded with the model that built it); ``dev`` (fraction
+    or count of training queries, at most ``max_dev``) is held out for model selection and the fusion choice.
 
     The dev pool is each dev query's positives and at most ``dev_negatives`` of its labelled negatives, plus
     ``dev_distractors`` random passages (from the corpus, or from the training groups' positives for pair files).
@@ -72,7 +72,8 @@ class DataArgs:
                                     "files, or --from-corpus CORPUS.jsonl")
         MiningWindow(self.skip, self.depth, self.n)
         if self.mine_mode not in MINE_MODES:
-            raise TrainingDataError(f"mining mode {self.mine_mode!r} is unknown: choose one of {', '.join(MINE_MODES)}")
+            raise TrainingDataError(f"mining mode {self.mine_mode!r} is unknown: choose one of "
+                                    f"{', '.join(MINE_MODES)}")
         if self.mine_index is not None:
             if not self.mine:
                 raise TrainingDataError("a mining index was given with mining turned off: drop --no-mine or "
