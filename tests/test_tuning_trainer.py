@@ -479,3 +479,45 @@ def test_run_cost_counts_each_step_once_and_takes_the_gpu_peak(tmp_path):
     assert cost["tokens_per_s"] == 50.0 and cost["cuda_peak_gib"] == 2.25 and cost["peak_rss_gib"] > 0
     log.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "cuda_peak_gib"}) + "\n" for r in rows))
     assert "cuda_peak_gib" not in run_cost(log)
+
+
+def test_a_run_that_never_beats_its_start_keeps_its_best_evaluation(tiny_model, tmp_path, monkeypatch):
+    """Dev scores scripted to fall (start 0.9, step 2 0.6, step 4 0.3): the saved model is step 2's, not the last
+    step's, and the run says that no evaluation beat the start."""
+    from hylex.engine.models import read_card
+    from hylex.tuning import evaluate as ev_mod
+    from hylex.tuning.trainer import TuneArgs as A
+    from hylex.tuning.tune import DataArgs, tune
+
+    rows = [{"query": f"about {w}", "pos": [f"{w} {w} is the topic here"]} for w in WORDS]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = iter([0.9, 0.6, 0.3])
+
+    def scripted(self, enc):
+        v = next(script)
+        self.last_fusion = {"arms": ["dense", "sparse"], "weights": [0.5, 0.5], "score": v}
+        return {k: v for k in ("dense", "sparse", "bm25", "dense+sparse", "dense+bm25", "sparse+bm25",
+                               "dense+sparse+bm25", "best")}
+
+    monkeypatch.setattr(ev_mod.DevEvaluator, "__call__", scripted)
+    lines = []
+    res = tune(DataArgs(pairs=[str(pairs)], dev=3, n=1, skip=0), tmp_path / "model", model=str(tiny_model),
+               args=A(steps=4, **{**ARGS, "eval_every": 2, "save_every": 2}),
+               encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=lines.append)
+    card = read_card(res.out)
+    assert card["dev"]["selected_step"] == 2 and card["dev"]["after"]["dense+sparse"] == 0.6
+    assert card["fusion"]["dev"] == 0.6
+    assert any(x.startswith("warning: no evaluation beat the starting model") for x in lines)
+    # the saved adapter is step 2's weights (best.safetensors), not step 4's (the last checkpoint's)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(res.out / "adapter.safetensors"))
+    best = load_file(str(tmp_path / "model.work" / "best.safetensors"))
+    ckpt = tmp_path / "model.work" / "checkpoints"
+    step2 = load_file(str(ckpt / "step-0000002" / "weights.safetensors"))
+    step4 = load_file(str(ckpt / "step-0000004" / "weights.safetensors"))
+    assert set(step2) == set(best) and set(saved) == {k.replace(".default.", ".") for k in best}
+    assert all(torch.equal(saved[k.replace(".default.", ".")], best[k]) and torch.equal(best[k], step2[k])
+               for k in best)
+    assert any(not torch.equal(step2[k], step4[k]) for k in best)

@@ -347,7 +347,9 @@ class Trainer:
 
     # -- checkpoints --
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().contiguous() for n, p in zip(self.names, self.params)}
+        """A copy of the trained tensors on the CPU (a copy even there: ``.cpu()`` of a CPU tensor is the tensor
+        itself, and a kept best evaluation must not follow the training that goes on)."""
+        return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in zip(self.names, self.params)}
 
     def adapter_weights(self) -> dict[str, torch.Tensor]:
         """The LoRA tensors under peft's saved names (``...q_proj.lora_A.weight``), for :func:`merge_lora`."""

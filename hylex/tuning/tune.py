@@ -342,7 +342,11 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
                               f"{trainer.state.step} of {args.steps}: the checkpoint is in {workdir} and nothing was "
                               f"written to {out}; run the same command with --resume to finish",
                               trainer.interrupted)
-    if best["weights"] is not None and best["score"] is not None and best["score"] >= zero[select_on]:
+    if best["weights"] is not None and best["score"] is not None:  # the best evaluation, even under the start
+        if best["score"] < zero[select_on]:
+            say(f"warning: no evaluation beat the starting model on dev {select_on} ({best['score']:.4f} at step "
+                f"{best['step']} < {zero[select_on]:.4f}): keeping the best evaluation; try fewer steps or a lower "
+                f"--lr")
         with torch.no_grad():
             for n, p in zip(trainer.names, trainer.params):
                 p.copy_(best["weights"][n])
