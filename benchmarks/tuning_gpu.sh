@@ -22,6 +22,7 @@ BEIR=${BEIR:-data/scifact}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
+rm -f "$OUT/log.jsonl" "$OUT/hylex-model.json" "$OUT/cost.json"  # a failed call must not report an older one
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore TOKENIZERS_PARALLELISM=false
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   {  # no constraints.txt here: its CPU torch pin would replace the image's CUDA torch
