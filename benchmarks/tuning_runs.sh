@@ -48,6 +48,18 @@ EOF
   done
 }
 
+round2() {  # round2 TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST trained 100 steps more (a second adapter) on
+            # negatives mined with its own hybrid search, over the test-corpus index its benchmark built (built here
+            # when missing; tuning.py names it DATASET-TAG[-DTYPE]), then benchmarked with fusions chosen on train
+  local tag=$1 first=$2 ds=$3; shift 3
+  local idx; idx=benchmarks/.work/tuning/$(basename "$ds")-$first$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
+  [ -d "$idx" ] || python3 -m hylex --no-progress index "$ds/corpus.jsonl" --index "$idx" --model "$RUNS/$first" \
+    --dtype "$DTYPE"
+  tune "$RUNS/$tag" "$ds" --split train --steps 100 --sparse-temperature 10 --mine-index "$idx" \
+    --model "$RUNS/$first" --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4 "$@"
+  bench "$tag" "$RUNS/$tag" train "$ds"
+}
+
 SCIFACT=$DATA/beir/scifact NFCORPUS=$DATA/beir/nfcorpus VASWANI=$DATA/beir/vaswani
 COMMON=(--model smollm2-135m --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4)  # the zero-shot base
 steps=${*:-scifact default zero-shot evals nfcorpus vaswani}
@@ -61,14 +73,8 @@ for step in $steps; do
       tune "$RUNS/scifact-t10" "$SCIFACT" --split train --steps 150 --sparse-temperature 10 "${COMMON[@]}"
       bench scifact-t10 "$RUNS/scifact-t10" train "$SCIFACT" ;;
     scifact-r2)  # a second round (ANCE / Tevatron style): runs/scifact-t10 trained 100 steps more (a new adapter
-                 # over its own), on negatives mined with its hybrid search over the SciFact corpus (the index its
-                 # benchmark builds; built here when missing)
-      IDX=benchmarks/.work/tuning/scifact-scifact-t10$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
-      [ -d "$IDX" ] || python3 -m hylex --no-progress index "$SCIFACT/corpus.jsonl" --index "$IDX" \
-        --model "$RUNS/scifact-t10" --dtype "$DTYPE"
-      tune "$RUNS/scifact-r2" "$SCIFACT" --split train --steps 100 --sparse-temperature 10 --mine-index "$IDX" \
-        --model "$RUNS/scifact-t10" --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4
-      bench scifact-r2 "$RUNS/scifact-r2" train "$SCIFACT" ;;
+                 # over its own), on negatives mined with its hybrid search over the SciFact corpus
+      round2 scifact-r2 scifact-t10 "$SCIFACT" ;;
     nfcorpus)  # 100 steps, and a small dev (20 queries, 100 distractors): NFCorpus judges ~50 documents per query,
                # so 20 dev queries already pool ~1,000 passages (~5 min per evaluation here). Sparse temperature 10:
                # unscaled, the sparse loss started at 11-22 here (far above ln 64, the loss of all-zero weights) and
@@ -77,15 +83,8 @@ for step in $steps; do
       tune "$RUNS/nfcorpus-t10" "$NFCORPUS" --split train --steps 100 --max-dev 20 --dev-distractors 100 \
         --sparse-temperature 10 "${COMMON[@]}"
       bench nfcorpus-t10 "$RUNS/nfcorpus-t10" train "$NFCORPUS" ;;
-    nfcorpus-r2)  # the second round of scifact-r2 on NFCorpus: runs/nfcorpus-t10 trained 100 steps more on negatives
-                  # mined with its own hybrid search over the NFCorpus corpus
-      IDX=benchmarks/.work/tuning/nfcorpus-nfcorpus-t10$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
-      [ -d "$IDX" ] || python3 -m hylex --no-progress index "$NFCORPUS/corpus.jsonl" --index "$IDX" \
-        --model "$RUNS/nfcorpus-t10" --dtype "$DTYPE"
-      tune "$RUNS/nfcorpus-r2" "$NFCORPUS" --split train --steps 100 --max-dev 20 --dev-distractors 100 \
-        --sparse-temperature 10 --mine-index "$IDX" --model "$RUNS/nfcorpus-t10" --batch 16 --negatives 3 \
-        --save-every 25 --eval-every 50 --lr 1e-4
-      bench nfcorpus-r2 "$RUNS/nfcorpus-r2" train "$NFCORPUS" ;;
+    nfcorpus-r2)  # the second round of scifact-r2 on NFCorpus, with nfcorpus-t10's small dev
+      round2 nfcorpus-r2 nfcorpus-t10 "$NFCORPUS" --max-dev 20 --dev-distractors 100 ;;
     vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document)
       tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --steps 100 --sparse-temperature 1 \
         "${COMMON[@]}"

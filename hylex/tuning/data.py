@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 from collections import Counter
@@ -351,6 +352,16 @@ def mine_negatives(data: TrainingData, passages: Sequence[Document] | Sequence[s
 MINE_MODES = ("hybrid", "dense", "sparse", "bm25")
 
 
+def check_mining(index: str | os.PathLike | None, mode: str) -> None:
+    """Refuse an unknown mining ``mode``, or an ``index`` (a path; None: BM25 mining) that is not a folder."""
+    if mode not in MINE_MODES:
+        raise TrainingDataError(f"mining mode {mode!r} is unknown: choose one of {', '.join(MINE_MODES)}")
+    if index is not None and not Path(index).is_dir():
+        raise TrainingDataError(f"mining index {index} is not a folder: build one over the corpus with "
+                                f"`hylex index CORPUS --index {index} --model MODEL`, or leave --mine-index out "
+                                f"(BM25)")
+
+
 def mine_negatives_index(data: TrainingData, index, *, window: MiningWindow = MiningWindow(), seed: int = 0,
                          mode: str = "hybrid", keep_given: bool = True, encoder=None, batch: int = 256
                          ) -> TrainingData:
@@ -366,24 +377,18 @@ def mine_negatives_index(data: TrainingData, index, *, window: MiningWindow = Mi
     from hylex.indexing import Index
     from hylex.retrieval.searcher import Searcher
 
-    if mode not in MINE_MODES:
-        raise TrainingDataError(f"mining mode {mode!r} is unknown: choose one of {', '.join(MINE_MODES)}")
     opened = not isinstance(index, Index)
+    check_mining(index if opened else None, mode)
     if opened:
-        if not Path(index).is_dir():
-            raise TrainingDataError(f"mining index {index} is not a folder: build one over the corpus with "
-                                    f"`hylex index CORPUS --index {index} --model MODEL`, or leave --mine-index out "
-                                    f"(BM25)")
         index = Index.open(index)
     try:
         if index.n_docs == 0:
             raise TrainingDataError("the mining index holds no documents: index the training corpus first")
         searcher = Searcher(index, encoder=encoder)
         queries = [g.query for g in data.groups]
-        depth = min(window.depth, index.n_docs)
         ranked: list[list[tuple[str | None, str]]] = []
-        for i in range(0, len(queries), batch):
-            res = searcher.search(queries[i:i + batch], k=depth, mode=mode, with_documents=True)
+        for i in range(0, len(queries), batch):  # search caps k at the index's size
+            res = searcher.search(queries[i:i + batch], k=window.depth, mode=mode, with_documents=True)
             for docs in res.documents:
                 ranked.append([(d["id"], _doc_text(Document(d["id"], d["text"], d.get("title") or "")))
                                for d in docs if d is not None])

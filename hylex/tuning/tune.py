@@ -21,8 +21,8 @@ from typing import Sequence
 
 from hylex.engine.models import ZERO_SHOT_MODEL
 from hylex.tuning.data import (
-    MINE_MODES, MiningWindow, TrainingData, TrainingDataError, beir_groups, corpus_groups, dev_split, mine_negatives,
-    mine_negatives_index, mix, read_pairs,
+    MiningWindow, TrainingData, TrainingDataError, beir_groups, check_mining, corpus_groups, dev_split,
+    mine_negatives, mine_negatives_index, mix, read_pairs,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,17 +71,9 @@ class DataArgs:
             raise TrainingDataError("give exactly one source of training data: a BEIR folder (with --split), pair "
                                     "files, or --from-corpus CORPUS.jsonl")
         MiningWindow(self.skip, self.depth, self.n)
-        if self.mine_mode not in MINE_MODES:
-            raise TrainingDataError(f"mining mode {self.mine_mode!r} is unknown: choose one of "
-                                    f"{', '.join(MINE_MODES)}")
-        if self.mine_index is not None:
-            if not self.mine:
-                raise TrainingDataError("a mining index was given with mining turned off: drop --no-mine or "
-                                        "--mine-index")
-            if not Path(self.mine_index).is_dir():
-                raise TrainingDataError(f"mining index {self.mine_index} is not a folder: build one over the corpus "
-                                        f"with `hylex index CORPUS --index DIR --model MODEL`, or leave --mine-index "
-                                        f"out")
+        if self.mine_index is not None and not self.mine:
+            raise TrainingDataError("a mining index was given with mining turned off: drop --no-mine or --mine-index")
+        check_mining(self.mine_index, self.mine_mode)  # before a model loads, not after
         for name in ("dev_distractors", "dev_negatives"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
