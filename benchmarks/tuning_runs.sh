@@ -48,10 +48,10 @@ EOF
   done
 }
 
-round2() {  # round2 TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST trained 100 steps more (a further adapter; later
-            # TUNE ARGS override these) on negatives mined with its own hybrid search, over the test-corpus index its
-            # benchmark built (built here when missing; tuning.py names it DATASET-TAG[-DTYPE]), then benchmarked
-            # with fusions chosen on train
+next_round() {  # next_round TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST trained 100 steps more (a further
+                # adapter; later TUNE ARGS override these) on negatives mined with its own hybrid search, over the
+                # test-corpus index its benchmark built (built here when missing; tuning.py names it DATASET-TAG[-DTYPE]), then
+                # benchmarked with fusions chosen on train and with its card's
   local tag=$1 first=$2 ds=$3; shift 3
   local idx; idx=benchmarks/.work/tuning/$(basename "$ds")-$first$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
   [ -d "$idx" ] || python3 -m hylex --no-progress index "$ds/corpus.jsonl" --index "$idx" --model "$RUNS/$first" \
@@ -59,6 +59,7 @@ round2() {  # round2 TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST trained 100 s
   tune "$RUNS/$tag" "$ds" --split train --steps 100 --sparse-temperature 10 --mine-index "$idx" \
     --model "$RUNS/$first" --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4 "$@"
   bench "$tag" "$RUNS/$tag" train "$ds"
+  bench "$tag" "$RUNS/$tag" card "$ds"
 }
 
 SCIFACT=$DATA/beir/scifact NFCORPUS=$DATA/beir/nfcorpus VASWANI=$DATA/beir/vaswani
@@ -75,11 +76,11 @@ for step in $steps; do
       bench scifact-t10 "$RUNS/scifact-t10" train "$SCIFACT" ;;
     scifact-r2)  # a second round (ANCE / Tevatron style): runs/scifact-t10 trained 100 steps more (a new adapter
                  # over its own), on negatives mined with its hybrid search over the SciFact corpus
-      round2 scifact-r2 scifact-t10 "$SCIFACT" ;;
+      next_round scifact-r2 scifact-t10 "$SCIFACT" ;;
     scifact-r3)  # a third round over scifact-r2, on its hybrid's negatives, with passages cut at 256 tokens instead
                  # of 128: 97% of SciFact's documents are longer than 128 tokens (median 298, corpus only), and the
-                 # index encodes up to 512; 40 steps (a 256-token step cost 79 s here, ~1.6x), dev at 20 and 40
-      round2 scifact-r3 scifact-r2 "$SCIFACT" --passage-tokens 256 --steps 40 --save-every 10 --eval-every 20 ;;
+                 # index encodes up to 512; 40 steps (a 256-token step took ~78 s here, ~1.6x), dev at 20 and 40
+      next_round scifact-r3 scifact-r2 "$SCIFACT" --passage-tokens 256 --steps 40 --save-every 10 --eval-every 20 ;;
     nfcorpus)  # 100 steps, and a small dev (20 queries, 100 distractors): NFCorpus judges ~50 documents per query,
                # so 20 dev queries already pool ~1,000 passages (~5 min per evaluation here). Sparse temperature 10:
                # unscaled, the sparse loss started at 11-22 here (far above ln 64, the loss of all-zero weights) and
@@ -89,7 +90,7 @@ for step in $steps; do
         --sparse-temperature 10 "${COMMON[@]}"
       bench nfcorpus-t10 "$RUNS/nfcorpus-t10" train "$NFCORPUS" ;;
     nfcorpus-r2)  # the second round of scifact-r2 on NFCorpus, with nfcorpus-t10's small dev
-      round2 nfcorpus-r2 nfcorpus-t10 "$NFCORPUS" --max-dev 20 --dev-distractors 100 ;;
+      next_round nfcorpus-r2 nfcorpus-t10 "$NFCORPUS" --max-dev 20 --dev-distractors 100 ;;
     vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document)
       tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --steps 100 --sparse-temperature 1 \
         "${COMMON[@]}"
