@@ -3,8 +3,8 @@
 # folder that exists is kept, a run with a work folder continues from its last checkpoint (--resume), and a
 # benchmark whose line is already in results/tuning.jsonl is not run again. Long: hours on a 2-core CPU.
 #
-#   bash benchmarks/tuning_runs.sh [STEP ...]      steps: scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus nfcorpus-r2
-#                                                   vaswani vaswani-lead zero-shot evals
+#   bash benchmarks/tuning_runs.sh [STEP ...]      steps: scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus
+#                                                   nfcorpus-r2 vaswani vaswani-lead zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
 #
@@ -50,8 +50,8 @@ EOF
 
 next_round() {  # next_round TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST trained 100 steps more (a further
                 # adapter; later TUNE ARGS override these) on negatives mined with its own hybrid search, over the
-                # test-corpus index its benchmark built (built here when missing; tuning.py names it DATASET-TAG[-DTYPE]), then
-                # benchmarked with fusions chosen on train and with its card's
+                # test-corpus index its benchmark built (built here when missing; tuning.py names it
+                # DATASET-TAG[-DTYPE]), then benchmarked with fusions chosen on train and with its card's
   local tag=$1 first=$2 ds=$3; shift 3
   local idx; idx=benchmarks/.work/tuning/$(basename "$ds")-$first$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
   [ -d "$idx" ] || python3 -m hylex --no-progress index "$ds/corpus.jsonl" --index "$idx" --model "$RUNS/$first" \
