@@ -4,7 +4,7 @@
 # benchmark whose line is already in results/tuning.jsonl is not run again. Long: hours on a 2-core CPU.
 #
 #   bash benchmarks/tuning_runs.sh [STEP ...]      steps: scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus
-#                                                   nfcorpus-r2 vaswani vaswani-lead zero-shot evals
+#                                                   nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
 #
@@ -91,6 +91,10 @@ for step in $steps; do
       bench nfcorpus-t10 "$RUNS/nfcorpus-t10" train "$NFCORPUS" ;;
     nfcorpus-r2)  # the second round of scifact-r2 on NFCorpus, with nfcorpus-t10's small dev
       next_round nfcorpus-r2 nfcorpus-t10 "$NFCORPUS" --max-dev 20 --dev-distractors 100 ;;
+    nfcorpus-r3)  # SciFact round three's change on NFCorpus: over nfcorpus-r2, its hybrid's negatives, 256-token
+                  # passages (83% of NFCorpus's documents are longer than 128 tokens, median 187; corpus only)
+      next_round nfcorpus-r3 nfcorpus-r2 "$NFCORPUS" --max-dev 20 --dev-distractors 100 --passage-tokens 256 \
+        --steps 60 --save-every 10 --eval-every 30 ;;
     vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document)
       tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --steps 100 --sparse-temperature 1 \
         "${COMMON[@]}"
@@ -116,6 +120,6 @@ for step in $steps; do
       bench default-tuned "$RUNS/default-tuned" card "$SCIFACT" "$NFCORPUS" "$VASWANI"
       bench default-tuned "$RUNS/default-tuned" train "$SCIFACT" "$NFCORPUS"
       bench smollm2-135m-hylex smollm2-135m-hylex card "$SCIFACT" "$NFCORPUS" "$VASWANI" ;;
-    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus nfcorpus-r2 vaswani vaswani-lead zero-shot evals)" >&2; exit 2 ;;
+    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead zero-shot evals)" >&2; exit 2 ;;
   esac
 done
