@@ -321,6 +321,7 @@ def test_a_resumed_tune_keeps_its_dev_history_and_starting_point(tiny_model, tmp
 
 def test_tuning_a_tuned_model_chains_its_adapters(tiny_model, tmp_path):
     from hylex.engine.models import read_card
+    from hylex.errors import ModelError
     from hylex.tuning.output import save_tuned
 
     args = TuneArgs(steps=2, **ARGS)
@@ -334,12 +335,25 @@ def test_tuning_a_tuned_model_chains_its_adapters(tiny_model, tmp_path):
         want = second.encoder.features(["about chess"], "query")[0]
     two = save_tuned(second, tmp_path / "two", training={})
     card = read_card(two)
-    assert card["base"] == {"model": str(one), "fingerprint": read_card(one)["fingerprint"]}
+    assert card["base"] == {"model": str(one), "fingerprint": read_card(one)["fingerprint"], "relative": "../one"}
     enc2 = Encoder(str(two), progress=False, encoding_cache=False, dtype="float32")
     assert len(enc2.resolved.adapters) == 2 and enc2.config.pooling == "mean"
     with torch.no_grad():
         got = enc2.features(["about chess"], "query")[0]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # both folders moved together: the recorded absolute base is gone, the relative one loads the same model
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.move(str(one), moved / "one")
+    shutil.move(str(two), moved / "two")
+    enc3 = Encoder(str(moved / "two"), progress=False, encoding_cache=False, dtype="float32")
+    assert enc3.resolved.adapters[0][0] == str(moved / "one" / "adapter.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(enc3.features(["about chess"], "query")[0], want, atol=1e-5, rtol=1e-4)
+    # moved without its base: one line naming both ways out
+    shutil.move(str(moved / "one"), tmp_path / "gone")
+    with pytest.raises(ModelError, match=r"needs its base model .*move it with this one \(expected at \.\./one"):
+        Encoder(str(moved / "two"), progress=False, encoding_cache=False, dtype="float32")
 
 
 def test_resume_from_another_base_model_is_refused(tiny_model, tmp_path):

@@ -221,11 +221,19 @@ def _resolve_tuned(folder: Path, card: dict, cache) -> ResolvedModel:
     if card.get("adapter") is None:  # full weights: the folder loads by itself
         return ResolvedModel(model_id=str(folder), path=str(folder), fingerprint=card["fingerprint"], card=card)
     base = card.get("base") or {}
+    spec = base.get("model", "")
+    if base.get("relative") and not Path(spec).exists():
+        # a stacked model moved with its base: the base's folder where it lay relative to this one
+        moved = (folder / base["relative"]).resolve()
+        if (moved / MODEL_CARD).is_file():
+            spec = str(moved)
     try:
-        resolved = resolve_model(base.get("model", ""), cache)
+        resolved = resolve_model(spec, cache)
     except ModelError as e:
         raise ModelError(f"tuned model {folder} needs its base model {base.get('model')!r}, which cannot be "
-                         f"loaded ({e}); install the base model first") from None
+                         f"loaded ({e}); install the base model first"
+                         + (f", or move it with this one (expected at {base['relative']} from it)"
+                            if base.get("relative") else "")) from None
     if base.get("fingerprint") and resolved.fingerprint != base["fingerprint"]:
         raise ModelError(f"tuned model {folder} was trained on base {base.get('model')!r} with fingerprint "
                          f"{base['fingerprint']}, but the installed one has {resolved.fingerprint}: install the "

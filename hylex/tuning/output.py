@@ -76,6 +76,10 @@ def save_tuned(trainer, out: str | os.PathLike, *, training: dict, dev: dict | N
         # the model training started from (a tuned model too: its adapters load first, then this one)
         base = {"model": enc.resolved.model_id if enc.resolved.card else enc.config.model,
                 "fingerprint": enc.resolved.fingerprint}
+        if enc.resolved.card and Path(base["model"]).is_absolute():
+            # a tuned folder as base (stacked adapters): also where it lies from this folder, so the pair still
+            # loads after both are moved or copied together (the fingerprint still decides)
+            base["relative"] = os.path.relpath(base["model"], out)
         fp = hashlib.sha256(json.dumps([base["fingerprint"], weights_sha, settings], sort_keys=True).encode())
         card = {"format": CARD_FORMAT, "version": 1, "fingerprint": fp.hexdigest()[:16],
                 "hylex_version": hylex.__version__,
