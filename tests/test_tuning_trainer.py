@@ -319,6 +319,24 @@ def test_a_resumed_tune_keeps_its_dev_history_and_starting_point(tiny_model, tmp
     assert again["dev"]["history"][0] == first["dev"]["history"][0]
 
 
+def test_tune_from_a_corpus_says_its_fusion_came_from_pseudo_queries(tiny_model, tmp_path):
+    """No labels: lead pairs from the documents; the card's fusion names its corpus-built dev, so nobody reads the
+    weights as chosen on real queries."""
+    from hylex.engine.models import read_card
+    from hylex.tuning.trainer import TuneArgs as A
+    from hylex.tuning.tune import DataArgs, tune
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": f"{w} facts in brief " + f"more on {w} " * 8})
+                              + "\n" for i, w in enumerate(WORDS)))
+    res = tune(DataArgs(from_corpus=str(corpus), pair_method="lead", dev=3, n=1, skip=0, dev_distractors=2),
+               tmp_path / "model", model=str(tiny_model), args=A(steps=2, **{**ARGS, "eval_every": 2}),
+               encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=lambda _: None)
+    card = read_card(res.out)
+    assert card["training"]["sources"] == {"corpus:lead": len(WORDS) - 3}
+    assert card["fusion"]["chosen_on"] == "dev (3 lead pairs built from the corpus, not real queries)"
+
+
 def test_tuning_a_tuned_model_chains_its_adapters(tiny_model, tmp_path):
     from hylex.engine.models import read_card
     from hylex.errors import ModelError
