@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import Arms, complete  # noqa: E402  (benchmarks/ is not a package)
+from tuning import corpus_index  # noqa: E402
 
 ARMS = ("dense", "sparse", "bm25")
 
@@ -53,7 +54,6 @@ def main() -> None:
 
     from hylex.corpus import load_beir, read_corpus
     from hylex.engine import Encoder
-    from hylex.indexing import build_index
     from hylex.retrieval.fusion import choose_fusion
     from hylex.retrieval.searcher import Searcher
     from hylex.tuning.evaluate import DevEvaluator
@@ -63,15 +63,13 @@ def main() -> None:
     data = Path(args.data)
     tag = args.tag or Path(args.model).name
     enc = Encoder(args.model, progress=False, dtype=args.dtype)
-    index_dir = Path(args.index) if args.index else Path(args.work) / f"{data.name}-{tag}-{args.dtype}"
-    n_docs = sum(1 for _ in read_corpus(data / "corpus.jsonl"))
-    index_info = {}
-    if not complete(index_dir, n_docs, enc):
-        if args.index:
+    if args.index:
+        index_dir, index_info = Path(args.index), {}
+        if not complete(index_dir, sum(1 for _ in read_corpus(data / "corpus.jsonl")), enc):
             sys.exit(f"pseudo_fusion.py: {index_dir} is not a complete index of {data} built with {args.model}")
-        rep = build_index(data / "corpus.jsonl", index_dir, enc, progress=False)
-        index_info = {"documents": rep.documents, "index_seconds": round(rep.seconds, 1),
-                      "cache_hits": rep.cache_hits}
+    else:  # tuning.py's index of this corpus and model when there is one
+        index_dir, index_info = corpus_index(data / "corpus.jsonl", Path(args.work), data.name,
+                                             tag.replace("/", "_"), enc)
 
     # the real queries: every arm's top lists once, the grid's best, and any fusion's score on them
     _, queries, qrels = load_beir(data, args.split)

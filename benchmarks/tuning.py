@@ -44,6 +44,27 @@ def round_metrics(m: dict) -> dict:
     return {k: round(v, 4) for k, v in m.items()}
 
 
+def corpus_index(corpus, work: Path, name: str, slug: str, enc) -> tuple[Path, dict]:
+    """An index of ``corpus`` built with ``enc`` under ``work``: ``(folder, build info)``. One per dtype (a
+    float32 index is kept when a bfloat16 run is asked for, and the other way round); a complete one is reused,
+    also under another tag when it holds the same weights (the shipped default is a copy of runs/default-tuned;
+    :func:`complete` checks fingerprint and settings, dtype among them); a partial one is rebuilt."""
+    from hylex.indexing import build_index
+
+    suffix = "" if enc.config.dtype == "float32" else f"-{enc.config.dtype}"
+    index_dir = work / f"{name}-{slug}{suffix}"
+    n_docs = sum(1 for _ in read_corpus(corpus))
+    if complete(index_dir, n_docs, enc):
+        return index_dir, {}
+    same = next((d for d in sorted(work.glob(f"{name}-*")) if complete(d, n_docs, enc)), None)
+    if same is not None:
+        return same, {"reused": same.name}
+    shutil.rmtree(index_dir, ignore_errors=True)
+    rep = build_index(corpus, index_dir, enc, progress=False)
+    return index_dir, {"documents": rep.documents, "index_seconds": round(rep.seconds, 1),
+                       "encode_seconds": round(rep.encode_seconds, 1), "cache_hits": rep.cache_hits}
+
+
 def choose(arms: Arms) -> dict:
     """The dense+sparse, with-bm25 and overall best convex fusions on ``arms``' queries and qrels (nDCG@10)."""
     from hylex.retrieval.fusion import choose_fusion
@@ -75,7 +96,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from hylex.engine import Encoder
-    from hylex.indexing import build_index
     from hylex.retrieval import Searcher
 
     sink = open(args.out, "a") if args.out else None
@@ -94,22 +114,7 @@ def main() -> None:
     for ds in args.datasets:
         name = Path(ds).name
         corpus, queries, qrels = load_beir(ds, "test")
-        # one index per dtype: a float32 index is kept when a bfloat16 run is asked for, and the other way round
-        suffix = "" if enc.config.dtype == "float32" else f"-{enc.config.dtype}"
-        index_dir = Path(args.work) / f"{name}-{slug}{suffix}"
-        index_info = {}
-        n_docs = sum(1 for _ in read_corpus(corpus))
-        if not complete(index_dir, n_docs, enc):
-            # the same weights indexed under another tag (the shipped default is a copy of runs/default-tuned);
-            # complete() also checks the dtype, which is among the settings
-            same = next((d for d in sorted(Path(args.work).glob(f"{name}-*")) if complete(d, n_docs, enc)), None)
-            if same is not None:
-                index_dir, index_info = same, {"reused": same.name}
-            else:
-                shutil.rmtree(index_dir, ignore_errors=True)
-                rep = build_index(corpus, index_dir, enc, progress=False)
-                index_info = {"documents": rep.documents, "index_seconds": round(rep.seconds, 1),
-                              "encode_seconds": round(rep.encode_seconds, 1), "cache_hits": rep.cache_hits}
+        index_dir, index_info = corpus_index(corpus, Path(args.work), name, slug, enc)
         s = Searcher(index_dir, encoder=enc)
         qids = sorted(queries)
         test = Arms(s, qids, [queries[q] for q in qids], qrels)

@@ -347,7 +347,8 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
         final = {k: v for k, v in history[-1].items() if k != "step"} if history else zero
         chosen = evaluator.last_fusion if history else zero_fusion
     # a corpus-built dev holds pseudo-queries, not a user's: the card says so where the fusion's origin is read
-    src = [k.split(":", 1)[1] for k in train.summary().get("sources", {}) if k.startswith("corpus:")]
+    summary = train.summary()
+    src = [k.split(":", 1)[1] for k in summary.get("sources", {}) if k.startswith("corpus:")]
     dev_desc = (f"dev ({len(dev)} {'/'.join(src)} pairs built from the corpus, not real queries)" if src
                 else f"dev ({len(dev)} queries)")
     if chosen:  # the grid's best convex fusion on dev
@@ -360,7 +361,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
                   "metric": evaluator.metric, "chosen_on": dev_desc}
     dev_card = {"before": zero, "after": final, "selected_step": best["step"], "history": history,
                 "metric": evaluator.metric, "queries": len(dev), "pool": len(evaluator.pool)}
-    training = {**train.summary(), "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])},
+    training = {**summary, "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])},
                 "cost": run_cost(workdir / "log.jsonl")}
     if probe:
         training["sparse_temperature_probe"] = probe
