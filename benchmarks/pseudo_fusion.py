@@ -10,7 +10,11 @@ with real **training** queries (never test): for one model and one index of the 
   dev size and distractors as ``hylex tune --from-corpus``; nothing is trained);
 - ``real``: the fusion ``hylex fuse --split train`` picks on the collection's train queries and qrels;
 - each one's nDCG@10 on those train queries, and ``regret`` = real's - pseudo's there (0: the pseudo-queries chose
-  as well as real ones would have).
+  as well as real ones would have);
+- ``stored``: the fusion a plain search of the model uses (a tuned folder's card: for a ``--from-corpus`` tune
+  with ``--fusion-from dev``, the one its own dev chose), and ``base``: for a tuned folder, the one its base model
+  carries (chosen on some collection's real queries; what ``--fusion-from base`` keeps), each scored on the same
+  train queries.
 
 Use an untuned model or one tuned without these train queries (a model tuned on them fits them).
 
@@ -54,8 +58,9 @@ def main() -> None:
 
     from hylex.corpus import load_beir, read_corpus
     from hylex.engine import Encoder
-    from hylex.retrieval.fusion import choose_fusion
-    from hylex.retrieval.searcher import Searcher
+    from hylex.engine.models import base_spec, read_card
+    from hylex.retrieval.fusion import choose_fusion, stored_fusion
+    from hylex.retrieval.searcher import Searcher, fuse_arms
     from hylex.tuning.evaluate import DevEvaluator
     from hylex.tuning.data import TrainingDataError
     from hylex.tuning.tune import DataArgs, load_data
@@ -79,6 +84,19 @@ def main() -> None:
                                 lambda D, I: real_arms.evaluate(D, I)["ndcg@10"], k=real_arms.k, step=0.1)
     on_real = {(tuple(r["arms"]), tuple(round(w, 4) for w in r["weights"])): r["score"] for r in table}
 
+    def scored(f: dict | None) -> dict | None:  # a stored fusion (any weights, not only the grid's) on the real queries
+        if f is None:
+            return None
+        used = [(a, w) for a, w in zip(f["arms"], f["weights"]) if w > 0]
+        D, I = fuse_arms([real_arms.top[a] for a, _ in used], [w for _, w in used], "convex", real_arms.k)
+        return {"arms": f["arms"], "weights": f["weights"], "chosen_on": f.get("chosen_on"),
+                "on_real": round(real_arms.evaluate(D, I)["ndcg@10"], 4)}
+
+    card = read_card(args.model) if Path(args.model).is_dir() else None
+    # as a plain search fuses: the model's card or registry entry, else the built-in fusion
+    stored = scored(stored_fusion({"encoder": {"model_id": args.model}}))
+    base = scored(stored_fusion({"encoder": {"model_id": base_spec(args.model, card)}})) if card else None
+
     sink = open(args.out, "a") if args.out else None
     for method in args.pairs:
         t = time.perf_counter()
@@ -100,7 +118,7 @@ def main() -> None:
                 "pseudo": {"arms": pseudo["arms"], "weights": pseudo["weights"], "dev": pseudo["score"],
                            "on_real": round(pseudo_real, 4)},
                 "real": {"arms": real["arms"], "weights": real["weights"], "on_real": round(real["score"], 4)},
-                "regret": round(real["score"] - pseudo_real, 4),
+                "regret": round(real["score"] - pseudo_real, 4), "stored": stored, "base": base,
                 "arms_on_real": {a: round(on_real[((a,), (1.0,))], 4) for a in ARMS},
                 "arms_on_pseudo": {a: round(scores[a], 4) for a in ARMS},
                 "index": index_info, "seconds": round(time.perf_counter() - t, 1)}

@@ -10,11 +10,12 @@ corpus (encodings come from the encoding cache when present), encodes the test q
 - ``default``: what a plain ``hylex search`` fuses: with ``--choose-on train``, the overall best on the train
   split (what ``hylex fuse IDX DATA --split train`` stores); with ``--choose-on card``, the stored fusion the index
   has without ``hylex fuse`` (a tuned model's card, chosen on its dev queries; the registry or built-in fusion of
-  an untuned model).
+  an untuned model); with ``--choose-on base``, the one a tuned model's base carries (what ``hylex tune
+  --fusion-from base`` stores: the default for a ``--from-corpus`` tune).
 
 ``--choose-on train`` encodes the train split's queries and chooses every weight on their qrels (a 0.1 grid,
-:func:`hylex.retrieval.fusion.choose_fusion`); ``card`` takes the model card's (or built-in) weights and never
-looks at qrels (for a collection without training labels, Vaswani). Test qrels are only used for the numbers.
+:func:`hylex.retrieval.fusion.choose_fusion`); ``card`` (``base``) takes the model card's (its base's) weights and
+never looks at qrels (for a collection without training labels, Vaswani). Test qrels are only used for the numbers.
 
 One JSON line per (model, dataset): each system's nDCG@10 and R@100, the chosen weights, the index's encoding
 time, the model card's training summary.
@@ -85,8 +86,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="packaged model name or tuned model folder")
     ap.add_argument("--datasets", nargs="+", required=True)
-    ap.add_argument("--choose-on", choices=["train", "card"], default="train",
-                    help="where fusion weights come from: the dataset's train qrels, or the model's stored fusion")
+    ap.add_argument("--choose-on", choices=["train", "card", "base"], default="train",
+                    help="where fusion weights come from: the dataset's train qrels, the model's stored fusion, or "
+                         "its base's (a tuned folder)")
     ap.add_argument("--work", default="benchmarks/.work/tuning", help="where indexes are built (git-ignored)")
     ap.add_argument("--tag", default=None, help="a name for the model in the output [the model]")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -109,6 +111,8 @@ def main() -> None:
 
     enc = Encoder(args.model, progress=False, threads=args.threads, dtype=args.dtype)
     card = enc.resolved.card or {}
+    if args.choose_on == "base" and not card.get("base"):
+        sys.exit(f"tuning.py: --choose-on base needs a tuned model folder with a base; {args.model} has none")
     tag = args.tag or Path(args.model).name
     slug = tag.replace("/", "_")
     for ds in args.datasets:
@@ -129,12 +133,18 @@ def main() -> None:
             chosen = choose(Arms(s, tids, [tq[q] for q in tids], tqrels))
             chosen_on = f"{name} train ({len(tids)} queries)"
         else:  # what a plain search over an index this model built uses (the index may carry another name's)
+            from hylex.engine.models import base_spec
             from hylex.retrieval.fusion import stored_fusion
 
-            f = s.default_fusion if s.index.manifest.get("fusion") else stored_fusion({"encoder": enc.describe()})
+            if args.choose_on == "base":  # what a plain search of the base's own index uses
+                f = stored_fusion({"encoder": {"model_id": base_spec(args.model, card)}})
+            else:
+                f = s.default_fusion if s.index.manifest.get("fusion") else stored_fusion({"encoder": enc.describe()})
             chosen = {"default": {"arms": f["arms"], "weights": f["weights"], "source": f.get("source"),
                                   "score": f.get("dev")}}
             chosen_on = f.get("chosen_on") or f.get("source")
+            if args.choose_on == "base":
+                chosen_on = f"the base's fusion ({chosen_on})"
         for label, c in chosen.items():
             if len(c["arms"]) == 1:
                 m = test.evaluate(*test.top[c["arms"][0]])

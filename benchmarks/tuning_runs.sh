@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/tuning_runs.sh [STEP ...]      steps: scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus
 #                                                   nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead
-#                                                   vaswani-lead-default zero-shot evals
+#                                                   vaswani-lead-default nfcorpus-lead nfcorpus-lead-default
+#                                                   from-corpus-base zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
 #
@@ -63,6 +64,19 @@ next_round() {  # next_round TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST train
   bench "$tag" "$RUNS/$tag" card "$ds"
 }
 
+pseudo() {  # pseudo TAG MODEL DATASET: benchmarks/pseudo_fusion.py (lead pairs, train queries), skipped when done
+  local tag=$1 model=$2 ds=$3
+  if [ -f benchmarks/results/pseudo_fusion.jsonl ] && python3 - "$tag" "$(basename "$ds")" <<'EOF'
+import json, sys
+tag, name = sys.argv[1:]
+sys.exit(0 if any(r["model"] == tag and r["dataset"] == name and r["pairs"] == "lead" and "base" in r
+                  for r in map(json.loads, open("benchmarks/results/pseudo_fusion.jsonl"))) else 1)
+EOF
+  then echo "== pseudo_fusion $tag on $(basename "$ds"): done"; return; fi
+  python3 benchmarks/pseudo_fusion.py --data "$ds" --model "$model" --tag "$tag" --pairs lead --dtype "$DTYPE" \
+    --out benchmarks/results/pseudo_fusion.jsonl
+}
+
 SCIFACT=$DATA/beir/scifact NFCORPUS=$DATA/beir/nfcorpus VASWANI=$DATA/beir/vaswani
 COMMON=(--model smollm2-135m --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4)  # the zero-shot base
 steps=${*:-scifact default zero-shot evals nfcorpus vaswani}
@@ -96,21 +110,42 @@ for step in $steps; do
                   # passages (83% of NFCorpus's documents are longer than 128 tokens, median 187; corpus only)
       next_round nfcorpus-r3 nfcorpus-r2 "$NFCORPUS" --max-dev 20 --dev-distractors 100 --passage-tokens 256 \
         --steps 60 --save-every 10 --eval-every 30 ;;
+    # the from-corpus steps below pass --fusion-from dev: they were measured with the fusion their pseudo-query dev
+    # chose, before `hylex tune` kept the base's for a corpus-built dev by default (the base-fusion lines: step
+    # from-corpus-base)
     vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document)
       tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --steps 100 --sparse-temperature 1 \
-        "${COMMON[@]}"
+        "${COMMON[@]}" --fusion-from dev
       bench vaswani-tuned "$RUNS/vaswani-tuned" card "$VASWANI" ;;
     vaswani-lead)  # no labels, the crops' failure read: query-length pairs (a document's opening 4-12 words -> the
                    # rest; Vaswani runs each title into its text) and the sparse temperature that kept NFCorpus's arm
       tune "$RUNS/vaswani-lead" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead --steps 100 \
-        --sparse-temperature 10 "${COMMON[@]}"
+        --sparse-temperature 10 "${COMMON[@]}" --fusion-from dev
       bench vaswani-lead "$RUNS/vaswani-lead" card "$VASWANI" ;;
     vaswani-lead-default)  # no Vaswani labels: vaswani-lead's pairs, over the shipped default instead of the
                            # zero-shot base (it learnt from other sets' labelled pairs; search's default model); 40
                            # steps, dev at 20/40 (vaswani-lead's dev had most of its gain by step 50); card fusion
       tune "$RUNS/vaswani-lead-default" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead --steps 40 \
-        --sparse-temperature 10 "${COMMON[@]}" --model smollm2-135m-hylex --save-every 10 --eval-every 20
+        --sparse-temperature 10 "${COMMON[@]}" --model smollm2-135m-hylex --save-every 10 --eval-every 20 \
+        --fusion-from dev
       bench vaswani-lead-default "$RUNS/vaswani-lead-default" card "$VASWANI" ;;
+    nfcorpus-lead)  # a check on train queries, not a test run: vaswani-lead's recipe at 40 steps (lead
+                    # pairs, no labels) over the zero-shot base on NFCorpus, whose train qrels score the fusion a
+                    # from-corpus tune keeps (benchmarks/pseudo_fusion.py --model runs/nfcorpus-lead); no test bench
+      tune "$RUNS/nfcorpus-lead" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead --steps 40 \
+        --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20 --fusion-from dev
+      pseudo nfcorpus-lead "$RUNS/nfcorpus-lead" "$NFCORPUS" ;;
+    nfcorpus-lead-default)  # the same check for vaswani-lead-default's recipe (lead pairs over the shipped default)
+      tune "$RUNS/nfcorpus-lead-default" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead --steps 40 \
+        --sparse-temperature 10 "${COMMON[@]}" --model smollm2-135m-hylex --save-every 10 --eval-every 20 \
+        --fusion-from dev
+      pseudo nfcorpus-lead-default "$RUNS/nfcorpus-lead-default" "$NFCORPUS" ;;
+    from-corpus-base)  # the from-corpus models above with the fusion their base carries (what `hylex tune
+                       # --from-corpus` now stores by default), decided on the two nfcorpus-lead checks on train
+                       # queries; the zero-shot model's check beside them
+      bench vaswani-lead "$RUNS/vaswani-lead" base "$VASWANI"
+      bench vaswani-lead-default "$RUNS/vaswani-lead-default" base "$VASWANI"
+      pseudo zero-shot smollm2-135m "$NFCORPUS" ;;
     default)  # the shipped default: the redistributable sources of shared/data/train only, MedQuAD capped
       T=$DATA/train
       tune "$RUNS/default-tuned" --model smollm2-135m "$T/scitldr.jsonl" "$T/fever_dev_rte.jsonl" "$T/pubmedqa.jsonl" \
@@ -127,6 +162,6 @@ for step in $steps; do
       bench default-tuned "$RUNS/default-tuned" card "$SCIFACT" "$NFCORPUS" "$VASWANI"
       bench default-tuned "$RUNS/default-tuned" train "$SCIFACT" "$NFCORPUS"
       bench smollm2-135m-hylex smollm2-135m-hylex card "$SCIFACT" "$NFCORPUS" "$VASWANI" ;;
-    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead vaswani-lead-default zero-shot evals)" >&2; exit 2 ;;
+    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead vaswani-lead-default nfcorpus-lead nfcorpus-lead-default from-corpus-base zero-shot evals)" >&2; exit 2 ;;
   esac
 done

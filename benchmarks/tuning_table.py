@@ -28,7 +28,7 @@ def cell(m: dict | None) -> str:
 
 
 def fusion_source(r: dict) -> str:
-    """A tuning.py line's ``--choose-on`` (train or card); lines written before the field existed: from the
+    """A tuning.py line's ``--choose-on`` (train, card or base); lines written before the field existed: from the
     chosen_on text."""
     if "fusion_source" in r:
         return r["fusion_source"]
@@ -36,7 +36,7 @@ def fusion_source(r: dict) -> str:
 
 
 def column(r: dict) -> str:
-    chosen = "train" if fusion_source(r) == "train" else "stored"
+    chosen = {"train": "train", "base": "base's"}.get(fusion_source(r), "stored")
     return f"{r['model']}, {r.get('dtype', 'float32')}, fusion {chosen}"
 
 

@@ -492,7 +492,8 @@ def cmd_tune(args) -> int:
     try:
         res = tune(data, args.out, model=model, args=targs, encoder_options=options, workdir=args.workdir,
                    resume=args.resume, select_on=args.select_on, patience=args.patience, device=args.device,
-                   threads=args.threads, progress=args.progress, adapter_dtype=args.adapter_dtype)
+                   threads=args.threads, progress=args.progress, adapter_dtype=args.adapter_dtype,
+                   fusion_from=args.fusion_from)
     except TuneInterrupted as e:  # the shell's convention for a process ended by a signal: 128 + its number
         print(f"hylex: {e}", file=sys.stderr)
         return 128 + e.signum
@@ -969,6 +970,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after N evaluations without a better dev score")
     g.add_argument("--select-on", default="dense+sparse",
                    help="dev score that picks the kept evaluation: an arm or a fusion [dense+sparse]")
+    g.add_argument("--fusion-from", default="auto", choices=["auto", "dev", "base"],
+                   help="the fusion the model card stores: dev = the best on the dev queries; base = the one the "
+                        "base model carries; auto = base when the dev holds pseudo-queries built from a corpus "
+                        "(--from-corpus), else dev [auto]")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the work folder")
     g.add_argument("--workdir", default=None, help="checkpoints and log [OUT.work]")
     # tuning starts from the zero-shot base (as every measured run did), not the default

@@ -46,6 +46,8 @@ def test_tuned_folder_loads_encodes_and_differs(tuned):
     probe, t = card["training"]["sparse_temperature_probe"], card["hyperparameters"]["sparse_temperature"]
     assert set(probe["grid"]) == {"1.0", "3.0", "10.0", "30.0", "100.0"} and probe["chosen"] == t
     assert probe["grid"][str(t)] == min(probe["grid"].values())
+    # labelled pairs (not built from a corpus): --fusion-from auto keeps the dev's own choice
+    assert card["fusion"]["chosen_on"] == "dev (2 queries)" and "dev_choice" not in card["fusion"]
     base = Encoder(progress=False, encoding_cache=False, dtype="float32")
     mine = Encoder(str(tuned), progress=False, encoding_cache=False, dtype="float32")
     assert mine.describe()["fingerprint"] != base.describe()["fingerprint"]
@@ -81,9 +83,11 @@ def test_index_built_with_the_tuned_model_refuses_the_base(tuned, tmp_path, caps
     (["--sparse-temperature", "hot"], "expected a number or auto"),
     (["--mine-index", "no-such-index"], "mining index no-such-index is not a folder"),
     (["--mine-index", ".", "--no-mine"], "mining turned off"),
+    (["--fusion-from", "train"], "invalid choice: 'train'"),
 ])
 def test_bad_tune_options(pairs, tmp_path, capsys, argv, needle):
-    with pytest.raises(SystemExit) if "positive integer" in needle or "or auto" in needle else _nullcontext():
+    parse_error = any(s in needle for s in ("positive integer", "or auto", "invalid choice"))
+    with pytest.raises(SystemExit) if parse_error else _nullcontext():
         rc = cli.main(["tune", str(pairs), "--out", str(tmp_path / "m"), *argv])
         assert rc == 2
     assert needle in capsys.readouterr().err

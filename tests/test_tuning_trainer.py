@@ -319,22 +319,38 @@ def test_a_resumed_tune_keeps_its_dev_history_and_starting_point(tiny_model, tmp
     assert again["dev"]["history"][0] == first["dev"]["history"][0]
 
 
-def test_tune_from_a_corpus_says_its_fusion_came_from_pseudo_queries(tiny_model, tmp_path):
-    """No labels: lead pairs from the documents; the card's fusion names its corpus-built dev, so nobody reads the
-    weights as chosen on real queries."""
+def test_tune_from_a_corpus_keeps_its_bases_fusion_and_names_the_pseudo_dev(tiny_model, tmp_path):
+    """No labels: lead pairs from the documents. By default (auto) the card keeps the base's fusion, since a fusion
+    chosen on pseudo-queries did not transfer to real ones; the dev's choice is recorded beside it under its
+    corpus-built name, and ``fusion_from="dev"`` stores that choice instead, so nobody reads it as chosen on real
+    queries."""
     from hylex.engine.models import read_card
+    from hylex.retrieval.fusion import BUILTIN_FUSION, stored_fusion
+    from hylex.tuning.data import TrainingDataError
     from hylex.tuning.trainer import TuneArgs as A
     from hylex.tuning.tune import DataArgs, tune
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": f"{w} facts in brief " + f"more on {w} " * 8})
                               + "\n" for i, w in enumerate(WORDS)))
-    res = tune(DataArgs(from_corpus=str(corpus), pair_method="lead", dev=3, n=1, skip=0, dev_distractors=2),
-               tmp_path / "model", model=str(tiny_model), args=A(steps=2, **{**ARGS, "eval_every": 2}),
-               encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=lambda _: None)
-    card = read_card(res.out)
+    data = DataArgs(from_corpus=str(corpus), pair_method="lead", dev=3, n=1, skip=0, dev_distractors=2)
+    kw = dict(model=str(tiny_model), args=A(steps=2, **{**ARGS, "eval_every": 2}),
+              encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=lambda _: None)
+    with pytest.raises(TrainingDataError, match="fusion_from must be one of auto, dev, base"):
+        tune(data, tmp_path / "bad", fusion_from="train", **kw)
+    assert not (tmp_path / "bad").exists()
+    pseudo = "dev (3 lead pairs built from the corpus, not real queries)"
+    card = read_card(tune(data, tmp_path / "model", **kw).out)
     assert card["training"]["sources"] == {"corpus:lead": len(WORDS) - 3}
-    assert card["fusion"]["chosen_on"] == "dev (3 lead pairs built from the corpus, not real queries)"
+    f = card["fusion"]  # the tiny base carries no fusion: the built-in one, as an untuned search of it would use
+    assert (f["arms"], f["weights"]) == (BUILTIN_FUSION["arms"], BUILTIN_FUSION["weights"])
+    assert f["chosen_on"].startswith(f"the base model {tiny_model}'s fusion, kept (builtin")
+    assert f["dev_choice"]["chosen_on"] == pseudo and f["dev_choice"]["weights"]
+    s = stored_fusion({"encoder": {"model_id": str(tmp_path / "model")}})  # what a plain search of it fuses
+    assert (s["arms"], s["weights"]) == (f["arms"], f["weights"])
+    dev = read_card(tune(data, tmp_path / "model-dev", fusion_from="dev", **kw).out)["fusion"]
+    assert dev["chosen_on"] == pseudo and "dev_choice" not in dev
+    assert (dev["arms"], dev["weights"]) == (f["dev_choice"]["arms"], f["dev_choice"]["weights"])
 
 
 def test_tuning_a_tuned_model_chains_its_adapters(tiny_model, tmp_path):

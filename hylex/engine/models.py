@@ -217,18 +217,24 @@ def read_card(folder: str | os.PathLike) -> dict | None:
     return card
 
 
+def base_spec(folder: str | os.PathLike, card: dict) -> str:
+    """The base model a tuned folder's ``card`` names, as it loads: the recorded name or path, or, for a stacked
+    model moved together with its base folder, that folder where it lies relative to this one."""
+    base = card.get("base") or {}
+    spec = base.get("model", "")
+    if base.get("relative") and not Path(spec).exists():
+        moved = (Path(folder) / base["relative"]).resolve()
+        if (moved / MODEL_CARD).is_file():
+            spec = str(moved)
+    return spec
+
+
 def _resolve_tuned(folder: Path, card: dict, cache) -> ResolvedModel:
     if card.get("adapter") is None:  # full weights: the folder loads by itself
         return ResolvedModel(model_id=str(folder), path=str(folder), fingerprint=card["fingerprint"], card=card)
     base = card.get("base") or {}
-    spec = base.get("model", "")
-    if base.get("relative") and not Path(spec).exists():
-        # a stacked model moved with its base: the base's folder where it lay relative to this one
-        moved = (folder / base["relative"]).resolve()
-        if (moved / MODEL_CARD).is_file():
-            spec = str(moved)
     try:
-        resolved = resolve_model(spec, cache)
+        resolved = resolve_model(base_spec(folder, card), cache)
     except ModelError as e:
         raise ModelError(f"tuned model {folder} needs its base model {base.get('model')!r}, which cannot be "
                          f"loaded ({e}); install the base model first"

@@ -1,10 +1,10 @@
 """A tuned model's folder: the LoRA adapter (or full weights) beside ``hylex-model.json``, its card.
 
 The card names the base model and its fingerprint, the training data (sources and counts), the settings, steps,
-dev metrics, hylex's version and the fusion chosen on dev; its own fingerprint (base fingerprint + adapter
-bytes + settings) differs from the base's, so an index built with one refuses queries encoded by the other. The
-folder is written under a temporary name beside the destination and renamed at the end: a failed run never
-leaves a folder that loads.
+dev metrics, hylex's version and the stored fusion (chosen on dev, or the base's); its own fingerprint (base
+fingerprint + adapter bytes + settings) differs from the base's, so an index built with one refuses queries encoded
+by the other. The folder is written under a temporary name beside the destination and renamed at the end: a failed
+run never leaves a folder that loads.
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 Data (:class:`DataArgs`) -> groups (BEIR qrels, pair files, or a bare corpus) -> BM25-mined hard negatives -> a
 dev split of the training queries -> :class:`Trainer` with dev nDCG@10 at each evaluation (the best evaluation's
 weights are kept: model selection; ``patience`` evaluations without gain stop the run: early stopping) -> the
-fusion that scores best on dev -> :func:`save_tuned`. Checkpoints and the JSONL log live in ``workdir``
-(default ``<out>.work``); ``resume`` continues there.
+fusion that scores best on dev (or the base's: ``fusion_from``) -> :func:`save_tuned`. Checkpoints and the JSONL
+log live in ``workdir`` (default ``<out>.work``); ``resume`` continues there.
 """
 from __future__ import annotations
 
@@ -235,11 +235,27 @@ def _resolve_sparse_temperature(encoder, train, args, before: dict | None, say):
     return replace(args, sparse_temperature=value), probe
 
 
+FUSION_FROM = ("auto", "dev", "base")
+FUSION_FROM_DEFAULT = "auto"
+
+
+def _base_fusion(model: str, dev_choice: dict) -> dict:
+    """The fusion record a tuned card stores when it keeps its base's: the base's arms and weights (its card or
+    registry entry; the built-in fusion when it carries none), where they were chosen, and the dev's own choice."""
+    from hylex.retrieval.fusion import stored_fusion
+
+    f = stored_fusion({"encoder": {"model_id": model}})  # what a plain search of the base's index would fuse
+    return {"method": "convex", "arms": list(f["arms"]), "weights": list(f["weights"]), "dev": None,
+            "metric": dev_choice.get("metric"),
+            "chosen_on": f"the base model {model}'s fusion, kept ({f.get('chosen_on') or f.get('source')})",
+            "dev_choice": {k: dev_choice.get(k) for k in ("arms", "weights", "dev", "chosen_on")}}
+
+
 def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL, args=None,
          encoder_options: dict | None = None, workdir: str | os.PathLike | None = None, resume: bool = False,
          select_on: str = "dense+sparse", patience: int | None = None, device: str = "auto",
          threads: int | None = None, progress: bool | None = None, report=print,
-         adapter_dtype: str = "float32") -> TuneResult:
+         adapter_dtype: str = "float32", fusion_from: str = FUSION_FROM_DEFAULT) -> TuneResult:
     """Fine-tune ``model`` on ``data`` and write the tuned model to ``out`` (see the module docstring).
 
     Args:
@@ -249,6 +265,10 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
         patience: stop after this many evaluations without a better ``select_on`` (None: never).
         report: where the estimate and progress lines go (``print``; None for silence).
         adapter_dtype: ``float32`` or ``bfloat16`` (half the file) for the saved LoRA adapter.
+        fusion_from: the fusion the card stores: ``dev`` (the best on the dev queries' weight grid), ``base`` (the
+            one ``model`` carries, chosen on some collection's real queries), or ``auto``: ``base`` when every
+            training source is built from a corpus (its dev holds pseudo-queries, whose choice did not transfer:
+            benchmarks/README.md, "Does a fusion chosen on pseudo-queries transfer?"), ``dev`` otherwise.
     """
     import torch
 
@@ -266,6 +286,8 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     if select_on not in ("dense", "sparse", "bm25", "best", *FUSIONS):
         raise TrainingDataError(f"select_on must be an arm, one of {', '.join(FUSIONS)}, or best (the best fusion on "
                                 f"the weight grid), got {select_on!r}")
+    if fusion_from not in FUSION_FROM:
+        raise TrainingDataError(f"fusion_from must be one of {', '.join(FUSION_FROM)}, got {fusion_from!r}")
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
         raise TrainingDataError(f"patience must be a positive integer, got {patience!r}")
     say = report or (lambda *a, **k: None)
@@ -359,6 +381,11 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
         name, arms, weights = best_fusion(final)
         fusion = {"method": "convex", "arms": list(arms), "weights": list(weights), "dev": final[name],
                   "metric": evaluator.metric, "chosen_on": dev_desc}
+    if fusion_from == "base" or (fusion_from == "auto" and src and len(src) == len(summary.get("sources", {}))):
+        fusion = _base_fusion(model, fusion)
+        say(f"fusion: the base model's {'+'.join(fusion['arms'])} {fusion['weights']} kept (--fusion-from "
+            f"{fusion_from}; the dev's choice, {name}, is recorded beside it)")
+        name = "+".join(fusion["arms"])
     dev_card = {"before": zero, "after": final, "selected_step": best["step"], "history": history,
                 "metric": evaluator.metric, "queries": len(dev), "pool": len(evaluator.pool)}
     training = {**summary, "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])},
@@ -367,5 +394,5 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
         training["sparse_temperature_probe"] = probe
     saved = save_tuned(trainer, out, training=training, dev=dev_card, fusion=fusion, adapter_dtype=adapter_dtype)
     say(f"saved {saved} (step {best['step'] or trainer.state.step}; dev {select_on} {zero[select_on]:.4f} -> "
-        f"{final[select_on]:.4f}; best fusion on dev: {name})")
+        f"{final[select_on]:.4f}; fusion stored: {name}, {fusion['chosen_on']})")
     return TuneResult(saved, trainer.state.step, dev_card, fusion, est)
