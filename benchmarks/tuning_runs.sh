@@ -6,7 +6,7 @@
 #   bash benchmarks/tuning_runs.sh [STEP ...]      steps: scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus
 #                                                   nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead
 #                                                   vaswani-lead-default nfcorpus-lead nfcorpus-lead-default
-#                                                   from-corpus-base zero-shot evals
+#                                                   from-corpus-base scifact-corpus zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
 #
@@ -64,16 +64,17 @@ next_round() {  # next_round TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST train
   bench "$tag" "$RUNS/$tag" card "$ds"
 }
 
-pseudo() {  # pseudo TAG MODEL DATASET: benchmarks/pseudo_fusion.py (lead pairs, train queries), skipped when done
-  local tag=$1 model=$2 ds=$3
-  if [ -f benchmarks/results/pseudo_fusion.jsonl ] && python3 - "$tag" "$(basename "$ds")" <<'EOF'
+pseudo() {  # pseudo TAG MODEL DATASET [PAIRS]: benchmarks/pseudo_fusion.py (train queries; lead pairs unless
+           # PAIRS names another construction), skipped when its line is there
+  local tag=$1 model=$2 ds=$3 pairs=${4:-lead}
+  if [ -f benchmarks/results/pseudo_fusion.jsonl ] && python3 - "$tag" "$(basename "$ds")" "$pairs" <<'EOF'
 import json, sys
-tag, name = sys.argv[1:]
-sys.exit(0 if any(r["model"] == tag and r["dataset"] == name and r["pairs"] == "lead" and "base" in r
+tag, name, pairs = sys.argv[1:]
+sys.exit(0 if any(r["model"] == tag and r["dataset"] == name and r["pairs"] == pairs and "base" in r
                   for r in map(json.loads, open("benchmarks/results/pseudo_fusion.jsonl"))) else 1)
 EOF
   then echo "== pseudo_fusion $tag on $(basename "$ds"): done"; return; fi
-  python3 benchmarks/pseudo_fusion.py --data "$ds" --model "$model" --tag "$tag" --pairs lead --dtype "$DTYPE" \
+  python3 benchmarks/pseudo_fusion.py --data "$ds" --model "$model" --tag "$tag" --pairs "$pairs" --dtype "$DTYPE" \
     --out benchmarks/results/pseudo_fusion.jsonl
 }
 
@@ -146,6 +147,12 @@ for step in $steps; do
       bench vaswani-lead "$RUNS/vaswani-lead" base "$VASWANI"
       bench vaswani-lead-default "$RUNS/vaswani-lead-default" base "$VASWANI"
       pseudo zero-shot smollm2-135m "$NFCORPUS" ;;
+    scifact-corpus)  # no labels on a third collection, measured on its train queries only (no test bench): what a
+                     # user with SciFact's corpus alone gets from the defaults (--pairs-from auto: title -> abstract
+                     # here; --fusion-from auto: the base's fusion), 40 steps as the lead checks above
+      tune "$RUNS/scifact-corpus" --from-corpus "$SCIFACT/corpus.jsonl" --steps 40 --sparse-temperature 10 \
+        "${COMMON[@]}" --save-every 10 --eval-every 20
+      pseudo scifact-corpus "$RUNS/scifact-corpus" "$SCIFACT" title ;;
     default)  # the shipped default: the redistributable sources of shared/data/train only, MedQuAD capped
       T=$DATA/train
       tune "$RUNS/default-tuned" --model smollm2-135m "$T/scitldr.jsonl" "$T/fever_dev_rte.jsonl" "$T/pubmedqa.jsonl" \
@@ -162,6 +169,6 @@ for step in $steps; do
       bench default-tuned "$RUNS/default-tuned" card "$SCIFACT" "$NFCORPUS" "$VASWANI"
       bench default-tuned "$RUNS/default-tuned" train "$SCIFACT" "$NFCORPUS"
       bench smollm2-135m-hylex smollm2-135m-hylex card "$SCIFACT" "$NFCORPUS" "$VASWANI" ;;
-    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead vaswani-lead-default nfcorpus-lead nfcorpus-lead-default from-corpus-base zero-shot evals)" >&2; exit 2 ;;
+    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead vaswani-lead-default nfcorpus-lead nfcorpus-lead-default from-corpus-base scifact-corpus zero-shot evals)" >&2; exit 2 ;;
   esac
 done
