@@ -95,10 +95,10 @@ def main() -> None:
         a, b = per_query(run_a, qrels, metric), per_query(run_b, qrels, metric)
         line = {"dataset": dataset, "metric": metric, "a": labels[0], "b": labels[1],
                 **compare(np.array([a[q] for q in qids]), np.array([b[q] for q in qids]), samples=args.samples)}
-        print(json.dumps(line), flush=True)
-        if args.out:
+        if args.out:  # the file first: a closed stdout (a pipe into head) must not lose the saved line
             with open(args.out, "a") as f:
                 f.write(json.dumps(line) + "\n")
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
