@@ -60,7 +60,7 @@ def main() -> None:
     from hylex.engine import Encoder
     from hylex.engine.models import base_spec, read_card
     from hylex.retrieval.fusion import choose_fusion, stored_fusion
-    from hylex.retrieval.searcher import Searcher, fuse_arms
+    from hylex.retrieval.searcher import Searcher
     from hylex.tuning.evaluate import DevEvaluator
     from hylex.tuning.data import TrainingDataError
     from hylex.tuning.tune import DataArgs, load_data
@@ -84,13 +84,11 @@ def main() -> None:
                                 lambda D, I: real_arms.evaluate(D, I)["ndcg@10"], k=real_arms.k, step=0.1)
     on_real = {(tuple(r["arms"]), tuple(round(w, 4) for w in r["weights"])): r["score"] for r in table}
 
-    def scored(f: dict | None) -> dict | None:  # a stored fusion (any weights, not only the grid's) on the real queries
-        if f is None:
-            return None
+    def scored(f: dict) -> dict:  # a stored fusion (any weights, not only the grid's) on the real queries
         used = [(a, w) for a, w in zip(f["arms"], f["weights"]) if w > 0]
-        D, I = fuse_arms([real_arms.top[a] for a, _ in used], [w for _, w in used], "convex", real_arms.k)
+        m = real_arms.fused(tuple(a for a, _ in used), "convex", [w for _, w in used])
         return {"arms": f["arms"], "weights": f["weights"], "chosen_on": f.get("chosen_on"),
-                "on_real": round(real_arms.evaluate(D, I)["ndcg@10"], 4)}
+                "on_real": round(m["ndcg@10"], 4)}
 
     card = read_card(args.model) if Path(args.model).is_dir() else None
     # as a plain search fuses: the model's card or registry entry, else the built-in fusion
@@ -122,10 +120,10 @@ def main() -> None:
                 "arms_on_real": {a: round(on_real[((a,), (1.0,))], 4) for a in ARMS},
                 "arms_on_pseudo": {a: round(scores[a], 4) for a in ARMS},
                 "index": index_info, "seconds": round(time.perf_counter() - t, 1)}
-        print(json.dumps(line), flush=True)
-        if sink:
+        if sink:  # the file first: a closed stdout (a pipe into head) must not lose the saved line
             sink.write(json.dumps(line) + "\n")
             sink.flush()
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

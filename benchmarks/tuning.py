@@ -111,8 +111,14 @@ def main() -> None:
 
     enc = Encoder(args.model, progress=False, threads=args.threads, dtype=args.dtype)
     card = enc.resolved.card or {}
-    if args.choose_on == "base" and not card.get("base"):
-        sys.exit(f"tuning.py: --choose-on base needs a tuned model folder with a base; {args.model} has none")
+    base_fusion = None  # --choose-on base: what a plain search of the base's own index uses (read once)
+    if args.choose_on == "base":
+        from hylex.engine.models import base_spec
+        from hylex.retrieval.fusion import stored_fusion
+
+        if not card.get("base"):
+            sys.exit(f"tuning.py: --choose-on base needs a tuned model folder with a base; {args.model} has none")
+        base_fusion = stored_fusion({"encoder": {"model_id": base_spec(args.model, card)}})
     tag = args.tag or Path(args.model).name
     slug = tag.replace("/", "_")
     for ds in args.datasets:
@@ -133,17 +139,14 @@ def main() -> None:
             chosen = choose(Arms(s, tids, [tq[q] for q in tids], tqrels))
             chosen_on = f"{name} train ({len(tids)} queries)"
         else:  # what a plain search over an index this model built uses (the index may carry another name's)
-            from hylex.engine.models import base_spec
             from hylex.retrieval.fusion import stored_fusion
 
-            if args.choose_on == "base":  # what a plain search of the base's own index uses
-                f = stored_fusion({"encoder": {"model_id": base_spec(args.model, card)}})
-            else:
-                f = s.default_fusion if s.index.manifest.get("fusion") else stored_fusion({"encoder": enc.describe()})
+            f = base_fusion or (s.default_fusion if s.index.manifest.get("fusion")
+                                else stored_fusion({"encoder": enc.describe()}))
             chosen = {"default": {"arms": f["arms"], "weights": f["weights"], "source": f.get("source"),
                                   "score": f.get("dev")}}
             chosen_on = f.get("chosen_on") or f.get("source")
-            if args.choose_on == "base":
+            if base_fusion:
                 chosen_on = f"the base's fusion ({chosen_on})"
         for label, c in chosen.items():
             if len(c["arms"]) == 1:
