@@ -471,6 +471,7 @@ def cmd_tune(args) -> int:
             pairs = list(args.data)
     data = DataArgs(beir=beir, split=args.split, pairs=pairs or (), caps=args.cap, weights=args.source_weights,
                     total=args.total, from_corpus=args.from_corpus, pair_method=args.pairs_from,
+                    generator=args.generator, generate=args.generate,
                     mine=not args.no_mine, skip=args.mine_skip, depth=args.mine_depth, n=args.mine_n,
                     mine_index=args.mine_index, mine_mode=args.mine_mode, dev=args.dev,
                     max_dev=args.max_dev, dev_distractors=args.dev_distractors, seed=args.seed).check()
@@ -907,9 +908,15 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--split", default="train", help="BEIR qrels split to train on (never test) [train]")
     pt.add_argument("--from-corpus", default=None, metavar="CORPUS",
                     help="no labels: build pairs from a corpus's documents (see --pairs-from)")
-    pt.add_argument("--pairs-from", default="auto", choices=["auto", "title", "crop", "lead"],
+    pt.add_argument("--pairs-from", default="auto", choices=["auto", "title", "crop", "lead", "generate"],
                     help="--from-corpus pairs: title -> body, two random spans of a document, its opening 4-12 "
-                         "words -> the rest, or auto (title where most documents have one, else crop) [auto]")
+                         "words -> the rest, a question an instruct LLM writes for it (--generator) -> the "
+                         "document, or auto (title where most documents have one, else crop) [auto]")
+    pt.add_argument("--generator", default="qwen2.5-0.5b",
+                    help="--pairs-from generate: the instruct model that writes the queries [qwen2.5-0.5b]")
+    pt.add_argument("--generate", type=_positive_int, default=None, metavar="N",
+                    help="--pairs-from generate: documents to write queries for (~0.6 s each on 2 CPU cores) "
+                         "[steps x batch + the dev queries]")
     pt.add_argument("--cap", type=_int_or_none_list, default=None, help="per pair file, most groups (e.g. 2000,all)")
     pt.add_argument("--source-weights", type=_float_list, default=None,
                     help="per pair file, sampling weights (with --total)")

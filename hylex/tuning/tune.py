@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import resource
@@ -21,9 +22,13 @@ from typing import Sequence
 
 from hylex.engine.models import ZERO_SHOT_MODEL
 from hylex.tuning.data import (
-    MiningWindow, TrainingData, TrainingDataError, beir_groups, check_mining, corpus_groups, dev_split,
-    mine_negatives, mine_negatives_index, mix, read_pairs,
+    CORPUS_METHODS, MiningWindow, TrainingData, TrainingDataError, beir_groups, check_mining, corpus_groups,
+    dev_split, mine_negatives, mine_negatives_index, mix, read_pairs,
 )
+from hylex.tuning.generate import DEFAULT_GENERATOR
+
+# --from-corpus constructions: the rule-built ones of corpus_groups, and queries an instruct LLM writes
+PAIR_METHODS = (*CORPUS_METHODS, "generate")
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class DataArgs:
     total: int | None = None
     from_corpus: str | None = None
     pair_method: str = "auto"
+    generator: str = DEFAULT_GENERATOR
+    generate: int | None = None
     mine: bool = True
     skip: int = 3
     depth: int = 50
@@ -71,6 +78,13 @@ class DataArgs:
             raise TrainingDataError("give exactly one source of training data: a BEIR folder (with --split), pair "
                                     "files, or --from-corpus CORPUS.jsonl")
         MiningWindow(self.skip, self.depth, self.n)
+        if self.pair_method not in PAIR_METHODS:
+            raise TrainingDataError(f"unknown pair construction {self.pair_method!r}: choose one of "
+                                    f"{', '.join(PAIR_METHODS)}")
+        if self.generate is not None and (isinstance(self.generate, bool) or not isinstance(self.generate, int)
+                                          or self.generate < 1):
+            raise TrainingDataError(f"generate (documents to write queries for) must be an integer >= 1, got "
+                                    f"{self.generate!r}")
         if self.mine_index is not None and not self.mine:
             raise TrainingDataError("a mining index was given with mining turned off: drop --no-mine or --mine-index")
         check_mining(self.mine_index, self.mine_mode)  # before a model loads, not after
@@ -81,8 +95,21 @@ class DataArgs:
         return self
 
 
-def load_data(d: DataArgs) -> tuple[TrainingData, TrainingData, list[str]]:
-    """``(train, dev, distractors)`` for ``d``."""
+def generate_count(d: DataArgs, queries: int) -> int:
+    """Documents ``--pairs-from generate`` writes queries for when ``d.generate`` is unset: one training query for
+    each of the run's ``queries`` (steps x queries per step) plus the dev queries carved from them."""
+    if d.generate is not None:
+        return d.generate
+    if isinstance(d.dev, int) and not isinstance(d.dev, bool) and d.dev >= 1:
+        return queries + d.dev
+    return queries + min(d.max_dev, math.ceil(queries * d.dev / max(1e-9, 1 - d.dev)))
+
+
+def load_data(d: DataArgs, *, queries: int | None = None, cache: str | os.PathLike | None = None,
+              device: str = "auto", threads: int | None = None, progress: bool | None = None
+              ) -> tuple[TrainingData, TrainingData, list[str]]:
+    """``(train, dev, distractors)`` for ``d``. ``queries`` (the run's steps x queries per step), ``cache`` (the
+    written queries' file), ``device``, ``threads`` and ``progress`` serve ``pair_method="generate"`` only."""
     d.check()
     docs = None
     if d.beir:
@@ -91,7 +118,21 @@ def load_data(d: DataArgs) -> tuple[TrainingData, TrainingData, list[str]]:
         from hylex.corpus import read_corpus
 
         docs = list(read_corpus(d.from_corpus))
-        data = corpus_groups(docs, d.pair_method, seed=d.seed)
+        if d.pair_method == "generate":
+            from hylex.tuning.generate import QueryGenerator, generated_groups
+
+            if d.generate is None and queries is None:
+                raise TrainingDataError("generated pairs need a count: set generate (documents to write queries "
+                                        "for)")
+            if threads:
+                import torch
+
+                torch.set_num_threads(int(threads))
+            data = generated_groups(docs, QueryGenerator(d.generator, device=device),
+                                    limit=generate_count(d, queries or 0), seed=d.seed, cache=cache,
+                                    progress=progress)
+        else:
+            data = corpus_groups(docs, d.pair_method, seed=d.seed)
     else:
         parts = [read_pairs(p) for p in d.pairs]
         data = parts[0] if len(parts) == 1 and d.caps is None and d.weights is None else \
@@ -291,10 +332,12 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
         raise TrainingDataError(f"patience must be a positive integer, got {patience!r}")
     say = report or (lambda *a, **k: None)
-    train, dev, distractors = load_data(data)
+    workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
+    train, dev, distractors = load_data(data, queries=args.steps * args.queries_per_step,
+                                        cache=workdir / "generated-queries.jsonl", device=device,
+                                        threads=threads, progress=progress)
     say(f"training data: {len(train)} groups ({', '.join(f'{k} {v}' for k, v in train.sources.items())}), "
         f"dev {len(dev)} queries + {len(distractors)} distractors")
-    workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
     encoder = Encoder(model, progress=False, encoding_cache=False, device=device, threads=threads,
                       **{**(encoder_options or {}), "dtype": "float32"})
     evaluator = DevEvaluator(dev, extra=distractors)
