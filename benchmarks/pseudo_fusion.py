@@ -63,7 +63,7 @@ def main() -> None:
     from hylex.retrieval.searcher import Searcher
     from hylex.tuning.evaluate import DevEvaluator
     from hylex.tuning.data import TrainingDataError
-    from hylex.tuning.tune import DataArgs, load_data
+    from hylex.tuning.tune import DataArgs, kept_fusion, load_data
 
     data = Path(args.data)
     tag = args.tag or Path(args.model).name
@@ -93,7 +93,8 @@ def main() -> None:
     card = read_card(args.model) if Path(args.model).is_dir() else None
     # as a plain search fuses: the model's card or registry entry, else the built-in fusion
     stored = scored(stored_fusion({"encoder": {"model_id": args.model}}))
-    base = scored(stored_fusion({"encoder": {"model_id": base_spec(args.model, card)}})) if card else None
+    # what `--fusion-from base` keeps over the base (past fusions its pseudo-query devs chose, down the chain)
+    base = scored(kept_fusion(base_spec(args.model, card))[1]) if card else None
 
     sink = open(args.out, "a") if args.out else None
     for method in args.pairs:

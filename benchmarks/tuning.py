@@ -111,14 +111,14 @@ def main() -> None:
 
     enc = Encoder(args.model, progress=False, threads=args.threads, dtype=args.dtype)
     card = enc.resolved.card or {}
-    base_fusion = None  # --choose-on base: what a plain search of the base's own index uses (read once)
+    base_fusion = None  # --choose-on base: what `--fusion-from base` keeps over the base (read once)
     if args.choose_on == "base":
         from hylex.engine.models import base_spec
-        from hylex.retrieval.fusion import stored_fusion
+        from hylex.tuning.tune import kept_fusion
 
         if not card.get("base"):
             sys.exit(f"tuning.py: --choose-on base needs a tuned model folder with a base; {args.model} has none")
-        base_fusion = stored_fusion({"encoder": {"model_id": base_spec(args.model, card)}})
+        base_fusion = kept_fusion(base_spec(args.model, card))[1]
     tag = args.tag or Path(args.model).name
     slug = tag.replace("/", "_")
     for ds in args.datasets:

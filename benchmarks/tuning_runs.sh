@@ -7,7 +7,8 @@
 #                                                   nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead
 #                                                   vaswani-lead-default nfcorpus-lead nfcorpus-lead-default
 #                                                   from-corpus-base scifact-corpus nfcorpus-generate
-#                                                   vaswani-generate zero-shot evals
+#                                                   vaswani-generate nfcorpus-lead-r2 vaswani-lead-r2
+#                                                   zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
 #
@@ -160,6 +161,21 @@ for step in $steps; do
       tune "$RUNS/nfcorpus-generate" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from generate --dev 200 \
         --steps 40 --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
       pseudo nfcorpus-generate "$RUNS/nfcorpus-generate" "$NFCORPUS" ;;
+    nfcorpus-lead-r2)  # a check on train queries, not a test run: a second round of nfcorpus-lead (the same lead pairs,
+                       # 40 steps) on negatives mined with its own hybrid search over the corpus (the index its
+                       # pseudo_fusion line built); adopted for Vaswani only if its plain search beats nfcorpus-lead's
+      idx=benchmarks/.work/tuning/nfcorpus-nfcorpus-lead$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
+      tune "$RUNS/nfcorpus-lead-r2" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead --steps 40 \
+        --sparse-temperature 10 "${COMMON[@]}" --model "$RUNS/nfcorpus-lead" --mine-index "$idx" --save-every 10 \
+        --eval-every 20
+      pseudo nfcorpus-lead-r2 "$RUNS/nfcorpus-lead-r2" "$NFCORPUS" ;;
+    vaswani-lead-r2)  # nfcorpus-lead-r2's recipe over vaswani-lead (run because it passed that check), one test
+                      # bench with its stored fusion (the one kept from the chain's base, chosen on real queries)
+      idx=benchmarks/.work/tuning/vaswani-vaswani-lead$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
+      tune "$RUNS/vaswani-lead-r2" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead --steps 40 \
+        --sparse-temperature 10 "${COMMON[@]}" --model "$RUNS/vaswani-lead" --mine-index "$idx" --save-every 10 \
+        --eval-every 20
+      bench vaswani-lead-r2 "$RUNS/vaswani-lead-r2" card "$VASWANI" ;;
     vaswani-generate)  # no labels: nfcorpus-generate's recipe on Vaswani (run because it passed that check), one
                        # test bench with the fusion a from-corpus tune keeps (the base's)
       tune "$RUNS/vaswani-generate" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from generate --dev 200 \
@@ -181,6 +197,6 @@ for step in $steps; do
       bench default-tuned "$RUNS/default-tuned" card "$SCIFACT" "$NFCORPUS" "$VASWANI"
       bench default-tuned "$RUNS/default-tuned" train "$SCIFACT" "$NFCORPUS"
       bench smollm2-135m-hylex smollm2-135m-hylex card "$SCIFACT" "$NFCORPUS" "$VASWANI" ;;
-    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead vaswani-lead-default nfcorpus-lead nfcorpus-lead-default from-corpus-base scifact-corpus nfcorpus-generate vaswani-generate zero-shot evals)" >&2; exit 2 ;;
+    *) echo "unknown step $step (scifact scifact-t10 scifact-r2 scifact-r3 default nfcorpus nfcorpus-r2 nfcorpus-r3 vaswani vaswani-lead vaswani-lead-default nfcorpus-lead nfcorpus-lead-default from-corpus-base scifact-corpus nfcorpus-generate vaswani-generate nfcorpus-lead-r2 vaswani-lead-r2 zero-shot evals)" >&2; exit 2 ;;
   esac
 done

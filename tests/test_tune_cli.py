@@ -84,6 +84,9 @@ def test_index_built_with_the_tuned_model_refuses_the_base(tuned, tmp_path, caps
     (["--mine-index", "no-such-index"], "mining index no-such-index is not a folder"),
     (["--mine-index", ".", "--no-mine"], "mining turned off"),
     (["--fusion-from", "train"], "invalid choice: 'train'"),
+    (["--pairs-from", "summary"], "invalid choice: 'summary'"),
+    (["--generate", "0"], "must be a positive integer"),
+    (["--generate", "10"], "applies to generated pairs only"),
 ])
 def test_bad_tune_options(pairs, tmp_path, capsys, argv, needle):
     parse_error = any(s in needle for s in ("positive integer", "or auto", "invalid choice"))

@@ -165,6 +165,7 @@ def test_tune_from_generated_queries_uses_the_work_folders_cache(tiny_instruct, 
                encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=lambda _: None)
     card = read_card(res.out)
     assert card["training"]["sources"] == {"corpus:generate": 11 - 3}
+    assert card["training"]["data"]["generator"] == str(tiny_instruct)
     assert card["fusion"]["dev_choice"]["chosen_on"] == "dev (3 generate pairs built from the corpus, not real queries)"
     assert len((work / "generated-queries.jsonl").read_text().splitlines()) == len(WORDS)  # nothing written again
 
@@ -176,3 +177,5 @@ def test_data_args_refuse_an_unknown_construction_and_a_bad_count():
         DataArgs(from_corpus="c.jsonl", pair_method="summary").check()
     with pytest.raises(TrainingDataError, match="generate .* must be an integer >= 1"):
         DataArgs(from_corpus="c.jsonl", pair_method="generate", generate=0).check()
+    with pytest.raises(TrainingDataError, match="applies to generated pairs only"):
+        DataArgs(from_corpus="c.jsonl", pair_method="lead", generate=10).check()

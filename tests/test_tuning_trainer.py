@@ -342,6 +342,7 @@ def test_tune_from_a_corpus_keeps_its_bases_fusion_and_names_the_pseudo_dev(tiny
     pseudo = "dev (3 lead pairs built from the corpus, not real queries)"
     card = read_card(tune(data, tmp_path / "model", **kw).out)
     assert card["training"]["sources"] == {"corpus:lead": len(WORDS) - 3}
+    assert "generator" not in card["training"]["data"]  # recorded for generated pairs only
     f = card["fusion"]  # the tiny base carries no fusion: the built-in one, as an untuned search of it would use
     assert (f["arms"], f["weights"]) == (BUILTIN_FUSION["arms"], BUILTIN_FUSION["weights"])
     assert f["chosen_on"].startswith(f"the base model {tiny_model}'s fusion, kept (builtin")
@@ -351,6 +352,15 @@ def test_tune_from_a_corpus_keeps_its_bases_fusion_and_names_the_pseudo_dev(tiny
     dev = read_card(tune(data, tmp_path / "model-dev", fusion_from="dev", **kw).out)["fusion"]
     assert dev["chosen_on"] == pseudo and "dev_choice" not in dev
     assert (dev["arms"], dev["weights"]) == (f["dev_choice"]["arms"], f["dev_choice"]["weights"])
+    # a tune over that model keeps no fusion its pseudo-query dev chose: it goes down to the base's
+    from hylex.tuning.tune import kept_fusion
+
+    assert kept_fusion(str(tmp_path / "model-dev"))[0] == str(tiny_model)
+    kw2 = {**kw, "model": str(tmp_path / "model-dev")}
+    chained = read_card(tune(data, tmp_path / "model-2", fusion_from="base", **kw2).out)["fusion"]
+    assert (chained["arms"], chained["weights"]) == (BUILTIN_FUSION["arms"], BUILTIN_FUSION["weights"])
+    assert f"its base {tiny_model}'s (its own was chosen on pseudo-queries)" in chained["chosen_on"]
+    assert kept_fusion(str(tmp_path / "model"))[0] == str(tmp_path / "model")  # kept, not pseudo-chosen
 
 
 def test_tuning_a_tuned_model_chains_its_adapters(tiny_model, tmp_path):

@@ -85,6 +85,9 @@ class DataArgs:
                                           or self.generate < 1):
             raise TrainingDataError(f"generate (documents to write queries for) must be an integer >= 1, got "
                                     f"{self.generate!r}")
+        if self.generate is not None and not (self.from_corpus and self.pair_method == "generate"):
+            raise TrainingDataError("generate (documents to write queries for) applies to generated pairs only: add "
+                                    "--from-corpus CORPUS --pairs-from generate, or drop --generate")
         if self.mine_index is not None and not self.mine:
             raise TrainingDataError("a mining index was given with mining turned off: drop --no-mine or --mine-index")
         check_mining(self.mine_index, self.mine_mode)  # before a model loads, not after
@@ -280,15 +283,42 @@ FUSION_FROM = ("auto", "dev", "base")
 FUSION_FROM_DEFAULT = "auto"
 
 
-def _base_fusion(model: str, dev_choice: dict) -> dict:
-    """The fusion record a tuned card stores when it keeps its base's: the base's arms and weights (its card or
-    registry entry; the built-in fusion when it carries none), where they were chosen, and the dev's own choice."""
+def _pseudo_chosen(card: dict | None) -> bool:
+    """Whether a tuned card's fusion is the one its own corpus-built dev chose (pseudo-queries: every training
+    source ``corpus:*`` and no base fusion kept, as ``--fusion-from dev`` stores)."""
+    if not card or not card.get("fusion") or "dev_choice" in card["fusion"]:
+        return False
+    sources = (card.get("training") or {}).get("sources") or {}
+    return bool(sources) and all(str(k).startswith("corpus:") for k in sources)
+
+
+def kept_fusion(model: str) -> tuple[str, dict]:
+    """``(model it comes from, fusion)``: the fusion a ``--fusion-from base`` tune over ``model`` keeps, the one a
+    plain search of ``model``'s index fuses (its card or registry entry; the built-in one when it carries none),
+    except that a fusion ``model``'s own pseudo-query dev chose is passed over for its base's, down the chain of
+    bases, so that a fusion picked on pseudo-queries is never inherited as if real queries had chosen it."""
+    from hylex.engine.models import base_spec, read_card, shipped_folder
     from hylex.retrieval.fusion import stored_fusion
 
-    f = stored_fusion({"encoder": {"model_id": model}})  # what a plain search of the base's index would fuse
+    seen = set()
+    while model not in seen:
+        seen.add(model)
+        folder = shipped_folder(model.lower()) or (Path(model) if Path(model).is_dir() else None)
+        card = read_card(folder) if folder is not None else None
+        if not _pseudo_chosen(card) or not (card.get("base") or {}).get("model"):
+            break
+        model = base_spec(folder, card)
+    return model, stored_fusion({"encoder": {"model_id": model}})  # what a plain search of its index would fuse
+
+
+def _base_fusion(model: str, dev_choice: dict) -> dict:
+    """The fusion record a tuned card stores when it keeps its base's (:func:`kept_fusion`): its arms and weights,
+    where they were chosen, and the dev's own choice."""
+    origin, f = kept_fusion(model)
+    via = "" if origin == model else f", its base {origin}'s (its own was chosen on pseudo-queries)"
     return {"method": "convex", "arms": list(f["arms"]), "weights": list(f["weights"]), "dev": None,
             "metric": dev_choice.get("metric"),
-            "chosen_on": f"the base model {model}'s fusion, kept ({f.get('chosen_on') or f.get('source')})",
+            "chosen_on": f"the base model {model}'s fusion{via}, kept ({f.get('chosen_on') or f.get('source')})",
             "dev_choice": {k: dev_choice.get(k) for k in ("arms", "weights", "dev", "chosen_on")}}
 
 
@@ -333,6 +363,10 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
         raise TrainingDataError(f"patience must be a positive integer, got {patience!r}")
     say = report or (lambda *a, **k: None)
     workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
+    if data.from_corpus and data.pair_method == "generate":
+        say(f"queries for {generate_count(data, args.steps * args.queries_per_step)} documents: written by "
+            f"{data.generator} (about 0.6 s per document on 2 CPU cores in bfloat16), or read from "
+            f"{workdir / 'generated-queries.jsonl'} where an earlier run wrote them")
     train, dev, distractors = load_data(data, queries=args.steps * args.queries_per_step,
                                         cache=workdir / "generated-queries.jsonl", device=device,
                                         threads=threads, progress=progress)
@@ -431,7 +465,9 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
         name = "+".join(fusion["arms"])
     dev_card = {"before": zero, "after": final, "selected_step": best["step"], "history": history,
                 "metric": evaluator.metric, "queries": len(dev), "pool": len(evaluator.pool)}
-    training = {**summary, "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])},
+    generated = data.from_corpus and data.pair_method == "generate"
+    training = {**summary, "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])
+                                    and (generated or k != "generator")},
                 "cost": run_cost(workdir / "log.jsonl")}
     if probe:
         training["sparse_temperature_probe"] = probe
