@@ -261,3 +261,26 @@ def assert_same_index_results(dir_a, dir_b, encoder, queries: Sequence[str], ato
     finally:
         a.index.close()
         b.index.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer random-weight Llama folder with the default model's tokenizer and chat template (training and
+    generation tests: seconds instead of the real model's minutes)."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hylex.engine.models import resolve_model
+
+    src = Path(resolve_model("smollm2-135m").path)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=2, initializer_range=0.2)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(src / f, out / f)
+    return out

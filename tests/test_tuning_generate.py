@@ -1,16 +1,14 @@
 """Pseudo-queries an instruct LLM writes for a bare corpus (``--pairs-from generate``): cleaning, the generic-query
-filter, the resumable cache, the generator on a tiny random-weight Llama, and ``tune()`` wired to it."""
+filter, the resumable cache, the generator on a tiny random-weight Llama (conftest's ``tiny_model``), and
+``tune()`` wired to it."""
 from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-import torch
 
 from hylex.corpus import Document
-from hylex.engine.models import resolve_model
 from hylex.tuning.data import TrainingDataError
 from hylex.tuning.generate import QueryGenerator, clean_query, content_words, generated_groups
 
@@ -91,31 +89,17 @@ def test_the_cache_is_appended_per_batch_and_reused_for_the_same_generator_only(
     more = FakeGenerator(batch=4)
     b = generated_groups(docs, more, limit=9, cache=cache)
     assert len(b) == 9 and len(more.seen) == 2 and b.groups[:7] == a.groups
+    # the appended lines start on a line of their own: the next run reads them all
+    again = FakeGenerator(batch=4)
+    assert generated_groups(docs, again, limit=9, cache=cache).groups == b.groups and again.seen == []
     # another generator or prompt (another key) does not read the first one's queries
     other = FakeGenerator(lambda t: f"tell me about {t.split()[0]}", key="k2")
     c = generated_groups(docs, other, limit=7, cache=cache)
     assert len(other.seen) == 7 and all(g.query.startswith("tell me about") for g in c.groups)
 
 
-@pytest.fixture(scope="module")
-def tiny_instruct(tmp_path_factory) -> Path:
-    """A 2-layer random-weight Llama with the default model's tokenizer and chat template."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    src = Path(resolve_model("smollm2-135m").path)
-    out = tmp_path_factory.mktemp("tiny-instruct")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=2, initializer_range=0.2)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(src / f, out / f)
-    return out
-
-
-def test_query_generator_writes_one_reproducible_query_per_text_with_left_padding(tiny_instruct):
-    gen = QueryGenerator(str(tiny_instruct), max_new_tokens=6, dtype="float32", device="cpu")
+def test_query_generator_writes_one_reproducible_query_per_text_with_left_padding(tiny_model):
+    gen = QueryGenerator(str(tiny_model), max_new_tokens=6, dtype="float32", device="cpu")
     texts = ["volcano facts in brief", "a much longer text about chess openings and endgames " * 3]
     out = gen(texts)
     assert len(out) == 2 and all(isinstance(q, str) for q in out)
@@ -123,12 +107,12 @@ def test_query_generator_writes_one_reproducible_query_per_text_with_left_paddin
     # batched rows equal each one alone: left padding keeps every row's continuation at its own last token
     assert [gen([t])[0] for t in texts] == out
     assert "volcano facts in brief" in gen.render(texts[0]) and gen.render(texts[0]).endswith("assistant\n")
-    assert QueryGenerator(str(tiny_instruct), max_new_tokens=7, dtype="float32").key != gen.key
+    assert QueryGenerator(str(tiny_model), max_new_tokens=7, dtype="float32").key != gen.key
 
 
-def test_query_generator_refuses_a_model_without_chat_template_and_bad_settings(tiny_instruct, tmp_path):
+def test_query_generator_refuses_a_model_without_chat_template_and_bad_settings(tiny_model, tmp_path):
     plain = tmp_path / "plain"
-    shutil.copytree(tiny_instruct, plain)
+    shutil.copytree(tiny_model, plain)
     (plain / "chat_template.jinja").unlink()
     cfg = json.loads((plain / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
@@ -136,12 +120,12 @@ def test_query_generator_refuses_a_model_without_chat_template_and_bad_settings(
     with pytest.raises(TrainingDataError, match="no chat template"):
         QueryGenerator(str(plain))
     with pytest.raises(TrainingDataError, match="batch must be a positive integer"):
-        QueryGenerator(str(tiny_instruct), batch=0)
+        QueryGenerator(str(tiny_model), batch=0)
     with pytest.raises(TrainingDataError, match="must contain"):
-        QueryGenerator(str(tiny_instruct), prompt="no slot")
+        QueryGenerator(str(tiny_model), prompt="no slot")
 
 
-def test_tune_from_generated_queries_uses_the_work_folders_cache(tiny_instruct, tmp_path):
+def test_tune_from_generated_queries_uses_the_work_folders_cache(tiny_model, tmp_path):
     """``tune()`` with ``pair_method="generate"``: the run's documents get their queries (here from a prefilled
     cache, as a resumed run finds it, since a random-weight generator writes noise), the card names the source."""
     from hylex.engine.models import read_card
@@ -150,22 +134,22 @@ def test_tune_from_generated_queries_uses_the_work_folders_cache(tiny_instruct, 
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in _docs()))
-    data = DataArgs(from_corpus=str(corpus), pair_method="generate", generator=str(tiny_instruct), dev=3, n=1,
+    data = DataArgs(from_corpus=str(corpus), pair_method="generate", generator=str(tiny_model), dev=3, n=1,
                     skip=0, dev_distractors=2)
     args = TuneArgs(steps=2, queries_per_step=4, negatives=1, lr=5e-3, warmup=0.0, lora_rank=4, lora_alpha=8.0,
                     query_max_length=32, passage_max_length=32, save_every=2, eval_every=2, bf16="off",
                     gradient_checkpointing=False)
     assert generate_count(data, 8) == 11  # 2 steps x 4 queries + 3 dev
-    key = QueryGenerator(str(tiny_instruct)).key
+    key = QueryGenerator(str(tiny_model)).key
     work = tmp_path / "model.work"
     work.mkdir()
     (work / "generated-queries.jsonl").write_text("".join(
         json.dumps({"id": d.id, "query": f"what about {d.text.split()[0]}?", "key": key}) + "\n" for d in _docs()))
-    res = tune(data, tmp_path / "model", model=str(tiny_instruct), args=args,
+    res = tune(data, tmp_path / "model", model=str(tiny_model), args=args,
                encoder_options={"pooling": "mean", "max_length": 96}, progress=False, report=lambda _: None)
     card = read_card(res.out)
     assert card["training"]["sources"] == {"corpus:generate": 11 - 3}
-    assert card["training"]["data"]["generator"] == str(tiny_instruct)
+    assert card["training"]["data"]["generator"] == str(tiny_model)
     assert card["fusion"]["dev_choice"]["chosen_on"] == "dev (3 generate pairs built from the corpus, not real queries)"
     assert len((work / "generated-queries.jsonl").read_text().splitlines()) == len(WORDS)  # nothing written again
 

@@ -19,22 +19,6 @@ WORDS = ["volcano", "football", "finance", "cooking", "astronomy", "music", "che
          "railway", "medicine"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    src = Path(resolve_model("smollm2-135m").path)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=2, initializer_range=0.2)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(src / f, out / f)
-    return out
-
-
 def _encoder(folder: Path) -> Encoder:
     # mean pooling: in a 2-layer random model the prompt's last token barely sees the text, so "last" pooling
     # would leave nothing to learn from in a few steps

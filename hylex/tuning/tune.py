@@ -365,7 +365,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
     if data.from_corpus and data.pair_method == "generate":
         say(f"queries for {generate_count(data, args.steps * args.queries_per_step)} documents: written by "
-            f"{data.generator} (about 0.6 s per document on 2 CPU cores in bfloat16), or read from "
+            f"{data.generator} (about 0.5 s per document on 2 CPU cores in bfloat16), or read from "
             f"{workdir / 'generated-queries.jsonl'} where an earlier run wrote them")
     train, dev, distractors = load_data(data, queries=args.steps * args.queries_per_step,
                                         cache=workdir / "generated-queries.jsonl", device=device,
