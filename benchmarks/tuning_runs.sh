@@ -52,18 +52,30 @@ EOF
   done
 }
 
-next_round() {  # next_round TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST trained 100 steps more (a further
-                # adapter; later TUNE ARGS override these) on negatives mined with its own hybrid search, over the
-                # test-corpus index its benchmark built (built here when missing; tuning.py names it
-                # DATASET-TAG[-DTYPE]), then benchmarked with fusions chosen on train and with its card's
-  local tag=$1 first=$2 ds=$3; shift 3
-  local idx; idx=benchmarks/.work/tuning/$(basename "$ds")-$first$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
-  [ -d "$idx" ] || python3 -m hylex --no-progress index "$ds/corpus.jsonl" --index "$idx" --model "$RUNS/$first" \
+first_index() {  # first_index FIRST DATASET: sets $idx to the corpus index of $RUNS/FIRST that tuning.py or
+                 # pseudo_fusion.py built (DATASET-FIRST[-DTYPE]), building it when missing (a second round mines it)
+  idx=benchmarks/.work/tuning/$(basename "$2")-$1$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
+  [ -d "$idx" ] || python3 -m hylex --no-progress index "$2/corpus.jsonl" --index "$idx" --model "$RUNS/$1" \
     --dtype "$DTYPE"
+}
+
+next_round() {  # next_round TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST trained 100 steps more (a further
+                # adapter; later TUNE ARGS override these) on negatives mined with its own hybrid search over the
+                # test corpus (first_index), then benchmarked with fusions chosen on train and with its card's
+  local tag=$1 first=$2 ds=$3 idx; shift 3
+  first_index "$first" "$ds"
   tune "$RUNS/$tag" "$ds" --split train --steps 100 --sparse-temperature 10 --mine-index "$idx" \
     --model "$RUNS/$first" --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4 "$@"
   bench "$tag" "$RUNS/$tag" train "$ds"
   bench "$tag" "$RUNS/$tag" card "$ds"
+}
+
+corpus_round() {  # corpus_round TAG FIRST DATASET: a second --from-corpus round, $RUNS/FIRST trained 40 steps more
+                  # on the same lead pairs with negatives mined with its own hybrid search over the corpus
+  local tag=$1 first=$2 ds=$3 idx
+  first_index "$first" "$ds"
+  tune "$RUNS/$tag" --from-corpus "$ds/corpus.jsonl" --pairs-from lead --steps 40 --sparse-temperature 10 \
+    "${COMMON[@]}" --model "$RUNS/$first" --mine-index "$idx" --save-every 10 --eval-every 20
 }
 
 pseudo() {  # pseudo TAG MODEL DATASET [PAIRS]: benchmarks/pseudo_fusion.py (train queries; lead pairs unless
@@ -164,21 +176,11 @@ for step in $steps; do
     nfcorpus-lead-r2)  # a check on train queries, not a test run: a second round of nfcorpus-lead (the same lead pairs,
                        # 40 steps) on negatives mined with its own hybrid search over the corpus (the index its
                        # pseudo_fusion line built); adopted for Vaswani only if its plain search beats nfcorpus-lead's
-      idx=benchmarks/.work/tuning/nfcorpus-nfcorpus-lead$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
-      [ -d "$idx" ] || python3 -m hylex --no-progress index "$NFCORPUS/corpus.jsonl" --index "$idx" \
-        --model "$RUNS/nfcorpus-lead" --dtype "$DTYPE"
-      tune "$RUNS/nfcorpus-lead-r2" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead --steps 40 \
-        --sparse-temperature 10 "${COMMON[@]}" --model "$RUNS/nfcorpus-lead" --mine-index "$idx" --save-every 10 \
-        --eval-every 20
+      corpus_round nfcorpus-lead-r2 nfcorpus-lead "$NFCORPUS"
       pseudo nfcorpus-lead-r2 "$RUNS/nfcorpus-lead-r2" "$NFCORPUS" ;;
     vaswani-lead-r2)  # nfcorpus-lead-r2's recipe over vaswani-lead (run because it passed that check), one test
                       # bench with its stored fusion (the one kept from the chain's base, chosen on real queries)
-      idx=benchmarks/.work/tuning/vaswani-vaswani-lead$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
-      [ -d "$idx" ] || python3 -m hylex --no-progress index "$VASWANI/corpus.jsonl" --index "$idx" \
-        --model "$RUNS/vaswani-lead" --dtype "$DTYPE"
-      tune "$RUNS/vaswani-lead-r2" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead --steps 40 \
-        --sparse-temperature 10 "${COMMON[@]}" --model "$RUNS/vaswani-lead" --mine-index "$idx" --save-every 10 \
-        --eval-every 20
+      corpus_round vaswani-lead-r2 vaswani-lead "$VASWANI"
       bench vaswani-lead-r2 "$RUNS/vaswani-lead-r2" card "$VASWANI" ;;
     vaswani-generate)  # no labels: nfcorpus-generate's recipe on Vaswani, to be run only if that check passes (it
                        # did not, 2026-12-06: never run); one test bench with the fusion a from-corpus tune keeps

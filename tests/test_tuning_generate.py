@@ -100,6 +100,7 @@ def test_the_cache_is_appended_per_batch_and_reused_for_the_same_generator_only(
 
 def test_query_generator_writes_one_reproducible_query_per_text_with_left_padding(tiny_model):
     gen = QueryGenerator(str(tiny_model), max_new_tokens=6, dtype="float32", device="cpu")
+    assert gen.lm is None  # loaded by the first call only (a run whose cache holds every query loads no model)
     texts = ["volcano facts in brief", "a much longer text about chess openings and endgames " * 3]
     out = gen(texts)
     assert len(out) == 2 and all(isinstance(q, str) for q in out)

@@ -3,9 +3,10 @@
 The construction of InPars / Promptagator / doc2query, sized to a CPU: an instruct model (by default the registry's
 Qwen2.5-Coder-0.5B-Instruct; any packaged or local causal LM with a chat template) reads a document and writes one
 question it answers; the question is the training query, the whole document its positive. Greedy decoding, so a
-run is reproducible. Generation is the slow part (~0.5 s per document on this project's 2 CPU cores in bfloat16, batches of 16), so only
-the documents a run needs are sent, and every written query is appended to a cache file as its batch finishes: an
-interrupted or repeated run reuses them (the cache is keyed by the generator's fingerprint and the prompt).
+run is reproducible. Generation is the slow part (~0.5 s per document on this project's 2 CPU cores in bfloat16,
+batches of 16), so only the documents a run needs are sent, and every written query is appended to a cache file as
+its batch finishes: an interrupted or repeated run reuses them (the cache is keyed by the generator's fingerprint
+and the prompt).
 
 A query that shares no content word with its document (``"What is the main idea of the document?"``) is dropped
 and counted (``skipped["generic query"]``): it says nothing the document could be found by.
@@ -56,7 +57,7 @@ class QueryGenerator:
         from transformers import AutoTokenizer
 
         from hylex.engine.encoder import resolve_dtype
-        from hylex.engine.models import load_causal_lm, resolve_model
+        from hylex.engine.models import resolve_model
 
         for name, v in (("words", words), ("max_new_tokens", max_new_tokens), ("batch", batch)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -76,8 +77,8 @@ class QueryGenerator:
         self.tokenizer.padding_side = "left"  # generation continues every row from its own last token
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.lm = load_causal_lm(resolved.path).to(self.device, getattr(torch, self.dtype))
-        self.model, self.fingerprint = str(model), resolved.fingerprint
+        self.lm = None  # loaded by the first call: a resumed run whose cache holds every query loads no model
+        self.path, self.model, self.fingerprint = resolved.path, str(model), resolved.fingerprint
         self.words, self.max_new_tokens, self.batch, self.prompt = words, max_new_tokens, batch, prompt
         self.key = hashlib.sha256(f"{self.fingerprint}\x00{prompt}\x00{words}\x00{max_new_tokens}".encode()
                                   ).hexdigest()[:16]
@@ -91,6 +92,10 @@ class QueryGenerator:
         """One cleaned query per text (``""`` where the model wrote nothing usable)."""
         import torch
 
+        from hylex.engine.models import load_causal_lm
+
+        if self.lm is None:
+            self.lm = load_causal_lm(self.path).to(self.device, getattr(torch, self.dtype))
         enc = self.tokenizer([self.render(t) for t in texts], return_tensors="pt", padding=True,
                              add_special_tokens=False).to(self.device)
         with torch.no_grad():

@@ -72,6 +72,11 @@ class DataArgs:
     dev_negatives: int = 3
     seed: int = 0
 
+    @property
+    def generated(self) -> bool:
+        """Whether the queries are written by an instruct LLM (``--from-corpus C --pairs-from generate``)."""
+        return bool(self.from_corpus) and self.pair_method == "generate"
+
     def check(self) -> "DataArgs":
         given = [x for x in (self.beir, list(self.pairs) or None, self.from_corpus) if x]
         if len(given) != 1:
@@ -85,7 +90,7 @@ class DataArgs:
                                           or self.generate < 1):
             raise TrainingDataError(f"generate (documents to write queries for) must be an integer >= 1, got "
                                     f"{self.generate!r}")
-        if self.generate is not None and not (self.from_corpus and self.pair_method == "generate"):
+        if self.generate is not None and not self.generated:
             raise TrainingDataError("generate (documents to write queries for) applies to generated pairs only: add "
                                     "--from-corpus CORPUS --pairs-from generate, or drop --generate")
         if self.mine_index is not None and not self.mine:
@@ -121,7 +126,7 @@ def load_data(d: DataArgs, *, queries: int | None = None, cache: str | os.PathLi
         from hylex.corpus import read_corpus
 
         docs = list(read_corpus(d.from_corpus))
-        if d.pair_method == "generate":
+        if d.generated:
             from hylex.tuning.generate import QueryGenerator, generated_groups
 
             if d.generate is None and queries is None:
@@ -283,13 +288,18 @@ FUSION_FROM = ("auto", "dev", "base")
 FUSION_FROM_DEFAULT = "auto"
 
 
+def _corpus_built(sources: dict) -> bool:
+    """Whether every training source (``TrainingData.sources`` keys) was built from a corpus (``corpus:<method>``):
+    then the dev carved from them holds pseudo-queries, not real ones."""
+    return bool(sources) and all(str(k).startswith("corpus:") for k in sources)
+
+
 def _pseudo_chosen(card: dict | None) -> bool:
-    """Whether a tuned card's fusion is the one its own corpus-built dev chose (pseudo-queries: every training
-    source ``corpus:*`` and no base fusion kept, as ``--fusion-from dev`` stores)."""
+    """Whether a tuned card's fusion is the one its own corpus-built dev chose (no base fusion kept, as
+    ``--fusion-from dev`` stores)."""
     if not card or not card.get("fusion") or "dev_choice" in card["fusion"]:
         return False
-    sources = (card.get("training") or {}).get("sources") or {}
-    return bool(sources) and all(str(k).startswith("corpus:") for k in sources)
+    return _corpus_built((card.get("training") or {}).get("sources") or {})
 
 
 def kept_fusion(model: str) -> tuple[str, dict]:
@@ -363,11 +373,12 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
         raise TrainingDataError(f"patience must be a positive integer, got {patience!r}")
     say = report or (lambda *a, **k: None)
     workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
-    if data.from_corpus and data.pair_method == "generate":
-        say(f"queries for {generate_count(data, args.steps * args.queries_per_step)} documents: written by "
+    queries = args.steps * args.queries_per_step
+    if data.generated:
+        say(f"queries for {generate_count(data, queries)} documents: written by "
             f"{data.generator} (about 0.5 s per document on 2 CPU cores in bfloat16), or read from "
             f"{workdir / 'generated-queries.jsonl'} where an earlier run wrote them")
-    train, dev, distractors = load_data(data, queries=args.steps * args.queries_per_step,
+    train, dev, distractors = load_data(data, queries=queries,
                                         cache=workdir / "generated-queries.jsonl", device=device,
                                         threads=threads, progress=progress)
     say(f"training data: {len(train)} groups ({', '.join(f'{k} {v}' for k, v in train.sources.items())}), "
@@ -458,16 +469,15 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
         name, arms, weights = best_fusion(final)
         fusion = {"method": "convex", "arms": list(arms), "weights": list(weights), "dev": final[name],
                   "metric": evaluator.metric, "chosen_on": dev_desc}
-    if fusion_from == "base" or (fusion_from == "auto" and src and len(src) == len(summary.get("sources", {}))):
+    if fusion_from == "base" or (fusion_from == "auto" and _corpus_built(summary.get("sources", {}))):
         fusion = _base_fusion(model, fusion)
         say(f"fusion: the base model's {'+'.join(fusion['arms'])} {fusion['weights']} kept (--fusion-from "
             f"{fusion_from}; the dev's choice, {name}, is recorded beside it)")
         name = "+".join(fusion["arms"])
     dev_card = {"before": zero, "after": final, "selected_step": best["step"], "history": history,
                 "metric": evaluator.metric, "queries": len(dev), "pool": len(evaluator.pool)}
-    generated = data.from_corpus and data.pair_method == "generate"
     training = {**summary, "data": {k: v for k, v in asdict(data).items() if v not in (None, (), [])
-                                    and (generated or k != "generator")},
+                                    and (data.generated or k != "generator")},
                 "cost": run_cost(workdir / "log.jsonl")}
     if probe:
         training["sparse_temperature_probe"] = probe
