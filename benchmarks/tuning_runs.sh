@@ -8,6 +8,7 @@
 #                                                   vaswani-lead-default nfcorpus-lead nfcorpus-lead-default
 #                                                   from-corpus-base scifact-corpus nfcorpus-generate
 #                                                   vaswani-generate nfcorpus-lead-r2 vaswani-lead-r2
+#                                                   vaswani-lead-200
 #                                                   zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
@@ -182,6 +183,19 @@ for step in $steps; do
                       # bench with its stored fusion (the one kept from the chain's base, chosen on real queries)
       corpus_round vaswani-lead-r2 vaswani-lead "$VASWANI"
       bench vaswani-lead-r2 "$RUNS/vaswani-lead-r2" card "$VASWANI" ;;
+    vaswani-lead-200)  # vaswani-lead's recipe for 200 steps instead of 100 (its dev still rose at step 100, where the
+                       # lr had decayed to ~0), the base's fusion (the --from-corpus default); scored on Vaswani test
+                       # once, with that stored fusion, only if its kept dev dense+sparse+bm25 beats vaswani-lead's
+      tune "$RUNS/vaswani-lead-200" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead --steps 200 \
+        --sparse-temperature 10 "${COMMON[@]}"
+      if python3 - "$RUNS/vaswani-lead-200" "$RUNS/vaswani-lead" <<'EOF'
+import json, sys
+new, old = (json.load(open(f"{d}/hylex-model.json"))["dev"]["after"]["dense+sparse+bm25"] for d in sys.argv[1:])
+print(f"== dev dense+sparse+bm25: {new} (vaswani-lead {old})")
+sys.exit(0 if new > old else 1)
+EOF
+      then bench vaswani-lead-200 "$RUNS/vaswani-lead-200" card "$VASWANI"
+      else echo "== vaswani-lead-200: dev not above vaswani-lead's, no test run"; fi ;;
     vaswani-generate)  # no labels: nfcorpus-generate's recipe on Vaswani, to be run only if that check passes (it
                        # did not, 2026-12-06: never run); one test bench with the fusion a from-corpus tune keeps
       tune "$RUNS/vaswani-generate" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from generate --dev 200 \
