@@ -8,7 +8,7 @@
 #                                                   vaswani-lead-default nfcorpus-lead nfcorpus-lead-default
 #                                                   from-corpus-base scifact-corpus nfcorpus-generate
 #                                                   vaswani-generate nfcorpus-lead-r2 vaswani-lead-r2
-#                                                   vaswani-lead-200
+#                                                   vaswani-lead-200 nfcorpus-lead-80
 #                                                   zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
@@ -196,6 +196,12 @@ sys.exit(0 if new > old else 1)
 EOF
       then bench vaswani-lead-200 "$RUNS/vaswani-lead-200" card "$VASWANI"
       else echo "== vaswani-lead-200: dev not above vaswani-lead's, no test run"; fi ;;
+    nfcorpus-lead-80)  # a check on train queries, not a test run: nfcorpus-lead's recipe for 80 steps instead of 40,
+                       # asking whether more lead steps lower the dense arm on real queries as on Vaswani test
+                       # (vaswani-lead-200); the base's fusion (the --from-corpus default)
+      tune "$RUNS/nfcorpus-lead-80" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead --steps 80 \
+        --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
+      pseudo nfcorpus-lead-80 "$RUNS/nfcorpus-lead-80" "$NFCORPUS" ;;
     vaswani-generate)  # no labels: nfcorpus-generate's recipe on Vaswani, to be run only if that check passes (it
                        # did not, 2026-12-06: never run); one test bench with the fusion a from-corpus tune keeps
       tune "$RUNS/vaswani-generate" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from generate --dev 200 \
