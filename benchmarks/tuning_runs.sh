@@ -71,12 +71,18 @@ next_round() {  # next_round TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST train
   bench "$tag" "$RUNS/$tag" card "$ds"
 }
 
+lead_tune() {  # lead_tune TAG DATASET STEPS [TUNE ARGS...]: a --from-corpus tune on lead pairs (a document's opening
+              # words -> the rest) with the sparse temperature that kept NFCorpus's sparse arm, over COMMON's settings
+  local tag=$1 ds=$2 steps=$3; shift 3
+  tune "$RUNS/$tag" --from-corpus "$ds/corpus.jsonl" --pairs-from lead --steps "$steps" --sparse-temperature 10 \
+    "${COMMON[@]}" "$@"
+}
+
 corpus_round() {  # corpus_round TAG FIRST DATASET: a second --from-corpus round, $RUNS/FIRST trained 40 steps more
                   # on the same lead pairs with negatives mined with its own hybrid search over the corpus
   local tag=$1 first=$2 ds=$3 idx
   first_index "$first" "$ds"
-  tune "$RUNS/$tag" --from-corpus "$ds/corpus.jsonl" --pairs-from lead --steps 40 --sparse-temperature 10 \
-    "${COMMON[@]}" --model "$RUNS/$first" --mine-index "$idx" --save-every 10 --eval-every 20
+  lead_tune "$tag" "$ds" 40 --model "$RUNS/$first" --mine-index "$idx" --save-every 10 --eval-every 20
 }
 
 pseudo() {  # pseudo TAG MODEL DATASET [PAIRS]: benchmarks/pseudo_fusion.py (train queries; lead pairs unless
@@ -135,25 +141,21 @@ for step in $steps; do
       bench vaswani-tuned "$RUNS/vaswani-tuned" card "$VASWANI" ;;
     vaswani-lead)  # no labels, the crops' failure read: query-length pairs (a document's opening 4-12 words -> the
                    # rest; Vaswani runs each title into its text) and the sparse temperature that kept NFCorpus's arm
-      tune "$RUNS/vaswani-lead" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead --steps 100 \
-        --sparse-temperature 10 "${COMMON[@]}" --fusion-from dev
+      lead_tune vaswani-lead "$VASWANI" 100 --fusion-from dev
       bench vaswani-lead "$RUNS/vaswani-lead" card "$VASWANI" ;;
     vaswani-lead-default)  # no Vaswani labels: vaswani-lead's pairs, over the shipped default instead of the
                            # zero-shot base (it learnt from other sets' labelled pairs; search's default model); 40
                            # steps, dev at 20/40 (vaswani-lead's dev had most of its gain by step 50); card fusion
-      tune "$RUNS/vaswani-lead-default" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead --steps 40 \
-        --sparse-temperature 10 "${COMMON[@]}" --model smollm2-135m-hylex --save-every 10 --eval-every 20 \
+      lead_tune vaswani-lead-default "$VASWANI" 40 --model smollm2-135m-hylex --save-every 10 --eval-every 20 \
         --fusion-from dev
       bench vaswani-lead-default "$RUNS/vaswani-lead-default" card "$VASWANI" ;;
     nfcorpus-lead)  # a check on train queries, not a test run: vaswani-lead's recipe at 40 steps (lead
                     # pairs, no labels) over the zero-shot base on NFCorpus, whose train qrels score the fusion a
                     # from-corpus tune keeps (benchmarks/pseudo_fusion.py --model runs/nfcorpus-lead); no test bench
-      tune "$RUNS/nfcorpus-lead" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead --steps 40 \
-        --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20 --fusion-from dev
+      lead_tune nfcorpus-lead "$NFCORPUS" 40 --save-every 10 --eval-every 20 --fusion-from dev
       pseudo nfcorpus-lead "$RUNS/nfcorpus-lead" "$NFCORPUS" ;;
     nfcorpus-lead-default)  # the same check for vaswani-lead-default's recipe (lead pairs over the shipped default)
-      tune "$RUNS/nfcorpus-lead-default" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead --steps 40 \
-        --sparse-temperature 10 "${COMMON[@]}" --model smollm2-135m-hylex --save-every 10 --eval-every 20 \
+      lead_tune nfcorpus-lead-default "$NFCORPUS" 40 --model smollm2-135m-hylex --save-every 10 --eval-every 20 \
         --fusion-from dev
       pseudo nfcorpus-lead-default "$RUNS/nfcorpus-lead-default" "$NFCORPUS" ;;
     from-corpus-base)  # the from-corpus models above with the fusion their base carries (what `hylex tune
@@ -186,8 +188,7 @@ for step in $steps; do
     vaswani-lead-200)  # vaswani-lead's recipe for 200 steps instead of 100 (its dev still rose at step 100, where the
                        # lr had decayed to ~0), the base's fusion (the --from-corpus default); scored on Vaswani test
                        # once, with that stored fusion, only if its kept dev dense+sparse+bm25 beats vaswani-lead's
-      tune "$RUNS/vaswani-lead-200" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead --steps 200 \
-        --sparse-temperature 10 "${COMMON[@]}"
+      lead_tune vaswani-lead-200 "$VASWANI" 200
       if python3 - "$RUNS/vaswani-lead-200" "$RUNS/vaswani-lead" <<'EOF'
 import json, sys
 new, old = (json.load(open(f"{d}/hylex-model.json"))["dev"]["after"]["dense+sparse+bm25"] for d in sys.argv[1:])
@@ -199,8 +200,7 @@ EOF
     nfcorpus-lead-80)  # a check on train queries, not a test run: nfcorpus-lead's recipe for 80 steps instead of 40,
                        # asking whether more lead steps lower the dense arm on real queries as on Vaswani test
                        # (vaswani-lead-200); the base's fusion (the --from-corpus default)
-      tune "$RUNS/nfcorpus-lead-80" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead --steps 80 \
-        --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
+      lead_tune nfcorpus-lead-80 "$NFCORPUS" 80 --save-every 10 --eval-every 20
       pseudo nfcorpus-lead-80 "$RUNS/nfcorpus-lead-80" "$NFCORPUS" ;;
     vaswani-generate)  # no labels: nfcorpus-generate's recipe on Vaswani, to be run only if that check passes (it
                        # did not, 2026-12-06: never run); one test bench with the fusion a from-corpus tune keeps
