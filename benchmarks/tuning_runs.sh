@@ -8,7 +8,8 @@
 #                                                   vaswani-lead-default nfcorpus-lead nfcorpus-lead-default
 #                                                   from-corpus-base scifact-corpus nfcorpus-generate
 #                                                   vaswani-generate nfcorpus-lead-r2 vaswani-lead-r2
-#                                                   vaswani-lead-200 nfcorpus-lead-80
+#                                                   vaswani-lead-200 nfcorpus-lead-80 nfcorpus-mix
+#                                                   vaswani-mix
 #                                                   zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
@@ -202,6 +203,28 @@ EOF
                        # (vaswani-lead-200); the base's fusion (the --from-corpus default)
       lead_tune nfcorpus-lead-80 "$NFCORPUS" 80 --save-every 10 --eval-every 20
       pseudo nfcorpus-lead-80 "$RUNS/nfcorpus-lead-80" "$NFCORPUS" ;;
+    nfcorpus-mix)  # a check on train queries, not a test run: nfcorpus-lead's recipe (40 steps, the base's fusion)
+                   # on a mix, half lead pairs and half generated questions (--pairs-from lead+generate, each on its
+                   # own documents, generic questions made up by further documents); adopted for Vaswani only if its
+                   # plain search on NFCorpus's train queries beats nfcorpus-lead's (0.3394)
+      tune "$RUNS/nfcorpus-mix" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead+generate --dev 200 \
+        --steps 40 --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
+      pseudo nfcorpus-mix "$RUNS/nfcorpus-mix" "$NFCORPUS" ;;
+    vaswani-mix)  # no labels: nfcorpus-mix's mix at vaswani-lead's 100 steps, only if nfcorpus-mix passed its check;
+                  # one Vaswani test bench with the stored fusion (the base's, the --from-corpus default)
+      if python3 - <<'EOF'
+import json, sys
+rows = {r["model"]: r["base"]["on_real"] for r in map(json.loads, open("benchmarks/results/pseudo_fusion.jsonl"))
+        if r["dataset"] == "nfcorpus" and r.get("base")}
+mix, lead = rows.get("nfcorpus-mix"), rows["nfcorpus-lead"]
+print(f"== NFCorpus train, plain search: nfcorpus-mix {mix}, nfcorpus-lead {lead}")
+sys.exit(0 if mix is not None and mix > lead else 1)
+EOF
+      then
+        tune "$RUNS/vaswani-mix" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead+generate --dev 200 \
+          --steps 100 --sparse-temperature 10 "${COMMON[@]}"
+        bench vaswani-mix "$RUNS/vaswani-mix" card "$VASWANI"
+      else echo "== vaswani-mix: nfcorpus-mix did not pass its check, no Vaswani run"; fi ;;
     vaswani-generate)  # no labels: nfcorpus-generate's recipe on Vaswani, to be run only if that check passes (it
                        # did not, 2026-12-06: never run); one test bench with the fusion a from-corpus tune keeps
       tune "$RUNS/vaswani-generate" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from generate --dev 200 \

@@ -908,10 +908,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--split", default="train", help="BEIR qrels split to train on (never test) [train]")
     pt.add_argument("--from-corpus", default=None, metavar="CORPUS",
                     help="no labels: build pairs from a corpus's documents (see --pairs-from)")
-    pt.add_argument("--pairs-from", default="auto", choices=["auto", "title", "crop", "lead", "generate"],
+    pt.add_argument("--pairs-from", default="auto", metavar="{auto,title,crop,lead,generate}[+...]",
                     help="--from-corpus pairs: title -> body, two random spans of a document, its opening 4-12 "
                          "words -> the rest, a question an instruct LLM writes for it (--generator) -> the "
-                         "document, or auto (title where most documents have one, else crop) [auto]")
+                         "document, or auto (title where most documents have one, else crop); several joined by "
+                         "+ (e.g. lead+generate) mix them in equal shares, each on its own documents [auto]")
     pt.add_argument("--generator", default="qwen2.5-0.5b",
                     help="--pairs-from generate: the instruct model that writes the queries [qwen2.5-0.5b]")
     pt.add_argument("--generate", type=_positive_int, default=None, metavar="N",

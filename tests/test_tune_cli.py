@@ -84,7 +84,9 @@ def test_index_built_with_the_tuned_model_refuses_the_base(tuned, tmp_path, caps
     (["--mine-index", "no-such-index"], "mining index no-such-index is not a folder"),
     (["--mine-index", ".", "--no-mine"], "mining turned off"),
     (["--fusion-from", "train"], "invalid choice: 'train'"),
-    (["--pairs-from", "summary"], "invalid choice: 'summary'"),
+    (["--pairs-from", "summary"], "unknown pair construction 'summary'"),
+    (["--pairs-from", "lead+summary"], "unknown pair construction 'summary'"),
+    (["--pairs-from", "lead+lead"], "names each at most once"),
     (["--generate", "0"], "must be a positive integer"),
     (["--generate", "10"], "applies to generated pairs only"),
 ])

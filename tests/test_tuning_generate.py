@@ -155,6 +155,53 @@ def test_tune_from_generated_queries_uses_the_work_folders_cache(tiny_model, tmp
     assert len((work / "generated-queries.jsonl").read_text().splitlines()) == len(WORDS)  # nothing written again
 
 
+def test_a_mixs_generated_share_is_filled_past_generic_queries():
+    """``_generated_share`` with ``exact``: documents whose query is dropped as generic are made up by further
+    documents (the same seeded order), so a mix keeps its share; without ``exact`` the count is of documents."""
+    from hylex.tuning.tune import DataArgs, _generated_share
+
+    generic = {"volcano", "football", "finance", "chess"}
+    gen = FakeGenerator(lambda t: "What is this about?" if t.split()[0] in generic else f"what about {t.split()[0]}?")
+    docs, d = _docs(), DataArgs(from_corpus="c.jsonl", pair_method="lead+generate")
+    plain = generated_groups(docs, gen, limit=6, seed=0)
+    assert len(plain) < 6  # some of the first six documents got a generic query (the premise of the test)
+    filled = _generated_share(d, docs, gen, 6, exact=True, cache=None, progress=False)
+    assert len(filled) == 6 and filled.sources == {"corpus:generate": 6}
+    assert all(g.query.split()[-1].rstrip("?") not in generic for g in filled.groups)
+    assert [g.qid for g in filled.groups][:len(plain)] == [g.qid for g in plain.groups]  # a superset, same order
+    assert len(_generated_share(d, docs, gen, 6, exact=False, cache=None, progress=False)) == len(plain)
+
+
+def test_load_data_mixes_constructions_in_equal_shares_on_separate_documents(tiny_model, tmp_path):
+    """``pair_method="lead+generate"``: each construction gives an equal share of the run's groups (steps x queries
+    + dev), the lead pairs from documents the generated queries did not use; the dev carved from the mix."""
+    from hylex.tuning.tune import DataArgs, load_data, run_groups, share
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in _docs()))
+    key = QueryGenerator(str(tiny_model)).key
+    cache = tmp_path / "generated-queries.jsonl"
+    cache.write_text("".join(
+        json.dumps({"id": d.id, "query": f"what about {d.text.split()[0]}?", "key": key}) + "\n" for d in _docs()))
+    d = DataArgs(from_corpus=str(corpus), pair_method="lead+generate", generator=str(tiny_model), dev=2, n=1,
+                 skip=0, dev_distractors=2)
+    assert (run_groups(d, 8), share(d, 8)) == (10, 5)
+    train, dev, _ = load_data(d, queries=8, cache=cache, progress=False)
+    groups = train.groups + dev.groups
+    by = {m: [g for g in groups if g.source == f"corpus:{m}"] for m in ("lead", "generate")}
+    assert len(train) == 8 and len(dev) == 2 and {m: len(v) for m, v in by.items()} == {"lead": 5, "generate": 5}
+    assert not {g.qid for g in by["lead"]} & {g.qid for g in by["generate"]}  # separate documents
+    assert all(g.query.startswith("what about") for g in by["generate"])
+    text = {d.id: d.text.strip() for d in _docs()}
+    assert all(f"{g.query} {g.pos[0]}" == text[g.qid] for g in by["lead"])  # opening words -> the rest
+    # the order of the names does not matter; a mix needs the run's size
+    again = load_data(DataArgs(**{**d.__dict__, "pair_method": "generate+lead"}), queries=8, cache=cache,
+                      progress=False)
+    assert sorted(g.qid for g in again[0].groups + again[1].groups) == sorted(g.qid for g in groups)
+    with pytest.raises(TrainingDataError, match="need a count"):
+        load_data(DataArgs(from_corpus=str(corpus), pair_method="lead+crop"), cache=cache)
+
+
 def test_data_args_refuse_an_unknown_construction_and_a_bad_count():
     from hylex.tuning.tune import DataArgs
 
@@ -164,3 +211,8 @@ def test_data_args_refuse_an_unknown_construction_and_a_bad_count():
         DataArgs(from_corpus="c.jsonl", pair_method="generate", generate=0).check()
     with pytest.raises(TrainingDataError, match="applies to generated pairs only"):
         DataArgs(from_corpus="c.jsonl", pair_method="lead", generate=10).check()
+    for bad, needle in (("lead+lead", "names each at most once"), ("auto+lead", "not auto"),
+                        ("lead+summary", "unknown pair construction 'summary'")):
+        with pytest.raises(TrainingDataError, match=needle):
+            DataArgs(from_corpus="c.jsonl", pair_method=bad).check()
+    assert DataArgs(from_corpus="c.jsonl", pair_method="lead+generate", generate=10).check().generated

@@ -73,9 +73,15 @@ class DataArgs:
     seed: int = 0
 
     @property
+    def methods(self) -> tuple[str, ...]:
+        """The ``--from-corpus`` constructions: ``pair_method`` split on ``+`` (``"lead+generate"``: a mix)."""
+        return tuple(m.strip() for m in str(self.pair_method).split("+"))
+
+    @property
     def generated(self) -> bool:
-        """Whether the queries are written by an instruct LLM (``--from-corpus C --pairs-from generate``)."""
-        return bool(self.from_corpus) and self.pair_method == "generate"
+        """Whether some queries are written by an instruct LLM (``--from-corpus C --pairs-from generate``, alone or
+        in a ``+`` mix)."""
+        return bool(self.from_corpus) and "generate" in self.methods
 
     def check(self) -> "DataArgs":
         given = [x for x in (self.beir, list(self.pairs) or None, self.from_corpus) if x]
@@ -83,9 +89,13 @@ class DataArgs:
             raise TrainingDataError("give exactly one source of training data: a BEIR folder (with --split), pair "
                                     "files, or --from-corpus CORPUS.jsonl")
         MiningWindow(self.skip, self.depth, self.n)
-        if self.pair_method not in PAIR_METHODS:
-            raise TrainingDataError(f"unknown pair construction {self.pair_method!r}: choose one of "
-                                    f"{', '.join(PAIR_METHODS)}")
+        for m in self.methods:
+            if m not in PAIR_METHODS:
+                raise TrainingDataError(f"unknown pair construction {m!r}: choose one of {', '.join(PAIR_METHODS)}, "
+                                        f"or several joined by + (e.g. lead+generate)")
+        if len(self.methods) > 1 and (len(set(self.methods)) < len(self.methods) or "auto" in self.methods):
+            raise TrainingDataError(f"a mix of pair constructions names each at most once and not auto, got "
+                                    f"{self.pair_method!r}: e.g. lead+generate")
         if self.generate is not None and (isinstance(self.generate, bool) or not isinstance(self.generate, int)
                                           or self.generate < 1):
             raise TrainingDataError(f"generate (documents to write queries for) must be an integer >= 1, got "
@@ -103,21 +113,53 @@ class DataArgs:
         return self
 
 
-def generate_count(d: DataArgs, queries: int) -> int:
-    """Documents ``--pairs-from generate`` writes queries for when ``d.generate`` is unset: one training query for
-    each of the run's ``queries`` (steps x queries per step) plus the dev queries carved from them."""
-    if d.generate is not None:
-        return d.generate
+def run_groups(d: DataArgs, queries: int) -> int:
+    """Groups a run draws: one per training query (``queries``: steps x queries per step) plus the dev queries
+    carved from them."""
     if isinstance(d.dev, int) and not isinstance(d.dev, bool) and d.dev >= 1:
         return queries + d.dev
     return queries + min(d.max_dev, math.ceil(queries * d.dev / max(1e-9, 1 - d.dev)))
+
+
+def share(d: DataArgs, queries: int) -> int:
+    """Groups each construction of a ``+`` mix gives: an equal share of :func:`run_groups`."""
+    return math.ceil(run_groups(d, queries) / len(d.methods))
+
+
+def generate_count(d: DataArgs, queries: int) -> int:
+    """Documents ``--pairs-from generate`` writes queries for when ``d.generate`` is unset: one per group the run
+    draws (:func:`run_groups`), or per group of its share in a ``+`` mix (:func:`share`; documents whose query is
+    dropped as generic are made up by further documents, see :func:`_generated_share`)."""
+    if d.generate is not None:
+        return d.generate
+    return share(d, queries)
+
+
+def _generated_share(d: DataArgs, docs, generator, want: int, *, exact: bool, cache, progress) -> TrainingData:
+    """Generated groups for ``want`` documents; with ``exact`` (a mix's share, ``d.generate`` unset), further
+    documents until ``want`` groups remain after the generic-query filter (at most 3 rounds, at most 2x
+    ``want`` documents), so a mix keeps its proportions."""
+    from hylex.tuning.generate import generated_groups
+
+    limit = want
+    data = generated_groups(docs, generator, limit=limit, seed=d.seed, cache=cache, progress=progress)
+    for _ in range(3):
+        if not exact or len(data) >= want or limit >= 2 * want:
+            break
+        # the dropped fraction so far, applied to the missing groups (a superset: the same seeded order)
+        limit = min(2 * want, limit + math.ceil((want - len(data)) * limit / max(1, len(data))))
+        data = generated_groups(docs, generator, limit=limit, seed=d.seed, cache=cache, progress=progress)
+    if exact and len(data) > want:
+        data = TrainingData(data.groups[:want], {"corpus:generate": want}, dict(data.skipped))
+    return data
 
 
 def load_data(d: DataArgs, *, queries: int | None = None, cache: str | os.PathLike | None = None,
               device: str = "auto", threads: int | None = None, progress: bool | None = None
               ) -> tuple[TrainingData, TrainingData, list[str]]:
     """``(train, dev, distractors)`` for ``d``. ``queries`` (the run's steps x queries per step), ``cache`` (the
-    written queries' file), ``device``, ``threads`` and ``progress`` serve ``pair_method="generate"`` only."""
+    written queries' file), ``device``, ``threads`` and ``progress`` serve ``pair_method="generate"`` only;
+    ``queries`` also sizes a ``+`` mix (each construction an equal share of the run's groups)."""
     d.check()
     docs = None
     if d.beir:
@@ -126,21 +168,32 @@ def load_data(d: DataArgs, *, queries: int | None = None, cache: str | os.PathLi
         from hylex.corpus import read_corpus
 
         docs = list(read_corpus(d.from_corpus))
+        methods = d.methods
+        if (d.generated and d.generate is None or len(methods) > 1) and queries is None:
+            raise TrainingDataError("generated pairs and a mix of constructions need a count: set generate "
+                                    "(documents to write queries for) or pass the run's queries")
+        mixed = len(methods) > 1
+        parts: dict[str, TrainingData] = {}
         if d.generated:
-            from hylex.tuning.generate import QueryGenerator, generated_groups
+            from hylex.tuning.generate import QueryGenerator
 
-            if d.generate is None and queries is None:
-                raise TrainingDataError("generated pairs need a count: set generate (documents to write queries "
-                                        "for)")
             if threads:
                 import torch
 
                 torch.set_num_threads(int(threads))
-            data = generated_groups(docs, QueryGenerator(d.generator, device=device),
-                                    limit=generate_count(d, queries or 0), seed=d.seed, cache=cache,
-                                    progress=progress)
-        else:
-            data = corpus_groups(docs, d.pair_method, seed=d.seed)
+            parts["generate"] = _generated_share(d, docs, QueryGenerator(d.generator, device=device),
+                                                 generate_count(d, queries or 0),
+                                                 exact=mixed and d.generate is None, cache=cache, progress=progress)
+        # in a mix, the rule-built constructions draw from the documents no other construction used: more of the
+        # corpus seen, and no document twice in a batch as two queries' positive
+        used = {g.qid for part in parts.values() for g in part.groups}
+        for m in methods:
+            if m == "generate":
+                continue
+            pool = [doc for doc in docs if doc.id not in used] if mixed else docs
+            parts[m] = corpus_groups(pool, m, seed=d.seed, limit=share(d, queries or 0) if mixed else None)
+            used |= {g.qid for g in parts[m].groups}
+        data = parts[methods[0]] if not mixed else mix([parts[m] for m in methods], seed=d.seed)
     else:
         parts = [read_pairs(p) for p in d.pairs]
         data = parts[0] if len(parts) == 1 and d.caps is None and d.weights is None else \
