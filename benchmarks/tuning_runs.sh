@@ -136,8 +136,10 @@ for step in $steps; do
     # the from-corpus steps below pass --fusion-from dev: they were measured with the fusion their pseudo-query dev
     # chose, before `hylex tune` kept the base's for a corpus-built dev by default (the base-fusion lines: step
     # from-corpus-base)
-    vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document)
-      tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --steps 100 --sparse-temperature 1 \
+    vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document, what
+              # --pairs-from auto took then; auto now takes lead pairs, so crop is named)
+      tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from crop --steps 100 \
+        --sparse-temperature 1 \
         "${COMMON[@]}" --fusion-from dev
       bench vaswani-tuned "$RUNS/vaswani-tuned" card "$VASWANI" ;;
     vaswani-lead)  # no labels, the crops' failure read: query-length pairs (a document's opening 4-12 words -> the

@@ -911,7 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--pairs-from", default="auto", metavar="{auto,title,crop,lead,generate}[+...]",
                     help="--from-corpus pairs: title -> body, two random spans of a document, its opening 4-12 "
                          "words -> the rest, a question an instruct LLM writes for it (--generator) -> the "
-                         "document, or auto (title where most documents have one, else crop); several joined by "
+                         "document, or auto (title where most documents have one, else lead); several joined by "
                          "+ (e.g. lead+generate) mix them in equal shares, each on its own documents [auto]")
     pt.add_argument("--generator", default="qwen2.5-0.5b",
                     help="--pairs-from generate: the instruct model that writes the queries [qwen2.5-0.5b]")

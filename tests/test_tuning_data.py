@@ -145,7 +145,7 @@ def _docs() -> list[Document]:
     return docs
 
 
-def test_corpus_groups_title_and_crop():
+def test_corpus_groups_title_lead_and_crop():
     docs = _docs()
     titled = corpus_groups(docs, "auto", seed=0)
     assert titled.sources == {"corpus:title": 30}
@@ -153,7 +153,12 @@ def test_corpus_groups_title_and_crop():
     d = next(d for d in docs if d.id == g.qid)
     assert g.query == d.title and g.pos == (d.text,) and g.pos_ids == {d.id}
     untitled = [Document(d.id, d.text) for d in docs]
-    crops = corpus_groups(untitled, "auto", seed=0, crop=(0.2, 0.4))
+    # without titles auto takes lead pairs (crops lowered the dense arm on real queries), with lead's length floor
+    auto = corpus_groups(untitled, "auto", seed=0)
+    assert auto.sources == {"corpus:lead": 30} and auto.groups == corpus_groups(untitled, "lead", seed=0).groups
+    with pytest.raises(TrainingDataError, match="no document yields a lead pair .*too short"):
+        corpus_groups(untitled, "auto", min_words=1, lead=(30, 40))  # lead's floor, 70 words, not min_words
+    crops = corpus_groups(untitled, "crop", seed=0, crop=(0.2, 0.4))
     assert crops.sources == {"corpus:crop": 30}
     for g in crops.groups:
         src = next(d for d in untitled if d.id == g.qid).text

@@ -237,7 +237,8 @@ def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto",
     (the two do not overlap): the first sentence when it is ``lead[0]``-``lead[1]`` words long, else a random
     ``lead[0]``-``lead[1]`` words; query-length, like a title (collections such as Vaswani or news wires run
     the headline into the text). ``auto``: ``title`` where at least half the documents have a title, else
-    ``crop``. Documents under ``min_words`` words are skipped (for ``lead`` under ``lead[0] + lead[1]`` at least, so
+    ``lead`` (crops, the fallback until 2026-12-06, lowered the dense arm on real queries: benchmarks/README.md,
+    "Crop pairs with the sparse temperature"). Documents under ``min_words`` words are skipped (for ``lead`` under ``lead[0] + lead[1]`` at least, so
     the positive keeps ``lead[0]`` words). Negatives come from :func:`mine_negatives` or in-batch.
     """
     if method not in CORPUS_METHODS:
@@ -247,11 +248,11 @@ def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto",
         raise TrainingDataError(f"crop fractions must satisfy 0 < low <= high <= 1, got {crop}")
     if not (1 <= lead[0] <= lead[1]):
         raise TrainingDataError(f"lead lengths must satisfy 1 <= low <= high words, got {lead}")
-    min_words = max(min_words, lead[1] + lead[0]) if method == "lead" else min_words
     docs = list(read_corpus(corpus)) if isinstance(corpus, (str, Path)) else list(corpus)
     if method == "auto":
         titled = sum(1 for d in docs if d.title.strip())
-        method = "title" if titled * 2 >= len(docs) else "crop"
+        method = "title" if titled * 2 >= len(docs) else "lead"
+    min_words = max(min_words, lead[1] + lead[0]) if method == "lead" else min_words
     rng = random.Random(seed)
     groups, skipped = [], Counter()
     order = list(range(len(docs)))
