@@ -917,7 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--pairs-from generate: the instruct model that writes the queries [qwen2.5-0.5b]")
     pt.add_argument("--generate", type=_positive_int, default=None, metavar="N",
                     help="--pairs-from generate: documents to write queries for (~0.5 s each on 2 CPU cores) "
-                         "[steps x batch + the dev queries]")
+                         "[steps x batch + the dev queries, or its equal share of them in a + mix, where "
+                         "questions dropped as generic are made up by further documents]")
     pt.add_argument("--cap", type=_int_or_none_list, default=None, help="per pair file, most groups (e.g. 2000,all)")
     pt.add_argument("--source-weights", type=_float_list, default=None,
                     help="per pair file, sampling weights (with --total)")

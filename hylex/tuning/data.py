@@ -238,8 +238,9 @@ def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto",
     ``lead[0]``-``lead[1]`` words; query-length, like a title (collections such as Vaswani or news wires run
     the headline into the text). ``auto``: ``title`` where at least half the documents have a title, else
     ``lead`` (crops, the fallback until 2026-12-06, lowered the dense arm on real queries: benchmarks/README.md,
-    "Crop pairs with the sparse temperature"). Documents under ``min_words`` words are skipped (for ``lead`` under ``lead[0] + lead[1]`` at least, so
-    the positive keeps ``lead[0]`` words). Negatives come from :func:`mine_negatives` or in-batch.
+    "Crop pairs with the sparse temperature"). Documents under ``min_words`` words are skipped (for ``lead`` under
+    ``lead[0] + lead[1]`` at least, so the positive keeps ``lead[0]`` words). Negatives come from
+    :func:`mine_negatives` or in-batch.
     """
     if method not in CORPUS_METHODS:
         raise TrainingDataError(f"unknown pair construction {method!r}: choose one of {', '.join(CORPUS_METHODS)}")
