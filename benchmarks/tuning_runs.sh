@@ -9,7 +9,7 @@
 #                                                   from-corpus-base scifact-corpus nfcorpus-generate
 #                                                   vaswani-generate nfcorpus-lead-r2 vaswani-lead-r2
 #                                                   vaswani-lead-200 nfcorpus-lead-80 nfcorpus-mix
-#                                                   vaswani-mix nfcorpus-crop nfcorpus-title
+#                                                   vaswani-mix nfcorpus-crop scifact-lead
 #                                                   zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
@@ -234,11 +234,10 @@ EOF
       tune "$RUNS/nfcorpus-crop" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from crop --steps 40 \
         --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
       pseudo nfcorpus-crop "$RUNS/nfcorpus-crop" "$NFCORPUS" ;;
-    nfcorpus-title)  # a check on train queries, not a test run: nfcorpus-lead's recipe on title -> body pairs, what
-                     # --pairs-from auto builds where most documents have a title (NFCorpus's do), against lead's 0.3394
-      tune "$RUNS/nfcorpus-title" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from title --steps 40 \
-        --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
-      pseudo nfcorpus-title "$RUNS/nfcorpus-title" "$NFCORPUS" ;;
+    scifact-lead)  # a check on train queries, not a test run: scifact-corpus's run (40 steps) on lead pairs instead of
+                   # the title pairs auto builds there, to set the two beside each other on one titled collection
+      lead_tune scifact-lead "$SCIFACT" 40 --save-every 10 --eval-every 20
+      pseudo scifact-lead "$RUNS/scifact-lead" "$SCIFACT" title ;;
     vaswani-generate)  # no labels: nfcorpus-generate's recipe on Vaswani, to be run only if that check passes (it
                        # did not, 2026-12-06: never run); one test bench with the fusion a from-corpus tune keeps
       tune "$RUNS/vaswani-generate" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from generate --dev 200 \
