@@ -72,11 +72,17 @@ next_round() {  # next_round TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST train
   bench "$tag" "$RUNS/$tag" card "$ds"
 }
 
-lead_tune() {  # lead_tune TAG DATASET STEPS [TUNE ARGS...]: a --from-corpus tune on lead pairs (a document's opening
-              # words -> the rest) with the sparse temperature that kept NFCorpus's sparse arm, over COMMON's settings
-  local tag=$1 ds=$2 steps=$3; shift 3
-  tune "$RUNS/$tag" --from-corpus "$ds/corpus.jsonl" --pairs-from lead --steps "$steps" --sparse-temperature 10 \
+corpus_tune() {  # corpus_tune TAG DATASET PAIRS STEPS [TUNE ARGS...]: a --from-corpus tune on PAIRS (--pairs-from)
+                # with the sparse temperature that kept NFCorpus's sparse arm, over COMMON's settings
+  local tag=$1 ds=$2 pairs=$3 steps=$4; shift 4
+  tune "$RUNS/$tag" --from-corpus "$ds/corpus.jsonl" --pairs-from "$pairs" --steps "$steps" --sparse-temperature 10 \
     "${COMMON[@]}" "$@"
+}
+
+lead_tune() {  # lead_tune TAG DATASET STEPS [TUNE ARGS...]: corpus_tune on lead pairs (a document's opening words ->
+              # the rest)
+  local tag=$1 ds=$2; shift 2
+  corpus_tune "$tag" "$ds" lead "$@"
 }
 
 corpus_round() {  # corpus_round TAG FIRST DATASET: a second --from-corpus round, $RUNS/FIRST trained 40 steps more
@@ -139,8 +145,7 @@ for step in $steps; do
     vaswani)  # no labels: pairs from the corpus alone (no titles there: two random crops of a document, what
               # --pairs-from auto took then; auto now takes lead pairs, so crop is named)
       tune "$RUNS/vaswani-tuned" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from crop --steps 100 \
-        --sparse-temperature 1 \
-        "${COMMON[@]}" --fusion-from dev
+        --sparse-temperature 1 "${COMMON[@]}" --fusion-from dev
       bench vaswani-tuned "$RUNS/vaswani-tuned" card "$VASWANI" ;;
     vaswani-lead)  # no labels, the crops' failure read: query-length pairs (a document's opening 4-12 words -> the
                    # rest; Vaswani runs each title into its text) and the sparse temperature that kept NFCorpus's arm
@@ -176,8 +181,7 @@ for step in $steps; do
     nfcorpus-generate)  # a check on train queries, not a test run: nfcorpus-lead's recipe with queries an instruct
                         # LLM wrote (--pairs-from generate: qwen2.5-0.5b, 840 documents, a 200-query dev like the
                         # lead runs'); adopted for Vaswani only if its plain search beats nfcorpus-lead's there
-      tune "$RUNS/nfcorpus-generate" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from generate --dev 200 \
-        --steps 40 --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
+      corpus_tune nfcorpus-generate "$NFCORPUS" generate 40 --dev 200 --save-every 10 --eval-every 20
       pseudo nfcorpus-generate "$RUNS/nfcorpus-generate" "$NFCORPUS" ;;
     nfcorpus-lead-r2)  # a check on train queries, not a test run: a second round of nfcorpus-lead (the same lead pairs,
                        # 40 steps) on negatives mined with its own hybrid search over the corpus (the index its
@@ -209,8 +213,7 @@ EOF
                    # on a mix, half lead pairs and half generated questions (--pairs-from lead+generate, each on its
                    # own documents, generic questions made up by further documents); adopted for Vaswani only if its
                    # plain search on NFCorpus's train queries beats nfcorpus-lead's (0.3394)
-      tune "$RUNS/nfcorpus-mix" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from lead+generate --dev 200 \
-        --steps 40 --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
+      corpus_tune nfcorpus-mix "$NFCORPUS" lead+generate 40 --dev 200 --save-every 10 --eval-every 20
       pseudo nfcorpus-mix "$RUNS/nfcorpus-mix" "$NFCORPUS" ;;
     vaswani-mix)  # no labels: nfcorpus-mix's mix at vaswani-lead's 100 steps, only if nfcorpus-mix passed its check;
                   # one Vaswani test bench with the stored fusion (the base's, the --from-corpus default)
@@ -223,16 +226,14 @@ print(f"== NFCorpus train, plain search: nfcorpus-mix {mix}, nfcorpus-lead {lead
 sys.exit(0 if mix is not None and mix > lead else 1)
 EOF
       then
-        tune "$RUNS/vaswani-mix" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from lead+generate --dev 200 \
-          --steps 100 --sparse-temperature 10 "${COMMON[@]}"
+        corpus_tune vaswani-mix "$VASWANI" lead+generate 100 --dev 200
         bench vaswani-mix "$RUNS/vaswani-mix" card "$VASWANI"
       else echo "== vaswani-mix: nfcorpus-mix did not pass its check, no Vaswani run"; fi ;;
     nfcorpus-crop)  # a check on train queries, not a test run: nfcorpus-lead's recipe (40 steps, sparse temperature 10,
                     # the base's fusion) on crop pairs, what --pairs-from auto builds for a corpus without titles; the
                     # crops' only run (vaswani) predates the temperature. auto's fallback becomes lead if this scores
                     # under nfcorpus-lead (0.3394) on NFCorpus's train queries
-      tune "$RUNS/nfcorpus-crop" --from-corpus "$NFCORPUS/corpus.jsonl" --pairs-from crop --steps 40 \
-        --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
+      corpus_tune nfcorpus-crop "$NFCORPUS" crop 40 --save-every 10 --eval-every 20
       pseudo nfcorpus-crop "$RUNS/nfcorpus-crop" "$NFCORPUS" ;;
     scifact-lead)  # a check on train queries, not a test run: scifact-corpus's run (40 steps) on lead pairs instead of
                    # the title pairs auto builds there, to set the two beside each other on one titled collection
@@ -240,8 +241,7 @@ EOF
       pseudo scifact-lead "$RUNS/scifact-lead" "$SCIFACT" title ;;
     vaswani-generate)  # no labels: nfcorpus-generate's recipe on Vaswani, to be run only if that check passes (it
                        # did not, 2026-12-06: never run); one test bench with the fusion a from-corpus tune keeps
-      tune "$RUNS/vaswani-generate" --from-corpus "$VASWANI/corpus.jsonl" --pairs-from generate --dev 200 \
-        --steps 40 --sparse-temperature 10 "${COMMON[@]}" --save-every 10 --eval-every 20
+      corpus_tune vaswani-generate "$VASWANI" generate 40 --dev 200 --save-every 10 --eval-every 20
       bench vaswani-generate "$RUNS/vaswani-generate" base "$VASWANI" ;;
     default)  # the shipped default: the redistributable sources of shared/data/train only, MedQuAD capped
       T=$DATA/train

@@ -169,7 +169,7 @@ def load_data(d: DataArgs, *, queries: int | None = None, cache: str | os.PathLi
 
         docs = list(read_corpus(d.from_corpus))
         methods = d.methods
-        if (d.generated and d.generate is None or len(methods) > 1) and queries is None:
+        if queries is None and ((d.generated and d.generate is None) or len(methods) > 1):
             raise TrainingDataError("generated pairs and a mix of constructions need a count: set generate "
                                     "(documents to write queries for) or pass the run's queries")
         mixed = len(methods) > 1
