@@ -111,6 +111,18 @@ def test_tune_refuses_an_existing_out_and_empty_data(pairs, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_a_single_training_query_short_of_negatives_is_one_line_before_the_model_loads(tmp_path, capsys):
+    one = tmp_path / "one.jsonl"  # two queries: the dev takes one, the other is left alone with no negative
+    one.write_text("".join(json.dumps({"query": q, "pos": [f"About {q}."]}) + "\n" for q in ("kidneys", "livers")))
+    rc = cli.main(["tune", str(one), "--out", str(tmp_path / "m"), "--dev", "1", "--negatives", "2", "--no-mine",
+                   "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "every training group has the same query" in err and "set negatives to 0 or less" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
+
+
 def test_a_signalled_tune_writes_no_model_and_resumes(pairs, tmp_path, capsys, monkeypatch):
     # SIGTERM during step 1 of 2: the step finishes and is checkpointed, but the run is unfinished, so no output
     # folder (a script must not take it for the result) and a non-zero exit; --resume then finishes it

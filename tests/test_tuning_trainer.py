@@ -13,7 +13,7 @@ import torch
 from hylex.engine import Encoder
 from hylex.engine.models import resolve_model
 from hylex.tuning.data import Group, TrainingData, TrainingDataError
-from hylex.tuning.trainer import TuneArgs, Trainer, batch_at, merge_lora
+from hylex.tuning.trainer import TuneArgs, Trainer, batch_at, check_batches, merge_lora
 
 WORDS = ["volcano", "football", "finance", "cooking", "astronomy", "music", "chess", "garden", "ocean", "desert",
          "railway", "medicine"]
@@ -140,6 +140,22 @@ def test_batches_are_deterministic_and_well_formed():
     for i, query in enumerate(q):
         w = query.split()[1]
         assert p[3 * i].startswith(w) and not any(x.startswith(w) for x in p[3 * i + 1:3 * i + 3])
+
+
+def test_one_query_with_too_few_negatives_is_an_error_not_a_hang():
+    # batch_at pads a short group with another query's positive; with one query there is none, and the padding loop
+    # used to spin for ever (a tiny pair file after its dev split reached it)
+    same = [Group("what is a kidney", ("The kidney filters blood.",), ()),
+            Group("what is a kidney", ("Kidneys make urine.",), ("A liver is not a kidney.",))]
+    args = TuneArgs(steps=1, queries_per_step=2, negatives=1)
+    with pytest.raises(TrainingDataError, match="same query .* set negatives to 0 or less"):
+        batch_at(same, 0, args)
+    check_batches(same, TuneArgs(steps=1, negatives=0))  # nothing to pad: fine
+    check_batches([same[1]], args)                        # enough negatives: fine
+    other = [*same, Group("what is a liver", ("The liver stores glycogen.",), ())]
+    check_batches(other, args)
+    q, p = batch_at(other, 0, args)
+    assert len(q) == 2 and len(p) == 4
 
 
 @pytest.mark.parametrize("kw, needle", [({"steps": 0}, "steps must be a positive integer"),

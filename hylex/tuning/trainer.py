@@ -209,6 +209,18 @@ def batch_features(encoder, queries: list[str], passages: list[str], args: TuneA
 
 
 # -- batches ---------------------------------------------------------------------------------------------------
+def check_batches(groups: Sequence[Group], args: TuneArgs) -> None:
+    """Raise :class:`TrainingDataError` where :func:`batch_at` cannot fill a group: a group with fewer than
+    ``args.negatives`` negatives is padded with another query's positive, which does not exist when every group
+    has the same query (a tiny pair file after its dev split)."""
+    short = sum(len(g.neg) < args.negatives for g in groups)
+    if short and len({g.query for g in groups}) < 2:
+        fewest = min(len(g.neg) for g in groups)
+        raise TrainingDataError(f"every training group has the same query and {short} of them have fewer than "
+                                f"{args.negatives} negatives, which are filled with other queries' positives: "
+                                f"add pairs for other queries, or set negatives to {fewest} or less")
+
+
 def batch_at(groups: Sequence[Group], step: int, args: TuneArgs) -> tuple[list[str], list[str]]:
     """The queries (Q,) and passages (Q * (1 + negatives),) of optimizer step ``step`` (0-based): a seeded
     permutation per epoch, each group's negatives drawn from its own (random in-pool passages of other groups
@@ -228,6 +240,8 @@ def batch_at(groups: Sequence[Group], step: int, args: TuneArgs) -> tuple[list[s
         passages.append(g.pos[rng.randrange(len(g.pos))])
         negs = list(g.neg)
         picked = rng.sample(negs, min(args.negatives, len(negs)))
+        if len(picked) < args.negatives and all(o.query == g.query for o in groups):
+            check_batches(groups, args)  # raises: no other query to pad with (the loop below would never end)
         while len(picked) < args.negatives:  # pad with another group's positive (a random negative)
             other = groups[rng.randrange(len(groups))]
             if other.query != g.query:
@@ -311,6 +325,7 @@ class Trainer:
         if not train.groups:
             raise TrainingDataError("no training groups: give pairs with at least one positive")
         self.encoder, self.train, self.args = encoder, train, args.check()
+        check_batches(train.groups, args)
         if args.sparse_temperature == "auto":
             raise TrainingDataError("sparse_temperature 'auto' is chosen before training: call "
                                     "choose_sparse_temperature() (tune() does) and pass the number")

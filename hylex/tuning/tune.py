@@ -409,7 +409,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     from hylex.engine.encoder import Encoder
     from hylex.tuning.evaluate import FUSIONS, DevEvaluator, best_fusion
     from hylex.tuning.output import check_output, save_tuned
-    from hylex.tuning.trainer import Trainer, TuneArgs, TuneInterrupted
+    from hylex.tuning.trainer import Trainer, TuneArgs, TuneInterrupted, check_batches
 
     from hylex.tuning.output import ADAPTER_DTYPES
 
@@ -436,6 +436,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
                                         threads=threads, progress=progress)
     say(f"training data: {len(train)} groups ({', '.join(f'{k} {v}' for k, v in train.sources.items())}), "
         f"dev {len(dev)} queries + {len(distractors)} distractors")
+    check_batches(train.groups, args)  # before the model loads
     encoder = Encoder(model, progress=False, encoding_cache=False, device=device, threads=threads,
                       **{**(encoder_options or {}), "dtype": "float32"})
     evaluator = DevEvaluator(dev, extra=distractors)
