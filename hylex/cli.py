@@ -902,7 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("tune", help="fine-tune the encoder's dense and sparse representations (LoRA) on "
                                      "labelled pairs, a BEIR train split, or a bare corpus")
-    pt.add_argument("data", nargs="*", help="a BEIR folder (with --split), or JSONL pair files "
+    pt.add_argument("data", nargs="*", help="a BEIR folder (with --split), or JSONL pair files (.gz or .zst too) "
                                             '{"query", "pos": [...], "neg": [...]}')
     pt.add_argument("--out", required=True, help="the tuned model folder to write (must not exist)")
     pt.add_argument("--split", default="train", help="BEIR qrels split to train on (never test) [train]")

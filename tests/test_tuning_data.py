@@ -95,6 +95,39 @@ def test_bad_pair_records(tmp_path, row, needle):
         read_pairs(_pairs(tmp_path, [row]))
 
 
+def test_compressed_pair_files_read_as_plain_ones(tmp_path):
+    import gzip
+
+    rows = [{"query": "q1", "pos": ["a"], "neg": ["b"]}, {"query": "q2", "pos": ["c"]}]
+    plain = read_pairs(_pairs(tmp_path, rows))
+    gz = tmp_path / "pairs.jsonl.gz"
+    gz.write_bytes(gzip.compress(_pairs(tmp_path, rows, "other.jsonl").read_bytes()))
+    got = read_pairs(gz)
+    assert got.groups == plain.groups and got.sources == {"pairs": 2}  # the source is named without .jsonl.gz
+    bom = tmp_path / "bom.jsonl"  # a UTF-8 byte order mark, as some editors write it
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "other.jsonl").read_bytes())
+    assert read_pairs(bom, source="pairs").groups == plain.groups
+
+
+def test_pair_file_bytes_that_are_not_utf8_or_json_too_deep(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(b'{"query": "q1", "pos": ["a"]}\n{"query": "caf\xe9", "pos": ["b"]}\n')
+    with pytest.raises(TrainingDataError, match=r"latin1.jsonl line 2: not valid UTF-8 .*Re-encode the file"):
+        read_pairs(p)
+    deep = _pairs(tmp_path, ['{"query": "q", "pos": ["a"], "x": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+    with pytest.raises(TrainingDataError, match="line 1: JSON nested too deeply"):
+        read_pairs(deep)
+    gz = tmp_path / "cut.jsonl.gz"  # a truncated download
+    import gzip
+
+    rng = random.Random(0)
+    text = "".join(json.dumps({"query": f"q{i}", "pos": [f"{rng.random()}"]}) + "\n" for i in range(1000))
+    whole = gzip.compress(text.encode())
+    gz.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(TrainingDataError, match="compressed stream is damaged"):
+        read_pairs(gz)
+
+
 def test_pair_file_without_positives_or_missing(tmp_path):
     with pytest.raises(TrainingDataError, match="no record with a positive"):
         read_pairs(_pairs(tmp_path, [{"query": "q", "pos": []}]))

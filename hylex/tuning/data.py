@@ -19,8 +19,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from hylex.corpus import Document, clean_text, load_beir, read_corpus
-from hylex.errors import HylexError
+from hylex.corpus import Document, _iter_lines, clean_text, load_beir, read_corpus
+from hylex.errors import CorpusError, HylexError
 
 logger = logging.getLogger(__name__)
 
@@ -114,45 +114,53 @@ def _str_list(value, what: str, where: str) -> tuple[str, ...]:
     return tuple(clean_text(v) for v in value if v.strip())
 
 
+def _pair_lines(p: Path):
+    """``(line number, text)`` of a pair file's non-blank lines: plain, gzip or zstd JSONL, read as hylex reads a
+    corpus (a bad UTF-8 byte or a damaged stream is one error naming the line)."""
+    try:
+        yield from _iter_lines(p)
+    except CorpusError as e:
+        raise TrainingDataError(str(e)) from None
+
+
 def read_pairs(path: str | Path, *, source: str | None = None) -> TrainingData:
-    """Groups from a JSONL pair file, one ``{"query": str, "pos": [str, ...], "neg": [str, ...]}`` per line (the
-    format of ``shared/data/train``; ``neg`` optional, ``pos`` may be one string). Records with an empty ``pos``
-    (labelled non-matches) are skipped and counted.
+    """Groups from a JSONL pair file (gzip or zstd compressed too), one ``{"query": str, "pos": [str, ...], "neg":
+    [str, ...]}`` per line (the format of ``shared/data/train``; ``neg`` optional, ``pos`` may be one string).
+    Records with an empty ``pos`` (labelled non-matches) are skipped and counted.
 
     Raises:
-        TrainingDataError: a missing file, a line that is not a JSON object, a missing or non-string ``query``,
-            ``pos``/``neg`` that are not lists of strings, or a file with no usable record.
+        TrainingDataError: a missing file, a line that is not UTF-8 or not a JSON object, a missing or non-string
+            ``query``, ``pos``/``neg`` that are not lists of strings, or a file with no usable record.
     """
     p = Path(path)
     if not p.is_file():
         raise TrainingDataError(f"pair file {p} does not exist: pass a JSONL file of "
                                 f'{{"query", "pos": [...], "neg": [...]}} records')
-    name = source or p.stem
+    name = source or p.stem.removesuffix(".jsonl")
     groups, skipped = [], Counter()
-    with p.open(encoding="utf-8", errors="strict") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{p.name} line {lineno}"
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise TrainingDataError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
-            if not isinstance(obj, dict):
-                raise TrainingDataError(f"{where}: expected a JSON object with \"query\" and \"pos\"")
-            q = obj.get("query")
-            if not isinstance(q, str) or not q.strip():
-                raise TrainingDataError(f"{where}: \"query\" is missing or not a non-empty string: give every "
-                                        f"record a query")
-            if "pos" not in obj:
-                raise TrainingDataError(f"{where}: no \"pos\" field: give the record its relevant passages "
-                                        f"(an empty list marks a labelled non-match)")
-            pos = _str_list(obj["pos"], "pos", where)
-            neg = _str_list(obj.get("neg", []), "neg", where)
-            if not pos:
-                skipped["no positive"] += 1
-                continue
-            groups.append(Group(query=clean_text(q), pos=pos, neg=neg, source=name))
+    for lineno, line in _pair_lines(p):
+        where = f"{p.name} line {lineno}"
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise TrainingDataError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
+        except RecursionError:
+            raise TrainingDataError(f"{where}: JSON nested too deeply to read: flatten the line") from None
+        if not isinstance(obj, dict):
+            raise TrainingDataError(f"{where}: expected a JSON object with \"query\" and \"pos\"")
+        q = obj.get("query")
+        if not isinstance(q, str) or not q.strip():
+            raise TrainingDataError(f"{where}: \"query\" is missing or not a non-empty string: give every "
+                                    f"record a query")
+        if "pos" not in obj:
+            raise TrainingDataError(f"{where}: no \"pos\" field: give the record its relevant passages "
+                                    f"(an empty list marks a labelled non-match)")
+        pos = _str_list(obj["pos"], "pos", where)
+        neg = _str_list(obj.get("neg", []), "neg", where)
+        if not pos:
+            skipped["no positive"] += 1
+            continue
+        groups.append(Group(query=clean_text(q), pos=pos, neg=neg, source=name))
     if not groups:
         raise TrainingDataError(f"{p.name} has no record with a positive passage ({sum(skipped.values())} without): "
                                 f"nothing to train on")
