@@ -1,6 +1,7 @@
 """hylex.tuning.data: training groups from BEIR qrels, pair files and bare corpora; dev split; mined negatives."""
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from pathlib import Path
@@ -96,8 +97,6 @@ def test_bad_pair_records(tmp_path, row, needle):
 
 
 def test_compressed_pair_files_read_as_plain_ones(tmp_path):
-    import gzip
-
     rows = [{"query": "q1", "pos": ["a"], "neg": ["b"]}, {"query": "q2", "pos": ["c"]}]
     plain = read_pairs(_pairs(tmp_path, rows))
     gz = tmp_path / "pairs.jsonl.gz"
@@ -118,8 +117,6 @@ def test_pair_file_bytes_that_are_not_utf8_or_json_too_deep(tmp_path):
     with pytest.raises(TrainingDataError, match="line 1: JSON nested too deeply"):
         read_pairs(deep)
     gz = tmp_path / "cut.jsonl.gz"  # a truncated download
-    import gzip
-
     rng = random.Random(0)
     text = "".join(json.dumps({"query": f"q{i}", "pos": [f"{rng.random()}"]}) + "\n" for i in range(1000))
     whole = gzip.compress(text.encode())
