@@ -494,7 +494,7 @@ def cmd_tune(args) -> int:
         res = tune(data, args.out, model=model, args=targs, encoder_options=options, workdir=args.workdir,
                    resume=args.resume, select_on=args.select_on, patience=args.patience, device=args.device,
                    threads=args.threads, progress=args.progress, adapter_dtype=args.adapter_dtype,
-                   fusion_from=args.fusion_from)
+                   fusion_from=args.fusion_from, allow_test=args.allow_test)
     except TuneInterrupted as e:  # the shell's convention for a process ended by a signal: 128 + its number
         print(f"hylex: {e}", file=sys.stderr)
         return 128 + e.signum
@@ -906,6 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             '{"query", "pos": [...], "neg": [...]}')
     pt.add_argument("--out", required=True, help="the tuned model folder to write (must not exist)")
     pt.add_argument("--split", default="train", help="BEIR qrels split to train on (never test) [train]")
+    pt.add_argument("--allow-test", action="store_true", help=argparse.SUPPRESS)
     pt.add_argument("--from-corpus", default=None, metavar="CORPUS",
                     help="no labels: build pairs from a corpus's documents (see --pairs-from)")
     pt.add_argument("--pairs-from", default="auto", metavar="{auto,title,crop,lead,generate}[+...]",

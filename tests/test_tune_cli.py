@@ -123,6 +123,32 @@ def test_a_single_training_query_short_of_negatives_is_one_line_before_the_model
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
 
 
+def test_tune_refuses_a_test_split_unless_allowed(tmp_path, capsys, monkeypatch):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": f"text about topic {i}"}) + "\n"
+                                               for i in range(12)))
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"topic {i}"}) + "\n"
+                                                for i in range(12)))
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                             "".join(f"q{i}\td{i}\t1\n" for i in range(12)))
+    argv = ["tune", str(beir), "--split", "test", "--out", str(tmp_path / "m"), "--dev", "2", "--no-progress"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--split test: a model trained on test qrels" in err and "--allow-test" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+
+    class Loaded(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Loaded
+
+    monkeypatch.setattr("hylex.engine.encoder.Encoder.__init__", stop)  # knowingly allowed: it goes on to the model
+    with pytest.raises(Loaded):
+        cli.main([*argv, "--allow-test"])
+
+
 def test_a_signalled_tune_writes_no_model_and_resumes(pairs, tmp_path, capsys, monkeypatch):
     # SIGTERM during step 1 of 2: the step finishes and is checkpointed, but the run is unfinished, so no output
     # folder (a script must not take it for the result) and a non-zero exit; --resume then finishes it

@@ -389,7 +389,8 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
          encoder_options: dict | None = None, workdir: str | os.PathLike | None = None, resume: bool = False,
          select_on: str = "dense+sparse", patience: int | None = None, device: str = "auto",
          threads: int | None = None, progress: bool | None = None, report=print,
-         adapter_dtype: str = "float32", fusion_from: str = FUSION_FROM_DEFAULT) -> TuneResult:
+         adapter_dtype: str = "float32", fusion_from: str = FUSION_FROM_DEFAULT,
+         allow_test: bool = False) -> TuneResult:
     """Fine-tune ``model`` on ``data`` and write the tuned model to ``out`` (see the module docstring).
 
     Args:
@@ -403,6 +404,8 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
             one ``model`` carries, chosen on some collection's real queries), or ``auto``: ``base`` when every
             training source is built from a corpus (its dev holds pseudo-queries, whose choice did not transfer:
             benchmarks/README.md, "Does a fusion chosen on pseudo-queries transfer?"), ``dev`` otherwise.
+        allow_test: train on a BEIR split whose name starts with ``test`` (refused otherwise, as ``hylex fuse``
+            refuses to choose a fusion there).
     """
     import torch
 
@@ -414,6 +417,10 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     from hylex.tuning.output import ADAPTER_DTYPES
 
     args = (args or TuneArgs(sparse_temperature="auto")).check()  # as `hylex tune`: 1 lost NFCorpus's sparse arm
+    if data.beir and str(data.split).lower().startswith("test") and not allow_test:
+        raise TrainingDataError(f"--split {data.split}: a model trained on test qrels makes every later test score "
+                                f"of it meaningless; train on a train split (the dev is carved from it), or pass "
+                                f"--allow-test (allow_test=True) knowingly")
     out = check_output(out)
     if adapter_dtype not in ADAPTER_DTYPES:
         raise TrainingDataError(f"adapter dtype must be one of {', '.join(ADAPTER_DTYPES)}, got {adapter_dtype!r}")
