@@ -161,6 +161,21 @@ def test_bfloat16_body_stays_close_to_float32(fp32):
             assert ra[top] >= ra.max() - 0.02, (kind, r)
 
 
+def test_device_names_are_checked_before_the_model_loads():
+    from hylex.engine.encoder import resolve_device
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert resolve_device("auto").type == ("cuda" if gpus else "cpu")
+    assert resolve_device("cpu") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in ("tpu", "gpu", "meta", "", "cuda:x"):
+        with pytest.raises(HylexError, match="is not one hylex runs on: use cpu, cuda, cuda:N or auto"):
+            resolve_device(bad)
+    with pytest.raises(HylexError, match=f"torch sees {gpus} CUDA GPU" if gpus else "torch sees no CUDA GPU"):
+        resolve_device(f"cuda:{gpus}")
+    with pytest.raises(HylexError, match="is not one hylex runs on"):
+        Encoder(progress=False, encoding_cache=False, device="tpu")  # no model is loaded for this
+
+
 def test_default_batch_budget_follows_the_device_and_max_length():
     """Small batches on a CPU (faster there), never under max_length: a long max_length needs no batch_tokens."""
     from hylex.engine.encoder import CPU_BATCH_TOKENS

@@ -123,6 +123,13 @@ def test_a_single_training_query_short_of_negatives_is_one_line_before_the_model
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
 
 
+def test_a_device_torch_does_not_know_is_one_line(pairs, tmp_path, capsys):
+    assert cli.main(["tune", str(pairs), "--out", str(tmp_path / "m"), "--device", "tpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'tpu' is not one hylex runs on" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
 def test_tune_refuses_a_test_split_unless_allowed(tmp_path, capsys, monkeypatch):
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)

@@ -35,6 +35,28 @@ GPU_BATCH_TOKENS = 16384
 
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` where a CUDA GPU is visible, else ``cpu``; ``cpu`` / ``cuda`` / ``cuda:N`` as given,
+    checked here (a bad name or a missing GPU is one :class:`HylexError`, not a torch traceback at the first
+    tensor)."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise HylexError(f"device {device!r} is not one hylex runs on: use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise HylexError(f"device {device!r} is not one hylex runs on: use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise HylexError(f"device {device!r}: torch sees no CUDA GPU here (a CPU build of torch, or no GPU): "
+                             f"use cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise HylexError(f"device {device!r}: torch sees {n} CUDA GPU(s), numbered 0 to {n - 1}")
+    return dev
+
+
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bfloat16 matmuls run natively: CUDA, and CPUs with AMX or AVX512-BF16 (this project's AMD EPYC
     has the latter: the encoder runs 1.8x faster than in float32). Elsewhere bfloat16 is emulated and slower."""
@@ -208,9 +230,7 @@ class Encoder:
             cfg.model = str(model)
         cfg.validate()
         self.config = cfg
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if batch_tokens is None:
             batch_tokens = max(GPU_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS, cfg.max_length)
         if batch_tokens < cfg.max_length:

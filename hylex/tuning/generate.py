@@ -56,7 +56,7 @@ class QueryGenerator:
         import torch
         from transformers import AutoTokenizer
 
-        from hylex.engine.encoder import resolve_dtype
+        from hylex.engine.encoder import resolve_device, resolve_dtype
         from hylex.engine.models import resolve_model
 
         for name, v in (("words", words), ("max_new_tokens", max_new_tokens), ("batch", batch)):
@@ -68,7 +68,7 @@ class QueryGenerator:
         if resolved.adapters:
             raise TrainingDataError(f"{model!r} is a tuned encoder (a LoRA adapter), not a text generator: pass an "
                                     f"instruct model such as {DEFAULT_GENERATOR}")
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(resolved.path)
         if not getattr(self.tokenizer, "chat_template", None):
