@@ -285,8 +285,8 @@ def corpus_groups(corpus: str | Path | Sequence[Document], method: str = "auto",
         if limit is not None and len(groups) >= limit:
             break
     if not groups:
-        raise TrainingDataError(f"no document yields a {method} pair ({dict(skipped)}): use another --pairs-from method "
-                                f"or a corpus with longer texts")
+        raise TrainingDataError(f"no document yields a {method} pair ({dict(skipped)}): use another --pairs-from "
+                                f"method or a corpus with longer texts")
     return TrainingData(groups, {f"corpus:{method}": len(groups)}, dict(skipped))
 
 
