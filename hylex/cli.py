@@ -1000,7 +1000,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--step", type=float, default=0.1, help="weight grid step [0.1]")
     pf.add_argument("--metric", default="nDCG@10", help="metric to maximise [nDCG@10]")
     pf.add_argument("--depth", type=_positive_int, default=1000, help="candidates per arm [1000]")
-    pf.add_argument("--show", type=int, default=5, help="grid points printed [5]")
+    pf.add_argument("--show", type=_positive_int, default=5, help="grid points printed [5]")
     pf.add_argument("--dry-run", action="store_true", help="print the choice without storing it")
     pf.add_argument("--allow-test", action="store_true", help=argparse.SUPPRESS)
     pf.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the index's writer lock [10]")

@@ -188,6 +188,14 @@ def test_fuse_command_errors(tmp_path, capsys, fake_cli, docs, argv, needles):
     assert (ix / "manifest.json").read_bytes() == before
 
 
+def test_fuse_show_must_be_positive(capsys):
+    from hylex import cli
+
+    with pytest.raises(SystemExit) as e:  # argparse: --show -1 printed all grid points but the last
+        cli.main(["fuse", "ix", "beir", "--show", "-1"])
+    assert e.value.code == 2 and "--show: must be a positive integer, got -1" in capsys.readouterr().err
+
+
 def test_service_uses_the_stored_fusion(ix, fake_encoder):
     from fastapi.testclient import TestClient
 
