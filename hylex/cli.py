@@ -563,13 +563,13 @@ def cmd_eval(args) -> int:
 
 def cmd_fuse(args) -> int:
     """Choose the fusion a plain hybrid search of this index uses, on a training split's queries and qrels."""
-    from hylex.corpus import load_beir
+    from hylex.corpus import is_test_split, load_beir
     from hylex.indexing.index import Index
     from hylex.retrieval.evaluation import evaluate_run, judged_coverage, run_from_results
     from hylex.retrieval.fusion import choose_fusion, weight_grid
     from hylex.retrieval.searcher import Searcher, check_arms
 
-    if args.split.lower().startswith("test") and not args.allow_test:
+    if is_test_split(args.split) and not args.allow_test:
         raise HylexError(f"--split {args.split}: a fusion chosen on test queries makes every later test score "
                          f"meaningless; choose it on a training or dev split (or pass --allow-test knowingly)")
     arms = check_arms(args.arms) if args.arms else ("dense", "sparse", "bm25")

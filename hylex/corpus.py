@@ -231,7 +231,7 @@ def _decoded_lines(p: Path, fh) -> Iterator[tuple[int, str | CorpusError, bytes]
                           f"the file, or index what was read with --resume after fixing it") from None
 
 
-def _iter_lines(p: Path) -> Iterator[tuple[int, str]]:
+def iter_lines(p: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for each non-blank line of ``p`` (plain, gzip or zstd JSONL).
 
     The file is read in binary and decoded line by line so that an invalid UTF-8 byte is reported with its
@@ -261,7 +261,7 @@ def _parse_json_line(name: str, lineno: int, line: str) -> dict[str, Any]:
 
 def _iter_json_objects(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line of the JSONL file ``p``."""
-    for lineno, line in _iter_lines(p):
+    for lineno, line in iter_lines(p):
         yield lineno, _parse_json_line(p.name, lineno, line)
 
 
@@ -567,7 +567,7 @@ def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
     name = p.name
     qrels: dict[str, dict[str, int]] = {}
     seen_content = False
-    for lineno, line in _iter_lines(p):
+    for lineno, line in iter_lines(p):
         fields = line.rstrip("\r\n").split("\t")
         if len(fields) == 1:
             fields = line.split()
@@ -605,6 +605,12 @@ def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
             f"{name} has no relevance judgments. Add lines \"query-id<TAB>corpus-id<TAB>score\" after the header."
         )
     return qrels
+
+
+def is_test_split(split: str) -> bool:
+    """Whether a qrels split is a test split (``test``, ``test-2``, ``TEST``...): what training and fusion
+    choices must not read."""
+    return str(split).strip().lower().startswith("test")
 
 
 def load_beir(beir_dir: PathLike, split: str = "test") -> tuple[Path, dict[str, str], dict[str, dict[str, int]]]:

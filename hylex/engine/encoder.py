@@ -44,8 +44,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise HylexError(f"device {device!r} is not one hylex runs on: use cpu, cuda, cuda:N or auto") from None
-    if dev.type not in ("cpu", "cuda"):
+        dev = None  # a name torch does not know
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise HylexError(f"device {device!r} is not one hylex runs on: use cpu, cuda, cuda:N or auto")
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from hylex.corpus import Document, _iter_lines, clean_text, load_beir, read_corpus
+from hylex.corpus import Document, clean_text, iter_lines, load_beir, read_corpus
 from hylex.errors import CorpusError, HylexError
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _pair_lines(p: Path):
     """``(line number, text)`` of a pair file's non-blank lines: plain, gzip or zstd JSONL, read as hylex reads a
     corpus (a bad UTF-8 byte or a damaged stream is one error naming the line)."""
     try:
-        yield from _iter_lines(p)
+        yield from iter_lines(p)
     except CorpusError as e:
         raise TrainingDataError(str(e)) from None
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from hylex.corpus import is_test_split
 from hylex.engine.models import ZERO_SHOT_MODEL
 from hylex.tuning.data import (
     CORPUS_METHODS, MiningWindow, TrainingData, TrainingDataError, beir_groups, check_mining, corpus_groups,
@@ -417,7 +418,7 @@ def tune(data: DataArgs, out: str | os.PathLike, *, model: str = ZERO_SHOT_MODEL
     from hylex.tuning.output import ADAPTER_DTYPES
 
     args = (args or TuneArgs(sparse_temperature="auto")).check()  # as `hylex tune`: 1 lost NFCorpus's sparse arm
-    if data.beir and str(data.split).lower().startswith("test") and not allow_test:
+    if data.beir and is_test_split(data.split) and not allow_test:
         raise TrainingDataError(f"--split {data.split}: a model trained on test qrels makes every later test score "
                                 f"of it meaningless; train on a train split (the dev is carved from it), or pass "
                                 f"--allow-test (allow_test=True) knowingly")
