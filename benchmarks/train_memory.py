@@ -1,4 +1,4 @@
-"""Peak memory and step time of `hylex tune` training steps, with and without gradient checkpointing.
+"""Peak memory and step time of `hylex tune` training steps: gradient checkpointing, accumulation, GradCache.
 
 Loads the zero-shot model in float32 (as ``hylex tune`` does), puts LoRA on it with the default settings, and runs
 ``--steps`` optimizer steps of ``--batch`` queries x (1 positive + ``--negatives``) passages from a pair file
@@ -7,6 +7,7 @@ and (current, peak) RSS in GiB. Run each setting in its own process: peak RSS ne
 
     python benchmarks/train_memory.py --checkpointing on  --batch 16 --negatives 3
     python benchmarks/train_memory.py --checkpointing off --batch 16 --negatives 3
+    python benchmarks/train_memory.py --checkpointing off --batch 16 --negatives 3 --accumulate 4 --grad-cache
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--negatives", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--accumulate", type=int, default=1, help="micro-batches per step [1]")
+    ap.add_argument("--grad-cache", action="store_true", help="GradCache over the micro-batches")
     ap.add_argument("--pairs", default=str(Path(__file__).resolve().parents[2] / "shared/data/train/scitldr.jsonl"))
     ap.add_argument("--model", default="smollm2-135m")
     args = ap.parse_args()
@@ -46,7 +49,8 @@ def main() -> None:
     enc = Encoder(args.model, progress=False, encoding_cache=False, dtype="float32")
     loaded = rss()
     targs = TuneArgs(steps=args.steps, queries_per_step=args.batch, negatives=args.negatives,
-                     gradient_checkpointing=args.checkpointing == "on", save_every=10**6, eval_every=10**6)
+                     gradient_checkpointing=args.checkpointing == "on", accumulate=args.accumulate,
+                     grad_cache=args.grad_cache, save_every=10**6, eval_every=10**6)
     with tempfile.TemporaryDirectory() as work:
         tr = Trainer(enc, data, targs, work, progress=False)
         steps = []
@@ -55,6 +59,7 @@ def main() -> None:
             rec = tr._step(i)
             steps.append({"seconds": round(time.perf_counter() - t, 1), "tokens": rec["tokens"], "rss_gib": rss()})
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), "checkpointing": args.checkpointing, "batch": args.batch,
+                      "accumulate": args.accumulate, "grad_cache": args.grad_cache,
                       "negatives": args.negatives, "pairs": Path(args.pairs).name, "after_load_gib": loaded,
                       "steps": steps, "autocast_bf16": tr.autocast}))
 

@@ -483,7 +483,7 @@ def cmd_tune(args) -> int:
                      temperature=args.temperature, dense_weight=args.dense_weight, sparse_weight=args.sparse_weight,
                      sparse_temperature=args.sparse_temperature, flops_q=args.flops, flops_p=args.flops,
                      gradient_checkpointing=args.gradient_checkpointing,
-                     mask_false_negatives=args.mask_false_negatives,
+                     mask_false_negatives=args.mask_false_negatives, grad_cache=args.grad_cache,
                      bf16=args.bf16, seed=args.seed, save_every=args.save_every, eval_every=args.eval_every).check()
     options = _encoder_options(args)
     model = options.pop("model", None) or TUNE_BASE
@@ -948,7 +948,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps warming up [0.1]")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--accumulate", type=_positive_int, default=1,
-                   help="split each step into this many passes (memory; in-batch negatives stay per pass)")
+                   help="split each step into this many passes (memory; in-batch negatives stay per pass unless "
+                        "--grad-cache)")
+    g.add_argument("--grad-cache", action="store_true",
+                   help="with --accumulate N: every query sees the whole step's passages, as one batch, in one "
+                        "pass's memory (GradCache: one extra forward pass per step)")
     g.add_argument("--lora-rank", type=_positive_int, default=16)
     g.add_argument("--lora-alpha", type=float, default=32.0)
     g.add_argument("--lora-targets", default=None, help="comma-separated layer names [all linear layers]")

@@ -89,6 +89,7 @@ def test_index_built_with_the_tuned_model_refuses_the_base(tuned, tmp_path, caps
     (["--pairs-from", "lead+lead"], "names each at most once"),
     (["--generate", "0"], "must be a positive integer"),
     (["--generate", "10"], "applies to generated pairs only"),
+    (["--grad-cache"], "set accumulate > 1"),
 ])
 def test_bad_tune_options(pairs, tmp_path, capsys, argv, needle):
     parse_error = any(s in needle for s in ("positive integer", "or auto", "invalid choice"))

@@ -13,7 +13,7 @@ import torch
 from hylex.engine import Encoder
 from hylex.engine.models import resolve_model
 from hylex.tuning.data import Group, TrainingData, TrainingDataError
-from hylex.tuning.trainer import TuneArgs, Trainer, batch_at, check_batches, merge_lora
+from hylex.tuning.trainer import TuneArgs, Trainer, batch_at, check_batches, merge_lora, micro_batches
 
 WORDS = ["volcano", "football", "finance", "cooking", "astronomy", "music", "chess", "garden", "ocean", "desert",
          "railway", "medicine"]
@@ -68,6 +68,70 @@ def test_resume_equals_an_uninterrupted_run(tiny_model, tmp_path):
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
 
 
+def _step_gradients(tiny_model, tmp_path, **kw) -> dict[str, torch.Tensor]:
+    """The gradient of step 0's loss, from a fresh trainer whose LoRA weights are all seeded and non-zero (peft
+    starts lora_B at zero, where lora_A's gradient is zero too)."""
+    torch.manual_seed(0)
+    tr = Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=1, **{**ARGS, "queries_per_step": 6, **kw}),
+                 tmp_path / f"g{len(list(tmp_path.iterdir()))}", progress=False)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in tr.params:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    q, p = batch_at(tr.train.groups, 0, tr.args)
+    tr.encoder.lm.train()
+    if tr.args.grad_cache:
+        tr.cached_loss(q, p)
+    else:
+        for mq, mp in micro_batches(q, p, tr.args):
+            (tr.micro_loss(mq, mp)[0]["loss"] / tr.args.accumulate).backward()
+    return {n: p.grad.detach().clone() for n, p in zip(tr.names, tr.params)}
+
+
+def test_grad_cache_gives_the_full_batch_gradient(tiny_model, tmp_path):
+    full = _step_gradients(tiny_model, tmp_path)
+    cached = _step_gradients(tiny_model, tmp_path, accumulate=3, grad_cache=True)
+    plain = _step_gradients(tiny_model, tmp_path, accumulate=3)
+    assert full.keys() == cached.keys() == plain.keys()
+    flat = {k: torch.cat([d[n].ravel() for n in sorted(d)]) for k, d in
+            (("full", full), ("cached", cached), ("plain", plain))}
+    assert flat["full"].abs().max() > 0 and all(v.abs().sum() > 0 for v in full.values())
+    scale = flat["full"].abs().max()
+    # GradCache: every query of the step sees all 12 passages, as in one batch of 6
+    assert (flat["cached"] - flat["full"]).abs().max() <= 1e-5 * scale
+    # plain accumulation: each pass's 2 queries see only their own 4 passages (a different loss, another gradient)
+    assert (flat["plain"] - flat["full"]).abs().max() > 1e-2 * scale
+
+
+def test_grad_cache_runs_each_micro_batch_twice_with_the_same_dropout(tiny_model, tmp_path, monkeypatch):
+    from hylex.tuning import trainer as tmod
+
+    seen = []
+    real = tmod.batch_features
+
+    def spy(encoder, queries, passages, args):
+        out = real(encoder, queries, passages, args)
+        seen.append(((tuple(queries), tuple(passages)), [x.detach().clone() for x in out[:4]]))
+        return out
+
+    monkeypatch.setattr(tmod, "batch_features", spy)
+    args = TuneArgs(steps=2, **{**ARGS, "accumulate": 2, "grad_cache": True, "lora_dropout": 0.5})
+    torch.manual_seed(0)
+    tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "d", progress=False)
+    tr.run()  # step 1 makes lora_B non-zero, so dropout changes step 2's representations
+    first, second = seen[4:6], seen[6:8]  # step 2: both micro-batches without gradients, then both again
+    assert [q for q, _ in first] == [q for q, _ in second] and len(seen) == 8
+    for (_, a), (_, b) in zip(first, second):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    # dropout does act: the same micro-batch run twice without restoring the RNG gives other representations
+    (q, p), _ = first[0]
+    tr.encoder.lm.train()
+    with torch.no_grad():
+        a, b = (real(tr.encoder, list(q), list(p), args)[0] for _ in range(2))
+    assert not torch.equal(a, b)
+
+
 def test_resume_with_other_settings_is_refused(tiny_model, tmp_path):
     Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=3, **ARGS), tmp_path / "r", progress=False).run()
     other = TuneArgs(steps=3, **{**ARGS, "lr": 1e-3})
@@ -117,6 +181,22 @@ def test_the_estimate_runs_a_step_as_training_does(tiny_model, tmp_path, monkeyp
     assert all(p.grad is None for p in tr.params)
 
 
+def test_the_estimate_of_a_grad_cache_step_times_both_passes(tiny_model, tmp_path, monkeypatch):
+    from hylex.tuning import trainer as tmod
+    from hylex.tuning.tune import estimate
+
+    grads = []
+    real = tmod.batch_features
+    monkeypatch.setattr(tmod, "batch_features", lambda *a: grads.append(torch.is_grad_enabled()) or real(*a))
+    args = TuneArgs(steps=2, **{**ARGS, "accumulate": 2, "grad_cache": True})
+    tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "e", progress=False)
+    before = tr.trainable_state()
+    assert estimate(tr)["seconds_per_step"] > 0
+    assert grads == [False, True]  # one micro-batch without gradients, then with them (times 2 micro-batches)
+    after = tr.trainable_state()
+    assert all(torch.equal(before[k], after[k]) for k in before) and all(p.grad is None for p in tr.params)
+
+
 def test_merged_adapter_equals_the_peft_model(tiny_model, tmp_path):
     args = TuneArgs(steps=3, **ARGS)
     tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "m", progress=False)
@@ -163,7 +243,9 @@ def test_one_query_with_too_few_negatives_is_an_error_not_a_hang():
                                         ({"queries_per_step": 0}, "queries_per_step"),
                                         ({"queries_per_step": 6, "accumulate": 4}, "multiple of accumulate"),
                                         ({"negatives": -1}, "negatives"), ({"warmup": 1.0}, "warmup"),
-                                        ({"bf16": "maybe"}, "bf16")])
+                                        ({"bf16": "maybe"}, "bf16"),
+                                        ({"grad_cache": True}, "set accumulate > 1"),
+                                        ({"grad_cache": 1, "accumulate": 2}, "grad_cache must be true or false")])
 def test_bad_training_settings(kw, needle):
     with pytest.raises(TrainingDataError, match=needle):
         TuneArgs(**kw).check()

@@ -34,7 +34,7 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 
 # settings added after checkpoints were first written, with the value that reproduces what those checkpoints did
-LEGACY_ARGS = {"mask_false_negatives": False, "sparse_temperature": 1.0}
+LEGACY_ARGS = {"mask_false_negatives": False, "sparse_temperature": 1.0, "grad_cache": False}
 
 
 class TuneInterrupted(TrainingDataError):
@@ -50,9 +50,12 @@ class TuneArgs:
     """Training settings (validated by :meth:`check`).
 
     ``queries_per_step`` groups per optimizer step, each ``1 + negatives`` passages; ``accumulate`` splits a step
-    into that many forward/backward passes (memory), which does **not** widen the in-batch negatives: each
-    micro-batch's queries see only that micro-batch's passages (GradCache would; not implemented — raise
-    ``queries_per_step`` with gradient checkpointing instead).
+    into that many micro-batches (memory). Plain accumulation does **not** widen the in-batch negatives: each
+    micro-batch's queries see only that micro-batch's passages. With ``grad_cache`` (GradCache, Gao et al. 2021,
+    arXiv 2101.06983) every query sees every passage of the step, as in one full batch, in the memory of one
+    micro-batch: the representations of all micro-batches are computed without gradients, the loss and its gradient
+    with respect to them over the whole step, then each micro-batch runs again with gradients and back-propagates
+    its share. Same gradient as the full batch (up to float rounding); one extra forward pass per step.
     """
 
     steps: int = 500
@@ -87,6 +90,8 @@ class TuneArgs:
     # per query) 40% of queries had one in a batch of 16 x 4 (SciFact 2.5%). It did not stop NFCorpus's sparse
     # collapse (benchmarks/README.md, "Not run yet"): runs with and without it both lost the sparse arm by step 22
     mask_false_negatives: bool = True
+    # the whole step's in-batch negatives with accumulate > 1 (GradCache; see the class docstring)
+    grad_cache: bool = False
     bf16: str = "auto"
     seed: int = 0
     save_every: int = 100
@@ -114,6 +119,11 @@ class TuneArgs:
         if self.queries_per_step % self.accumulate:
             raise TrainingDataError(f"queries_per_step {self.queries_per_step} is not a multiple of accumulate "
                                     f"{self.accumulate}")
+        if not isinstance(self.grad_cache, bool):
+            raise TrainingDataError(f"grad_cache must be true or false, got {self.grad_cache!r}")
+        if self.grad_cache and self.accumulate == 1:
+            raise TrainingDataError("grad_cache splits a step into its accumulate micro-batches and there is one: "
+                                    "set accumulate > 1, or leave grad_cache off")
         if self.bf16 not in ("auto", "on", "off"):
             raise TrainingDataError(f"bf16 must be auto, on or off, got {self.bf16!r}")
         st = self.sparse_temperature
@@ -306,6 +316,18 @@ def _load_optimizer(opt: torch.optim.Optimizer, names: list[str], folder: Path) 
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def _device_rng(device: torch.device) -> torch.Tensor:
+    """The RNG state that dropout on ``device`` draws from."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_device_rng(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].astype(np.uint32),
             "python": random.getstate()}
@@ -453,18 +475,53 @@ class Trainer:
         its target column; None when there is none."""
         return known_positive_mask(self._positives, queries, passages)
 
+    def cached_loss(self, queries: list[str], passages: list[str]) -> tuple[dict, int]:
+        """GradCache: the step's loss over all its queries and passages, back-propagated micro-batch by micro-batch
+        (gradients accumulate in the parameters). Returns the loss parts (floats) and the text tokens (each text
+        counted once, though it runs twice)."""
+        args, dev = self.args, self.encoder.device
+        chunks = list(micro_batches(queries, passages, args))
+        rngs, reps, tokens = [], [], 0
+        with torch.no_grad():  # 1. representations, no activations kept
+            for q, p in chunks:
+                rngs.append(_device_rng(dev))  # the second pass must draw the same dropout masks
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    *r, n = batch_features(self.encoder, q, p, args)
+                reps.append([x.float() for x in r])
+                tokens += n
+        # 2. the full-batch loss and its gradient with respect to every representation
+        leaves = [torch.cat([r[i] for r in reps]).requires_grad_(True) for i in range(4)]
+        mask = self.false_negatives(queries, passages) if args.mask_false_negatives else None
+        parts = self.loss(*leaves, 1 + args.negatives, mask)
+        parts["loss"].backward()
+        grads = [x.grad for x in leaves]
+        # 3. each micro-batch again with gradients: its representations' gradient flows into the parameters
+        qo = po = 0
+        for (q, p), rng in zip(chunks, rngs):
+            _set_device_rng(dev, rng)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+                qd, qs, pd, ps, _ = batch_features(self.encoder, q, p, args)
+            sq, sp = slice(qo, qo + len(q)), slice(po, po + len(p))
+            surrogate = sum((x.float() * g[s]).sum() for x, g, s in zip((qd, qs, pd, ps), grads, (sq, sq, sp, sp)))
+            surrogate.backward()
+            qo, po = qo + len(q), po + len(p)
+        return {k: float(v.detach()) for k, v in parts.items()}, tokens
+
     def _step(self, step: int) -> dict:
         args = self.args
         queries, passages = batch_at(self.train.groups, step, args)
         parts_sum: dict[str, float] = {}
         tokens = 0
         self.encoder.lm.train()
-        for q, p in micro_batches(queries, passages, args):
-            parts, n = self.micro_loss(q, p)
-            tokens += n
-            (parts["loss"] / args.accumulate).backward()
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / args.accumulate
+        if args.grad_cache:
+            parts_sum, tokens = self.cached_loss(queries, passages)
+        else:
+            for q, p in micro_batches(queries, passages, args):
+                parts, n = self.micro_loss(q, p)
+                tokens += n
+                (parts["loss"] / args.accumulate).backward()
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / args.accumulate
         if args.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)
         lr = self.opt.param_groups[0]["lr"]

@@ -229,7 +229,9 @@ def _rss_gib() -> float:
 def estimate(trainer, evaluator=None) -> dict:
     """Time one training step (forward + backward, weights untouched) and report the run's estimated time and
     the peak memory so far (the model and one step's activations)."""
-    from hylex.tuning.trainer import batch_at
+    import torch
+
+    from hylex.tuning.trainer import batch_at, batch_features
 
     args = trainer.args
     t0 = time.perf_counter()
@@ -239,6 +241,10 @@ def estimate(trainer, evaluator=None) -> dict:
     # layer's activations and its peak memory, ~20 GiB here, was the run's peak whatever the setting)
     trainer.encoder.lm.train()
     try:
+        if args.grad_cache:  # its first pass: the micro-batch's representations without gradients
+            with torch.no_grad(), torch.autocast(trainer.encoder.device.type, dtype=torch.bfloat16,
+                                                 enabled=trainer.autocast):
+                batch_features(trainer.encoder, queries[:micro], passages[:micro * group], args)
         trainer.micro_loss(queries[:micro], passages[:micro * group])[0]["loss"].backward()
     finally:
         trainer.opt.zero_grad(set_to_none=True)
