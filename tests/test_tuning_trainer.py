@@ -103,6 +103,20 @@ def test_grad_cache_gives_the_full_batch_gradient(tiny_model, tmp_path):
     assert (flat["plain"] - flat["full"]).abs().max() > 1e-2 * scale
 
 
+def test_the_sparse_temperature_probe_scores_the_softmax_training_computes(tiny_model):
+    from hylex.tuning.trainer import choose_sparse_temperature
+
+    enc, groups = _encoder(tiny_model), _toy().groups
+
+    def grid(**kw):
+        args = TuneArgs(steps=1, **{**ARGS, "queries_per_step": 6, **kw})
+        return {float(t): v for t, v in choose_sparse_temperature(enc, groups, args, batches=2)[1]["grid"].items()}
+
+    full, cached, plain = grid(), grid(accumulate=3, grad_cache=True), grid(accumulate=3)
+    assert all(abs(cached[t] - full[t]) < 1e-3 for t in full)  # one softmax over the step's 12 passages
+    assert any(abs(plain[t] - full[t]) > 0.05 for t in full)   # softmaxes over a micro-batch's 4 passages
+
+
 def test_grad_cache_runs_each_micro_batch_twice_with_the_same_dropout(tiny_model, tmp_path, monkeypatch):
     from hylex.tuning import trainer as tmod
 

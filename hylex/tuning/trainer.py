@@ -146,7 +146,8 @@ SPARSE_TEMPERATURES = (1.0, 3.0, 10.0, 30.0, 100.0)
 def choose_sparse_temperature(encoder, groups: Sequence[Group], args: TuneArgs, *,
                               grid: Sequence[float] = SPARSE_TEMPERATURES, batches: int = 8) -> tuple[float, dict]:
     """The sparse temperature of ``grid`` with the lowest mean sparse InfoNCE on the first ``batches``
-    micro-batches training would see, before any step (forward only, as training runs it: autocast, masks).
+    micro-batches training would see (whole steps under ``grad_cache``, whose softmax spans the step), before any
+    step (forward only, as training runs it: autocast, masks).
 
     The unscaled loss can start far above ln(candidates), the loss of all-zero weights, and the sparse arm then
     collapses (NFCorpus: 18.3 unscaled, 3.9 at 10); the argmin is the scale at which the starting scores separate the
@@ -160,12 +161,23 @@ def choose_sparse_temperature(encoder, groups: Sequence[Group], args: TuneArgs, 
     if not grid or any(not (math.isfinite(t) and t > 0) for t in grid):
         raise TrainingDataError(f"the sparse temperature grid must hold finite numbers > 0, got {grid!r}")
     positives, autocast = known_positives(groups), use_autocast(args, encoder.device)
-    micro = (mb for step in itertools.count() for mb in micro_batches(*batch_at(groups, step, args), args))
+
+    def units():  # the softmaxes training computes: one per micro-batch, or one per step under GradCache
+        for step in itertools.count():
+            q, p = batch_at(groups, step, args)
+            if args.grad_cache:
+                yield q, p, list(micro_batches(q, p, args))
+            else:
+                yield from ((mq, mp, [(mq, mp)]) for mq, mp in micro_batches(q, p, args))
+
     losses: dict[float, list[float]] = {t: [] for t in grid}
-    for q, p in itertools.islice(micro, batches):
-        with torch.no_grad(), torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=autocast):
-            _, qs, _, ps, _ = batch_features(encoder, q, p, args)
-        scores = qs.float() @ ps.float().T
+    for q, p, chunks in itertools.islice(units(), batches):
+        reps = []
+        for cq, cp in chunks:
+            with torch.no_grad(), torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=autocast):
+                _, qs, _, ps, _ = batch_features(encoder, cq, cp, args)
+            reps.append((qs.float(), ps.float()))
+        scores = torch.cat([r[0] for r in reps]) @ torch.cat([r[1] for r in reps]).T
         mask = known_positive_mask(positives, q, p) if args.mask_false_negatives else None
         for t in grid:
             losses[t].append(float(info_nce(scores / t, 1 + args.negatives, mask)))
