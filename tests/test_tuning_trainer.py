@@ -88,10 +88,11 @@ def _step_gradients(tiny_model, tmp_path, **kw) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in zip(tr.names, tr.params)}
 
 
-def test_grad_cache_gives_the_full_batch_gradient(tiny_model, tmp_path):
-    full = _step_gradients(tiny_model, tmp_path)
-    cached = _step_gradients(tiny_model, tmp_path, accumulate=3, grad_cache=True)
-    plain = _step_gradients(tiny_model, tmp_path, accumulate=3)
+@pytest.mark.parametrize("loss", [{}, {"sparse_weight": 0.0}, {"dense_weight": 0.0, "flops_p": 0.1}])
+def test_grad_cache_gives_the_full_batch_gradient(tiny_model, tmp_path, loss):
+    full = _step_gradients(tiny_model, tmp_path, **loss)
+    cached = _step_gradients(tiny_model, tmp_path, accumulate=3, grad_cache=True, **loss)
+    plain = _step_gradients(tiny_model, tmp_path, accumulate=3, **loss)
     assert full.keys() == cached.keys() == plain.keys()
     flat = {k: torch.cat([d[n].ravel() for n in sorted(d)]) for k, d in
             (("full", full), ("cached", cached), ("plain", plain))}

@@ -514,7 +514,9 @@ class Trainer:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
                 qd, qs, pd, ps, _ = batch_features(self.encoder, q, p, args)
             sq, sp = slice(qo, qo + len(q)), slice(po, po + len(p))
-            surrogate = sum((x.float() * g[s]).sum() for x, g, s in zip((qd, qs, pd, ps), grads, (sq, sq, sp, sp)))
+            # a representation the loss leaves out (dense or sparse weight 0) has no gradient
+            surrogate = sum((x.float() * g[s]).sum() for x, g, s in zip((qd, qs, pd, ps), grads, (sq, sq, sp, sp))
+                            if g is not None)
             surrogate.backward()
             qo, po = qo + len(q), po + len(p)
         return {k: float(v.detach()) for k, v in parts.items()}, tokens
