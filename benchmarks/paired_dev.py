@@ -1,10 +1,10 @@
 """Two tuned models on the dev pool `hylex tune` carves from a BEIR train split, compared per query.
 
 Rebuilds the dev queries and candidate pool exactly as ``hylex tune DATA --split SPLIT`` does with its default dev
-settings (``--dev 0.1 --max-dev 200 --dev-distractors 300 --seed 0``), encodes them with each model as an index
-would (``dtype=auto``, the inference path), and prints one JSON line per system (dense, sparse, the equal-weight
-fusions the dev log reports): per-query nDCG@10 of B - A with a bootstrap interval, p-values and wins/losses
-(``paired.compare``). No test qrels are read.
+settings (``--dev 0.1 --max-dev 200 --dev-distractors 300``; ``--seed`` as the runs had it), encodes them with each
+model as an index would (``dtype=auto``, the inference path), and prints one JSON line per system (dense, sparse,
+the equal-weight fusions the dev log reports): per-query nDCG@10 of B - A with a bootstrap interval, p-values and
+wins/losses (``paired.compare``). No test qrels are read.
 
     python benchmarks/paired_dev.py runs/scifact-acc4 runs/scifact-gc4 --data ../shared/data/beir/scifact
 """
@@ -55,18 +55,20 @@ def main() -> None:
     ap.add_argument("b", help="model B")
     ap.add_argument("--data", required=True, help="the BEIR folder both were tuned on")
     ap.add_argument("--split", default="train")
+    ap.add_argument("--seed", type=int, default=0, help="the seed both were tuned with (it carves the dev) [0]")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args()
 
     from hylex.tuning.evaluate import DevEvaluator
     from hylex.tuning.tune import DataArgs, load_data
 
-    _, dev, extra = load_data(DataArgs(beir=args.data, split=args.split, mine=False))
+    _, dev, extra = load_data(DataArgs(beir=args.data, split=args.split, mine=False, seed=args.seed))
     evaluator = DevEvaluator(dev, extra=extra)
     a, b = per_query(evaluator, args.a), per_query(evaluator, args.b)
     for name in SYSTEMS:
         rec = {"date": time.strftime("%Y-%m-%d"), "dataset": Path(args.data).name, "dev_queries": len(dev.groups),
-               "pool": len(evaluator.pool), "system": name, "a": args.a, "b": args.b, **compare(a[name], b[name])}
+               "pool": len(evaluator.pool), "seed": args.seed, "system": name, "a": args.a, "b": args.b,
+               **compare(a[name], b[name])}
         print(json.dumps(rec), flush=True)
         if args.out:
             with open(args.out, "a") as f:

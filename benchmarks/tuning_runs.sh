@@ -10,7 +10,8 @@
 #                                                   vaswani-generate nfcorpus-lead-r2 vaswani-lead-r2
 #                                                   vaswani-lead-200 nfcorpus-lead-80 nfcorpus-mix
 #                                                   vaswani-mix nfcorpus-crop scifact-lead default-v2
-#                                                   scifact-acc4 scifact-gc4 zero-shot evals
+#                                                   scifact-acc4 scifact-gc4 scifact-acc4-s1
+#                                                   scifact-gc4-s1 zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
 #
@@ -149,12 +150,14 @@ for step in $steps; do
                   # train, 6.45/2.25/1.13/2.07/3.42 for 1/3/10/30/100); unscaled, SciFact's sparse arm fell 0.543 -> 0.478
       tune "$RUNS/scifact-t10" "$SCIFACT" --split train --steps 150 --sparse-temperature 10 "${COMMON[@]}"
       bench scifact-t10 "$RUNS/scifact-t10" train "$SCIFACT" ;;
-    scifact-acc4|scifact-gc4)  # GradCache's question, same data, steps and settings: 16 queries x (1 + 3) per
-      # step in 4 micro-batches, plain accumulation (each micro-batch's 4 queries against its own 16 passages) or
-      # --grad-cache (every query against the step's 64); 50 steps, dev only (no benchmark on test)
-      gc=(); [ "$step" = scifact-gc4 ] && gc=(--grad-cache)
+    scifact-acc4|scifact-gc4|scifact-acc4-s1|scifact-gc4-s1)  # GradCache's question, same data, steps and
+      # settings: 16 queries x (1 + 3) per step in 4 micro-batches, plain accumulation (each micro-batch's 4 queries
+      # against its own 16 passages) or --grad-cache (every query against the step's 64); 50 steps, dev only (no
+      # benchmark on test); -s1: the same pair with seed 1 (another dev split, batches and initialisation)
+      gc=(); [[ "$step" == scifact-gc4* ]] && gc=(--grad-cache)
+      seed=0; [[ "$step" == *-s1 ]] && seed=1
       tune "$RUNS/$step" "$SCIFACT" --split train --steps 50 --sparse-temperature 10 --accumulate 4 \
-        --no-gradient-checkpointing "${gc[@]}" "${COMMON[@]}" ;;
+        --no-gradient-checkpointing --seed "$seed" "${gc[@]}" "${COMMON[@]}" ;;
     scifact-r2)  # a second round (ANCE / Tevatron style): runs/scifact-t10 trained 100 steps more (a new adapter
                  # over its own), on negatives mined with its hybrid search over the SciFact corpus
       next_round scifact-r2 scifact-t10 "$SCIFACT" ;;
