@@ -21,31 +21,25 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from paired import compare  # noqa: E402  (benchmarks/ is not a package)
+from paired import compare, per_query as metric_per_query  # noqa: E402  (benchmarks/ is not a package)
+
+from hylex.tuning.evaluate import FUSIONS  # noqa: E402
 
 SYSTEMS = {"dense": (("dense",), (1.0,)), "sparse": (("sparse",), (1.0,)),
-           "dense+sparse": (("dense", "sparse"), (0.5, 0.5)),
-           "dense+sparse+bm25": (("dense", "sparse", "bm25"), (1 / 3, 1 / 3, 1 / 3))}
+           **{name: FUSIONS[name] for name in ("dense+sparse", "dense+sparse+bm25")}}
 
 
 def per_query(evaluator, model: str) -> dict[str, np.ndarray]:
     """Per system, nDCG@10 of each dev query (float64 (Q,)) for ``model``."""
-    import ir_measures
-
     from hylex.engine import Encoder
-    from hylex.retrieval.evaluation import run_from_results
     from hylex.retrieval.searcher import fuse_arms
 
     arms = evaluator.arms(Encoder(model, progress=False, encoding_cache=False))
-    qids = [f"q{i}" for i in range(len(evaluator.queries))]
     out = {}
     for name, (which, weights) in SYSTEMS.items():
         D, I = arms[which[0]] if len(which) == 1 else fuse_arms([arms[a] for a in which], weights, "convex", 10)
-        D, I = D[:, :10], I[:, :10]
-        ids = np.where(I >= 0, np.char.add("p", I.astype(str)), None).astype(object)
-        scores = {r.query_id: r.value for r in
-                  ir_measures.iter_calc([ir_measures.nDCG @ 10], evaluator.qrels, run_from_results(qids, ids, D))}
-        out[name] = np.array([scores.get(q, 0.0) for q in qids])
+        scores = metric_per_query(evaluator.run(D[:, :10], I[:, :10]), evaluator.qrels, "nDCG@10")
+        out[name] = np.array([scores[f"q{i}"] for i in range(len(evaluator.queries))])
     return out
 
 

@@ -98,12 +98,17 @@ class DevEvaluator:
         sparse = _topk((q.sparse @ p.sparse.T).toarray().astype(np.float32), depth, positive_only=True)
         return {"dense": dense, "sparse": sparse, "bm25": self._bm25}
 
-    def _score(self, D: np.ndarray, I: np.ndarray) -> float:
-        from hylex.retrieval.evaluation import evaluate_run, run_from_results
+    def run(self, D: np.ndarray, I: np.ndarray) -> dict[str, dict[str, float]]:
+        """The ir-measures run of top lists ``(D, I)`` over the pool (ids ``q<i>`` / ``p<j>``, as :attr:`qrels`)."""
+        from hylex.retrieval.evaluation import run_from_results
 
         ids = np.where(I >= 0, np.char.add("p", I.astype(str)), None).astype(object)
-        run = run_from_results([f"q{i}" for i in range(len(self.queries))], ids, D)
-        return float(next(iter(evaluate_run(run, self.qrels, (self.metric,)).values())))
+        return run_from_results([f"q{i}" for i in range(len(self.queries))], ids, D)
+
+    def _score(self, D: np.ndarray, I: np.ndarray) -> float:
+        from hylex.retrieval.evaluation import evaluate_run
+
+        return float(next(iter(evaluate_run(self.run(D, I), self.qrels, (self.metric,)).values())))
 
     def __call__(self, encoder) -> dict[str, float]:
         """Scores of each arm, of the fixed :data:`FUSIONS`, and under ``"best"`` of the best convex fusion on a

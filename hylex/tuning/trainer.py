@@ -487,6 +487,11 @@ class Trainer:
         its target column; None when there is none."""
         return known_positive_mask(self._positives, queries, passages)
 
+    def features(self, queries: list[str], passages: list[str]):
+        """:func:`batch_features` under the training autocast (the caller sets grad mode)."""
+        with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return batch_features(self.encoder, queries, passages, self.args)
+
     def cached_loss(self, queries: list[str], passages: list[str]) -> tuple[dict, int]:
         """GradCache: the step's loss over all its queries and passages, back-propagated micro-batch by micro-batch
         (gradients accumulate in the parameters). Returns the loss parts (floats) and the text tokens (each text
@@ -497,8 +502,7 @@ class Trainer:
         with torch.no_grad():  # 1. representations, no activations kept
             for q, p in chunks:
                 rngs.append(_device_rng(dev))  # the second pass must draw the same dropout masks
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-                    *r, n = batch_features(self.encoder, q, p, args)
+                *r, n = self.features(q, p)
                 reps.append([x.float() for x in r])
                 tokens += n
         # 2. the full-batch loss and its gradient with respect to every representation
@@ -511,8 +515,7 @@ class Trainer:
         qo = po = 0
         for (q, p), rng in zip(chunks, rngs):
             _set_device_rng(dev, rng)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-                qd, qs, pd, ps, _ = batch_features(self.encoder, q, p, args)
+            qd, qs, pd, ps, _ = self.features(q, p)
             sq, sp = slice(qo, qo + len(q)), slice(po, po + len(p))
             # a representation the loss leaves out (dense or sparse weight 0) has no gradient
             surrogate = sum((x.float() * g[s]).sum() for x, g, s in zip((qd, qs, pd, ps), grads, (sq, sq, sp, sp))

@@ -231,7 +231,7 @@ def estimate(trainer, evaluator=None) -> dict:
     the peak memory so far (the model and one step's activations)."""
     import torch
 
-    from hylex.tuning.trainer import batch_at, batch_features
+    from hylex.tuning.trainer import batch_at
 
     args = trainer.args
     t0 = time.perf_counter()
@@ -242,9 +242,8 @@ def estimate(trainer, evaluator=None) -> dict:
     trainer.encoder.lm.train()
     try:
         if args.grad_cache:  # its first pass: the micro-batch's representations without gradients
-            with torch.no_grad(), torch.autocast(trainer.encoder.device.type, dtype=torch.bfloat16,
-                                                 enabled=trainer.autocast):
-                batch_features(trainer.encoder, queries[:micro], passages[:micro * group], args)
+            with torch.no_grad():
+                trainer.features(queries[:micro], passages[:micro * group])
         trainer.micro_loss(queries[:micro], passages[:micro * group])[0]["loss"].backward()
     finally:
         trainer.opt.zero_grad(set_to_none=True)
