@@ -11,7 +11,8 @@
 #                                                   vaswani-lead-200 nfcorpus-lead-80 nfcorpus-mix
 #                                                   vaswani-mix nfcorpus-crop scifact-lead default-v2
 #                                                   scifact-acc4 scifact-gc4 scifact-acc4-s1
-#                                                   scifact-gc4-s1 zero-shot evals
+#                                                   scifact-gc4-s1 scifact-bf16loss scifact-f32loss
+#                                                   scifact-bf16loss-s1 scifact-f32loss-s1 zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
 #
@@ -158,6 +159,14 @@ for step in $steps; do
       seed=0; [[ "$step" == *-s1 ]] && seed=1
       tune "$RUNS/$step" "$SCIFACT" --split train --steps 50 --sparse-temperature 10 --accumulate 4 \
         --no-gradient-checkpointing --seed "$seed" "${gc[@]}" "${COMMON[@]}" ;;
+    scifact-bf16loss|scifact-f32loss|scifact-bf16loss-s1|scifact-f32loss-s1)  # the loss's score precision: the
+      # default one-pass step (16 queries x (1 + 3), gradient checkpointing), 50 steps, dev only, identical but for
+      # --float32-loss (the InfoNCE's scores in float32; without it, bfloat16 matmuls under the training autocast);
+      # -s1: the same pair with seed 1
+      f32=(); [[ "$step" == scifact-f32loss* ]] && f32=(--float32-loss)
+      seed=0; [[ "$step" == *-s1 ]] && seed=1
+      tune "$RUNS/$step" "$SCIFACT" --split train --steps 50 --sparse-temperature 10 --seed "$seed" "${f32[@]}" \
+        "${COMMON[@]}" ;;
     scifact-r2)  # a second round (ANCE / Tevatron style): runs/scifact-t10 trained 100 steps more (a new adapter
                  # over its own), on negatives mined with its hybrid search over the SciFact corpus
       next_round scifact-r2 scifact-t10 "$SCIFACT" ;;

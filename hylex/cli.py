@@ -484,7 +484,7 @@ def cmd_tune(args) -> int:
                      sparse_temperature=args.sparse_temperature, flops_q=args.flops, flops_p=args.flops,
                      gradient_checkpointing=args.gradient_checkpointing,
                      mask_false_negatives=args.mask_false_negatives, grad_cache=args.grad_cache,
-                     bf16=args.bf16, seed=args.seed, save_every=args.save_every, eval_every=args.eval_every).check()
+                     float32_loss=args.float32_loss, bf16=args.bf16, seed=args.seed, save_every=args.save_every, eval_every=args.eval_every).check()
     options = _encoder_options(args)
     model = options.pop("model", None) or TUNE_BASE
     options.pop("dtype", None)
@@ -953,6 +953,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad-cache", action="store_true",
                    help="with --accumulate N: every query sees the whole step's passages, as one batch, in one "
                         "pass's memory (GradCache: one extra forward pass per step)")
+    g.add_argument("--float32-loss", action="store_true",
+                   help="compute the loss's scores in float32 outside the bf16 autocast (off: bfloat16 score "
+                        "matmuls where autocast runs)")
     g.add_argument("--lora-rank", type=_positive_int, default=16)
     g.add_argument("--lora-alpha", type=float, default=32.0)
     g.add_argument("--lora-targets", default=None, help="comma-separated layer names [all linear layers]")

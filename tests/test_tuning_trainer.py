@@ -212,6 +212,32 @@ def test_the_estimate_of_a_grad_cache_step_times_both_passes(tiny_model, tmp_pat
     assert all(torch.equal(before[k], after[k]) for k in before) and all(p.grad is None for p in tr.params)
 
 
+def test_float32_loss_scores_the_softmax_outside_autocast(tiny_model, tmp_path, monkeypatch):
+    from hylex.tuning import loss as lmod
+
+    seen = []
+    real = lmod.info_nce
+    monkeypatch.setattr(lmod, "info_nce", lambda s, *a: seen.append(s.dtype) or real(s, *a))
+    for f32 in (False, True):
+        args = TuneArgs(steps=1, **{**ARGS, "bf16": "on", "float32_loss": f32})
+        tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / f"f{f32}", progress=False)
+        q, p = batch_at(tr.train.groups, 0, args)
+        seen.clear()
+        with torch.no_grad():
+            got = tr.micro_loss(q, p)[0]
+            scored = list(seen)
+            reps = [x.float() for x in tr.features(q, p)[:4]]
+            want = tr.loss(*reps, 1 + args.negatives, tr.false_negatives(q, p))
+        assert reps[0].shape[0] == 4 and got.keys() == want.keys()
+        if f32:  # the same representations, the scores and softmax in float32
+            assert scored == [torch.float32] * 2
+            for k in want:
+                torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5)
+        else:  # under autocast the cosines and sparse dot products come out bfloat16 (on the CPU as on CUDA)
+            assert scored == [torch.bfloat16] * 2
+            assert not torch.equal(got["dense"], want["dense"])
+
+
 def test_merged_adapter_equals_the_peft_model(tiny_model, tmp_path):
     args = TuneArgs(steps=3, **ARGS)
     tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "m", progress=False)
@@ -260,7 +286,8 @@ def test_one_query_with_too_few_negatives_is_an_error_not_a_hang():
                                         ({"negatives": -1}, "negatives"), ({"warmup": 1.0}, "warmup"),
                                         ({"bf16": "maybe"}, "bf16"),
                                         ({"grad_cache": True}, "set accumulate > 1"),
-                                        ({"grad_cache": 1, "accumulate": 2}, "grad_cache must be true or false")])
+                                        ({"grad_cache": 1, "accumulate": 2}, "grad_cache must be true or false"),
+                                        ({"float32_loss": "yes"}, "float32_loss must be true or false")])
 def test_bad_training_settings(kw, needle):
     with pytest.raises(TrainingDataError, match=needle):
         TuneArgs(**kw).check()

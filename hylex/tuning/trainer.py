@@ -34,7 +34,7 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 
 # settings added after checkpoints were first written, with the value that reproduces what those checkpoints did
-LEGACY_ARGS = {"mask_false_negatives": False, "sparse_temperature": 1.0, "grad_cache": False}
+LEGACY_ARGS = {"mask_false_negatives": False, "sparse_temperature": 1.0, "grad_cache": False, "float32_loss": False}
 
 
 class TuneInterrupted(TrainingDataError):
@@ -92,6 +92,10 @@ class TuneArgs:
     mask_false_negatives: bool = True
     # the whole step's in-batch negatives with accumulate > 1 (GradCache; see the class docstring)
     grad_cache: bool = False
+    # the InfoNCE's scores (cosines, sparse dot products) from float32 representations outside the bf16 autocast;
+    # off, they are matmuls under autocast, bfloat16 on the CPU (a cosine near 0.8 held to ~0.004, 0.4 of a logit at
+    # temperature 0.01), as every run before 2026-12-07 computed them. GradCache's loss is float32 either way
+    float32_loss: bool = False
     bf16: str = "auto"
     seed: int = 0
     save_every: int = 100
@@ -119,8 +123,9 @@ class TuneArgs:
         if self.queries_per_step % self.accumulate:
             raise TrainingDataError(f"queries_per_step {self.queries_per_step} is not a multiple of accumulate "
                                     f"{self.accumulate}")
-        if not isinstance(self.grad_cache, bool):
-            raise TrainingDataError(f"grad_cache must be true or false, got {self.grad_cache!r}")
+        for name in ("grad_cache", "float32_loss"):
+            if not isinstance(getattr(self, name), bool):
+                raise TrainingDataError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.grad_cache and self.accumulate == 1:
             raise TrainingDataError("grad_cache splits a step into its accumulate micro-batches and there is one: "
                                     "set accumulate > 1, or leave grad_cache off")
@@ -477,10 +482,12 @@ class Trainer:
         """One micro-batch's loss parts (``loss`` differentiable) and its text tokens: Q queries, Q * (1 +
         negatives) passages (each query's positive first), encoded through the Encoder's own features()."""
         args = self.args
+        mask = self.false_negatives(queries, passages) if args.mask_false_negatives else None
         with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             qd, qsp, pd, psp, tokens = batch_features(self.encoder, queries, passages, args)
-            mask = self.false_negatives(queries, passages) if args.mask_false_negatives else None
-            return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives, mask), tokens
+            if not args.float32_loss:  # the scores' matmuls under autocast (see TuneArgs.float32_loss)
+                return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives, mask), tokens
+        return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives, mask), tokens
 
     def false_negatives(self, queries: list[str], passages: list[str]) -> torch.Tensor | None:
         """bool (Q, Q * group): passage c is a known positive of query i (or the same text as its target) and not
