@@ -188,7 +188,7 @@ def test_the_estimate_runs_a_step_as_training_does(tiny_model, tmp_path, monkeyp
                  tmp_path / "e", progress=False)
     before = tr.trainable_state()
     est = estimate(tr)
-    assert len(calls) == 2 * 2  # the query and the passage pass, through both layers
+    assert len(calls) == 2 * 2 * 2  # twice (the second timed): the query and the passage pass, through both layers
     assert est["seconds_per_step"] > 0 and est["peak_rss_gib"] > 0
     assert not tr.encoder.lm.training
     after = tr.trainable_state()
@@ -207,7 +207,8 @@ def test_the_estimate_of_a_grad_cache_step_times_both_passes(tiny_model, tmp_pat
     tr = Trainer(_encoder(tiny_model), _toy(), args, tmp_path / "e", progress=False)
     before = tr.trainable_state()
     assert estimate(tr)["seconds_per_step"] > 0
-    assert grads == [False, True]  # one micro-batch without gradients, then with them (times 2 micro-batches)
+    # one micro-batch without gradients, then with them (times 2 micro-batches); twice, the second timed
+    assert grads == [False, True] * 2
     after = tr.trainable_state()
     assert all(torch.equal(before[k], after[k]) for k in before) and all(p.grad is None for p in tr.params)
 
