@@ -156,6 +156,20 @@ def test_resume_with_other_settings_is_refused(tiny_model, tmp_path):
         Trainer(_encoder(tiny_model), _toy(), other, tmp_path / "empty", progress=False).run(resume=True)
 
 
+def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_old_behaviour(tiny_model, tmp_path):
+    # checkpoints written before float32_loss existed computed the loss's scores under autocast (the setting off)
+    Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=6, **ARGS), tmp_path / "r", progress=False).run(until=3)
+    meta_file = tmp_path / "r" / "checkpoints" / "step-0000003" / "trainer.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["args"].pop("float32_loss") is False
+    meta_file.write_text(json.dumps(meta))
+    newer = TuneArgs(steps=6, **{**ARGS, "float32_loss": True})
+    with pytest.raises(TrainingDataError, match="other settings.*float32_loss: checkpoint False, given True"):
+        Trainer(_encoder(tiny_model), _toy(), newer, tmp_path / "r", progress=False).run(resume=True)
+    resumed = Trainer(_encoder(tiny_model), _toy(), TuneArgs(steps=6, **ARGS), tmp_path / "r", progress=False)
+    assert resumed.run(resume=True).step == 6
+
+
 def test_resume_with_gradient_checkpointing_switched_on(tiny_model, tmp_path):
     # a run killed for memory resumes with checkpointing on: it recomputes activations, the steps are the same
     args = TuneArgs(steps=6, **ARGS)
