@@ -484,7 +484,8 @@ def cmd_tune(args) -> int:
                      sparse_temperature=args.sparse_temperature, flops_q=args.flops, flops_p=args.flops,
                      gradient_checkpointing=args.gradient_checkpointing,
                      mask_false_negatives=args.mask_false_negatives, grad_cache=args.grad_cache,
-                     float32_loss=args.float32_loss, bf16=args.bf16, seed=args.seed, save_every=args.save_every, eval_every=args.eval_every).check()
+                     float32_loss=args.float32_loss, bf16=args.bf16, seed=args.seed, save_every=args.save_every,
+                     eval_every=args.eval_every).check()
     options = _encoder_options(args)
     model = options.pop("model", None) or TUNE_BASE
     options.pop("dtype", None)

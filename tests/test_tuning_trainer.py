@@ -248,7 +248,7 @@ def test_float32_loss_scores_the_softmax_outside_autocast(tiny_model, tmp_path, 
             assert scored == [torch.float32] * 2
             for k in want:
                 torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5)
-        else:  # under autocast the cosines and sparse dot products come out bfloat16 (on the CPU as on CUDA)
+        else:  # under autocast the cosines and sparse dot products come out bfloat16
             assert scored == [torch.bfloat16] * 2
             assert not torch.equal(got["dense"], want["dense"])
 

@@ -482,12 +482,12 @@ class Trainer:
         """One micro-batch's loss parts (``loss`` differentiable) and its text tokens: Q queries, Q * (1 +
         negatives) passages (each query's positive first), encoded through the Encoder's own features()."""
         args = self.args
+        qd, qsp, pd, psp, tokens = self.features(queries, passages)
         mask = self.false_negatives(queries, passages) if args.mask_false_negatives else None
-        with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            qd, qsp, pd, psp, tokens = batch_features(self.encoder, queries, passages, args)
-            if not args.float32_loss:  # the scores' matmuls under autocast (see TuneArgs.float32_loss)
-                return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives, mask), tokens
-        return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives, mask), tokens
+        # the scores' matmuls under the autocast too unless float32_loss (see TuneArgs.float32_loss)
+        with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16,
+                            enabled=self.autocast and not args.float32_loss):
+            return self.loss(qd.float(), qsp.float(), pd.float(), psp.float(), 1 + args.negatives, mask), tokens
 
     def false_negatives(self, queries: list[str], passages: list[str]) -> torch.Tensor | None:
         """bool (Q, Q * group): passage c is a known positive of query i (or the same text as its target) and not

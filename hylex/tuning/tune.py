@@ -240,8 +240,9 @@ def estimate(trainer, evaluator=None) -> dict:
     # layer's activations and its peak memory, ~20 GiB here, was the run's peak whatever the setting)
     trainer.encoder.lm.train()
     try:
-        # twice, the second timed: the first pays one-time costs (fresh memory, first backward) that made the
-        # estimate 1.6x the steps' measured time (43.0 s against 26.5 s for the default 16 x 4 step here)
+        # twice, the second timed: the first pays one-time costs (not looked into which). Timing the first,
+        # the default 16 x 4 step here was estimated at 43.0 s against a median 27.5 s; timing the second, 25.5-27.8 s
+        # against 25.9-27.4 s (three runs; benchmarks/README.md, "GradCache")
         for _ in range(2):
             t0 = time.perf_counter()
             if args.grad_cache:  # its first pass: the micro-batch's representations without gradients
