@@ -179,8 +179,8 @@ def choose_sparse_temperature(encoder, groups: Sequence[Group], args: TuneArgs, 
     for q, p, chunks in itertools.islice(units(), batches):
         reps = []
         for cq, cp in chunks:
-            with torch.no_grad(), torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=autocast):
-                _, qs, _, ps, _ = batch_features(encoder, cq, cp, args)
+            with torch.no_grad():
+                _, qs, _, ps, _ = training_features(encoder, cq, cp, args, autocast)
             reps.append((qs.float(), ps.float()))
         scores = torch.cat([r[0] for r in reps]) @ torch.cat([r[1] for r in reps]).T
         mask = known_positive_mask(positives, q, p) if args.mask_false_negatives else None
@@ -233,6 +233,13 @@ def batch_features(encoder, queries: list[str], passages: list[str], args: TuneA
     tokens = encoder.feature_tokens
     pd, ps = encoder.features(passages, "passage", max_text_tokens=args.passage_max_length)
     return qd, qs, pd, ps, tokens + encoder.feature_tokens
+
+
+def training_features(encoder, queries: list[str], passages: list[str], args: TuneArgs, autocast: bool):
+    """:func:`batch_features` under training's bfloat16 autocast where ``autocast`` (:func:`use_autocast`; the
+    caller sets grad mode): what the trainer's passes and the sparse temperature probe encode with."""
+    with torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=autocast):
+        return batch_features(encoder, queries, passages, args)
 
 
 # -- batches ---------------------------------------------------------------------------------------------------
@@ -495,9 +502,8 @@ class Trainer:
         return known_positive_mask(self._positives, queries, passages)
 
     def features(self, queries: list[str], passages: list[str]):
-        """:func:`batch_features` under the training autocast (the caller sets grad mode)."""
-        with torch.autocast(self.encoder.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return batch_features(self.encoder, queries, passages, self.args)
+        """:func:`training_features` with this trainer's encoder, settings and autocast (the caller sets grad mode)."""
+        return training_features(self.encoder, queries, passages, self.args, self.autocast)
 
     def cached_loss(self, queries: list[str], passages: list[str]) -> tuple[dict, int]:
         """GradCache: the step's loss over all its queries and passages, back-propagated micro-batch by micro-batch
