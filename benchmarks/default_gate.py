@@ -1,0 +1,158 @@
+"""A default-model candidate's card fusion, chosen on several collections' train queries, and its dev gate.
+
+For a candidate model (a tuned folder) this script
+
+1. builds (or reuses) a bf16/float32 index of each ``--choose-on`` collection's corpus with the candidate (the
+   folder ``benchmarks/tuning.py`` uses, so its test run reuses them), encodes each collection's **train** queries
+   and scores every point of the 0.1 convex weight grid (:func:`hylex.retrieval.fusion.choose_fusion`) by
+   nDCG@10 there;
+2. takes the grid point with the best **mean** nDCG@10 over the collections (ties within 1e-4 broken towards fewer
+   arms, as ``hylex fuse`` breaks them) and writes it into the candidate's card (``hylex-model.json``, the fusion a
+   plain search with the model uses; the card's earlier fusion is kept as ``fusion_on_dev``);
+3. scores the candidate with that fusion and the shipped model with its own stored fusion on the ``--gate``
+   collection's **dev** split (queries no choice above used), each over an index of that corpus built with it.
+
+One JSON line per collection choice, one for the chosen fusion, one for the gate (with the per-query difference,
+``paired.compare``). Exits 0 when the candidate's gate score is above the shipped model's, 3 when it is not (so
+``tuning_runs.sh`` stops before any test number). Test qrels are never read.
+
+    python benchmarks/default_gate.py --candidate runs/default-v3 --tag default-v3 --shipped smollm2-135m-hylex \\
+        --choose-on ../shared/data/beir/scifact ../shared/data/beir/nfcorpus --gate ../shared/data/beir/nfcorpus
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paired import compare, per_query  # noqa: E402  (benchmarks/ is not a package)
+from quality import Arms  # noqa: E402
+from tuning import corpus_index  # noqa: E402
+
+from hylex.corpus import load_beir  # noqa: E402
+
+
+def split_arms(searcher, ds: str, split: str) -> Arms:
+    """Every arm's top lists for ``ds``'s ``split`` queries that have judgments."""
+    _, queries, qrels = load_beir(ds, split)
+    qids = sorted(q for q in qrels if q in queries)
+    return Arms(searcher, qids, [queries[q] for q in qids], qrels)
+
+
+def fused_run(arms: Arms, fusion: dict) -> dict[str, dict[str, float]]:
+    """The run (query id -> {doc id: score}, top ``arms.k``) of ``fusion`` (one arm or a convex fusion) over
+    ``arms``."""
+    from hylex.retrieval.evaluation import run_from_results
+    from hylex.retrieval.searcher import fuse_arms
+
+    names, weights = fusion["arms"], fusion["weights"]
+    if len(names) == 1:
+        D, I = arms.top[names[0]]
+    else:
+        D, I = fuse_arms([arms.top[a] for a in names], weights, "convex", arms.k)
+    D, I = D[:, :arms.k], I[:, :arms.k]
+    docs = arms.searcher.index.documents(I.ravel().tolist())
+    ids = np.array([None if d is None else d["id"] for d in docs], dtype=object).reshape(I.shape)
+    return run_from_results(arms.qids, ids, D)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--candidate", required=True, help="the candidate's tuned model folder")
+    ap.add_argument("--tag", required=True, help="its name in the output and in index folder names")
+    ap.add_argument("--shipped", required=True, help="the shipped default it must beat (a packaged name)")
+    ap.add_argument("--choose-on", nargs="+", required=True, help="BEIR folders whose train queries choose the fusion")
+    ap.add_argument("--gate", required=True, help="BEIR folder whose dev queries decide")
+    ap.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--work", default="benchmarks/.work/tuning", help="where indexes are built (git-ignored)")
+    ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    args = ap.parse_args()
+
+    from hylex.engine import Encoder
+    from hylex.retrieval import Searcher
+    from hylex.retrieval.fusion import choose_fusion, stored_fusion
+
+    sink = open(args.out, "a") if args.out else None
+
+    def emit(d: dict) -> None:
+        d = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.node()}",
+             "model": args.tag, **d}
+        print(json.dumps(d), flush=True)
+        if sink:
+            sink.write(json.dumps(d) + "\n")
+            sink.flush()
+
+    def searcher(enc, ds: str, slug: str):
+        index_dir, info = corpus_index(Path(ds) / "corpus.jsonl", Path(args.work), Path(ds).name, slug, enc)
+        return Searcher(index_dir, encoder=enc), {"index": index_dir.name, **info}
+
+    cand = Encoder(args.candidate, progress=False, dtype=args.dtype)
+    searchers, tables, where = {}, [], []
+    for ds in args.choose_on:
+        name = Path(ds).name
+        s, info = searcher(cand, ds, args.tag.replace("/", "_"))
+        searchers[name] = s
+        arms = split_arms(s, ds, "train")
+
+        def score(D, I, arms=arms) -> float:
+            return arms.evaluate(D, I)["ndcg@10"]
+
+        best, table = choose_fusion(arms.top, score, k=arms.k, step=0.1)
+        tables.append({(tuple(r["arms"]), tuple(r["weights"])): r["score"] for r in table})
+        where.append(f"{name} train ({len(arms.qids)} queries)")
+        emit({"event": "train grid", "dataset": name, "queries": len(arms.qids), "best": best,
+              "arms alone": {a: round(tables[-1][((a,), (1.0,))], 4) for a in ("dense", "sparse", "bm25")},
+              **info})
+    # the mean over collections, in the first table's grid order (choose_fusion's tie rule: fewer arms first)
+    keys = list(tables[0])
+    mean = {k: float(np.mean([t[k] for t in tables])) for k in keys}
+    top = max(mean.values())
+    arms_w = min((k for k in keys if mean[k] >= top - 1e-4), key=lambda k: len(k[0]))
+    chosen = {"method": "convex", "arms": list(arms_w[0]), "weights": list(arms_w[1]), "metric": "nDCG@10",
+              "train": round(mean[arms_w], 4), "chosen_on": "mean of " + " and ".join(where),
+              "per_collection": [round(t[arms_w], 4) for t in tables],
+              "note": "chosen by benchmarks/default_gate.py: the 0.1 grid point with the best mean nDCG@10 over the "
+                      "collections' train queries; the dev choice is fusion_on_dev"}
+    emit({"event": "chosen", "fusion": chosen,
+          "runner_up": sorted(({"arms": list(k[0]), "weights": list(k[1]), "mean": round(v, 4)}
+                               for k, v in mean.items() if k != arms_w), key=lambda r: -r["mean"])[:3]})
+    card_path = Path(args.candidate) / "hylex-model.json"
+    card = json.loads(card_path.read_text())
+    card.setdefault("fusion_on_dev", card.get("fusion"))
+    card["fusion"] = chosen
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+
+    # the gate: the gate collection's dev queries, the candidate's chosen fusion against the shipped model's stored one
+    name = Path(args.gate).name
+    c_search = searchers.get(name) or searcher(cand, args.gate, args.tag.replace("/", "_"))[0]
+    c_arms = split_arms(c_search, args.gate, "dev")
+    c_scores = per_query(fused_run(c_arms, chosen), c_arms.qrels, "nDCG@10")
+    shipped = Encoder(args.shipped, progress=False, dtype=args.dtype)
+    s_search, s_info = searcher(shipped, args.gate, args.shipped.replace("/", "_"))
+    s_fusion = stored_fusion({"encoder": shipped.describe()})
+    s_arms = split_arms(s_search, args.gate, "dev")
+    s_scores = per_query(fused_run(s_arms, s_fusion), s_arms.qrels, "nDCG@10")
+    qids = sorted(c_scores)
+    paired = compare(np.array([s_scores[q] for q in qids]), np.array([c_scores[q] for q in qids]))
+    passed = paired["mean_b"] > paired["mean_a"]
+    emit({"event": "gate", "dataset": name, "split": "dev", "queries": len(qids),
+          "candidate": {"ndcg@10": paired["mean_b"], "arms": chosen["arms"], "weights": chosen["weights"],
+                        "arms alone": {a: round(c_arms.evaluate(*c_arms.top[a])["ndcg@10"], 4) for a in c_arms.top}},
+          "shipped": {"model": args.shipped, "ndcg@10": paired["mean_a"], "arms": s_fusion["arms"],
+                      "weights": s_fusion["weights"],
+                      "arms alone": {a: round(s_arms.evaluate(*s_arms.top[a])["ndcg@10"], 4) for a in s_arms.top},
+                      **s_info},
+          "candidate - shipped": paired, "passed": passed})
+    if not passed:
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
