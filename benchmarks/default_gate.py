@@ -46,6 +46,26 @@ def split_arms(searcher, ds: str, split: str) -> Arms:
     return Arms(searcher, qids, [queries[q] for q in qids], qrels)
 
 
+def mean_choice(tables: list[dict[tuple, float]], tolerance: float = 1e-4) -> tuple[tuple, dict[tuple, float]]:
+    """The grid point with the best mean score over several collections' grids.
+
+    Args:
+        tables: per collection, ``{(arms tuple, weights tuple): score}`` over the same grid points, in the grid's
+            order (as :func:`hylex.retrieval.fusion.choose_fusion` scores them).
+        tolerance: means within this of the best count as ties, broken towards fewer arms and then the first
+            table's order (``choose_fusion``'s rule).
+
+    Returns:
+        ``(best key, {key: mean score})``.
+    """
+    keys = list(tables[0])
+    if not keys or any(set(t) != set(keys) for t in tables):
+        raise ValueError("every collection must score the same grid points")
+    mean = {k: float(np.mean([t[k] for t in tables])) for k in keys}
+    top = max(mean.values())
+    return min((k for k in keys if mean[k] >= top - tolerance), key=lambda k: len(k[0])), mean
+
+
 def fused_run(arms: Arms, fusion: dict) -> dict[str, dict[str, float]]:
     """The run (query id -> {doc id: score}, top ``arms.k``) of ``fusion`` (one arm or a convex fusion) over
     ``arms``."""
@@ -110,11 +130,7 @@ def main() -> None:
         emit({"event": "train grid", "dataset": name, "queries": len(arms.qids), "best": best,
               "arms alone": {a: round(tables[-1][((a,), (1.0,))], 4) for a in ("dense", "sparse", "bm25")},
               **info})
-    # the mean over collections, in the first table's grid order (choose_fusion's tie rule: fewer arms first)
-    keys = list(tables[0])
-    mean = {k: float(np.mean([t[k] for t in tables])) for k in keys}
-    top = max(mean.values())
-    arms_w = min((k for k in keys if mean[k] >= top - 1e-4), key=lambda k: len(k[0]))
+    arms_w, mean = mean_choice(tables)
     chosen = {"method": "convex", "arms": list(arms_w[0]), "weights": list(arms_w[1]), "metric": "nDCG@10",
               "train": round(mean[arms_w], 4), "chosen_on": "mean of " + " and ".join(where),
               "per_collection": [round(t[arms_w], 4) for t in tables],
