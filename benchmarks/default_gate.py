@@ -69,18 +69,12 @@ def mean_choice(tables: list[dict[tuple, float]], tolerance: float = 1e-4) -> tu
 def fused_run(arms: Arms, fusion: dict) -> dict[str, dict[str, float]]:
     """The run (query id -> {doc id: score}, top ``arms.k``) of ``fusion`` (one arm or a convex fusion) over
     ``arms``."""
-    from hylex.retrieval.evaluation import run_from_results
     from hylex.retrieval.searcher import fuse_arms
 
     names, weights = fusion["arms"], fusion["weights"]
     if len(names) == 1:
-        D, I = arms.top[names[0]]
-    else:
-        D, I = fuse_arms([arms.top[a] for a in names], weights, "convex", arms.k)
-    D, I = D[:, :arms.k], I[:, :arms.k]
-    docs = arms.searcher.index.documents(I.ravel().tolist())
-    ids = np.array([None if d is None else d["id"] for d in docs], dtype=object).reshape(I.shape)
-    return run_from_results(arms.qids, ids, D)
+        return arms.run(*arms.top[names[0]])
+    return arms.run(*fuse_arms([arms.top[a] for a in names], weights, "convex", arms.k))
 
 
 def main() -> None:

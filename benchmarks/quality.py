@@ -85,11 +85,15 @@ class Arms:
         self.top = {"dense": searcher.search_dense(q_dense, depth), "sparse": searcher.search_sparse(q_sparse, depth),
                     "bm25": searcher.search_bm25(texts, depth)}
 
-    def evaluate(self, D, I) -> dict:
+    def run(self, D, I) -> dict[str, dict[str, float]]:
+        """The run (query id -> {doc id: score}) of the top ``k`` of ``(D, I)``, one row per query."""
         D, I = D[:, :self.k], I[:, :self.k]
         docs = self.searcher.index.documents(I.ravel().tolist())
         ids = np.array([None if d is None else d["id"] for d in docs], dtype=object).reshape(I.shape)
-        return evaluate_run(run_from_results(self.qids, ids, D), self.qrels)
+        return run_from_results(self.qids, ids, D)
+
+    def evaluate(self, D, I) -> dict:
+        return evaluate_run(self.run(D, I), self.qrels)
 
     def fused(self, arms, method, weights=None, rrf_k=60.0) -> dict:
         if weights is None:
