@@ -1,8 +1,10 @@
 """Shared fixtures: a deterministic fake encoder (no LLM), synthetic corpora, JSONL writers and small indexes."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 import zlib
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -104,6 +106,17 @@ TOPICS = {
 }
 FILLER = ("the a of and to in is for with on that by this from as it be are was at an or which about into "
           "very often some many most each other").split()
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (benchmarks/ is not a package), registered in ``sys.modules`` as
+    ``hylex_<name>_bench``, as an imported module would be."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hylex_{name}_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def make_docs(n: int = 200, seed: int = 0, prefix: str = "d") -> list[Document]:

@@ -3,22 +3,14 @@ number of trials, the benchmark 20): every reopened index validates, holds every
 whole batches, and `--resume` completes it."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-CRASH = Path(__file__).resolve().parents[1] / "benchmarks" / "crash.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def crash():
-    spec = importlib.util.spec_from_file_location("hylex_crash_bench", CRASH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("crash")
 
 
 def test_sigkill_during_indexing_loses_nothing_acknowledged(crash, tmp_path):

@@ -1,20 +1,14 @@
 """benchmarks/default_gate.py: the fusion chosen on several collections is the best mean, with hylex fuse's tie rule."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-GATE = Path(__file__).resolve().parents[1] / "benchmarks" / "default_gate.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gate():
-    spec = importlib.util.spec_from_file_location("hylex_default_gate_bench", GATE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("default_gate")
 
 
 D, S, B = ("dense",), ("sparse",), ("bm25",)

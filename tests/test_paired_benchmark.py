@@ -1,21 +1,17 @@
 """benchmarks/paired.py: per-query scores agree with hylex's evaluation, and the paired statistics behave."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-PAIRED = Path(__file__).resolve().parents[1] / "benchmarks" / "paired.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def paired():
-    spec = importlib.util.spec_from_file_location("hylex_paired_bench", PAIRED)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("paired")
 
 
 def _write_run(path: Path, run: dict[str, dict[str, float]]) -> None:
