@@ -22,10 +22,7 @@ One JSON line per collection choice, one for the chosen fusion, one for the gate
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paired import compare, per_query  # noqa: E402  (benchmarks/ is not a package)
-from quality import Arms  # noqa: E402
+from quality import Arms, emitter  # noqa: E402
 from tuning import corpus_index  # noqa: E402
+from tuning_table import set_card_fusion  # noqa: E402
 
 from hylex.corpus import load_beir  # noqa: E402
 
@@ -69,12 +67,10 @@ def mean_choice(tables: list[dict[tuple, float]], tolerance: float = 1e-4) -> tu
 def fused_run(arms: Arms, fusion: dict) -> dict[str, dict[str, float]]:
     """The run (query id -> {doc id: score}, top ``arms.k``) of ``fusion`` (one arm or a convex fusion) over
     ``arms``."""
-    from hylex.retrieval.searcher import fuse_arms
-
-    names, weights = fusion["arms"], fusion["weights"]
+    names = fusion["arms"]
     if len(names) == 1:
         return arms.run(*arms.top[names[0]])
-    return arms.run(*fuse_arms([arms.top[a] for a in names], weights, "convex", arms.k))
+    return arms.run(*arms.fused_top(names, "convex", fusion["weights"]))
 
 
 def main() -> None:
@@ -93,15 +89,7 @@ def main() -> None:
     from hylex.retrieval import Searcher
     from hylex.retrieval.fusion import choose_fusion, stored_fusion
 
-    sink = open(args.out, "a") if args.out else None
-
-    def emit(d: dict) -> None:
-        d = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.node()}",
-             "model": args.tag, **d}
-        print(json.dumps(d), flush=True)
-        if sink:
-            sink.write(json.dumps(d) + "\n")
-            sink.flush()
+    emit = emitter(args.out, model=args.tag)
 
     def searcher(enc, ds: str, slug: str):
         index_dir, info = corpus_index(Path(ds) / "corpus.jsonl", Path(args.work), Path(ds).name, slug, enc)
@@ -133,11 +121,7 @@ def main() -> None:
     emit({"event": "chosen", "fusion": chosen,
           "runner_up": sorted(({"arms": list(k[0]), "weights": list(k[1]), "mean": round(v, 4)}
                                for k, v in mean.items() if k != arms_w), key=lambda r: -r["mean"])[:3]})
-    card_path = Path(args.candidate) / "hylex-model.json"
-    card = json.loads(card_path.read_text())
-    card.setdefault("fusion_on_dev", card.get("fusion"))
-    card["fusion"] = chosen
-    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    set_card_fusion(args.candidate, chosen)
 
     # the gate: the gate collection's dev queries, the candidate's chosen fusion against the shipped model's stored one
     name = Path(args.gate).name

@@ -95,11 +95,30 @@ class Arms:
     def evaluate(self, D, I) -> dict:
         return evaluate_run(self.run(D, I), self.qrels)
 
-    def fused(self, arms, method, weights=None, rrf_k=60.0) -> dict:
+    def fused_top(self, arms, method, weights=None, rrf_k=60.0):
+        """``(D, I)`` of the top ``k`` of ``arms`` fused by ``method`` (equal weights unless given)."""
         if weights is None:
             weights = [1.0 / len(arms)] * len(arms) if method == "convex" else [1.0] * len(arms)
-        D, I = self._fuse([self.top[a] for a in arms], weights, method, self.k, rrf_k)
-        return self.evaluate(D, I)
+        return self._fuse([self.top[a] for a in arms], weights, method, self.k, rrf_k)
+
+    def fused(self, arms, method, weights=None, rrf_k=60.0) -> dict:
+        return self.evaluate(*self.fused_top(arms, method, weights, rrf_k))
+
+
+def emitter(out: str | None, **fixed):
+    """A function that prints one JSON line per record (date, machine, ``fixed`` fields, then the record's) and,
+    with ``out``, appends it to that file too."""
+    sink = open(out, "a") if out else None
+
+    def emit(d: dict) -> None:
+        line = json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.node()}",
+                           **fixed, **d})
+        print(line, flush=True)
+        if sink:
+            sink.write(line + "\n")
+            sink.flush()
+
+    return emit
 
 
 def simplex(n: int, step: float = 0.1):
@@ -136,14 +155,7 @@ def main() -> None:
     from hylex.indexing import build_index
     from hylex.retrieval import Searcher
 
-    sink = open(args.out, "a") if args.out else None
-
-    def emit(d: dict) -> None:
-        d = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.node()}", **d}
-        print(json.dumps(d), flush=True)
-        if sink:
-            sink.write(json.dumps(d) + "\n")
-            sink.flush()
+    emit = emitter(args.out)
 
     peers_done = set()
     for model in args.models:

@@ -25,16 +25,13 @@ time, the model card's training summary.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import Arms, bm25s_run, complete  # noqa: E402  (benchmarks/ is not a package)
+from quality import Arms, bm25s_run, complete, emitter  # noqa: E402  (benchmarks/ is not a package)
 
 from hylex.corpus import load_beir, read_corpus  # noqa: E402
 
@@ -100,14 +97,7 @@ def main() -> None:
     from hylex.engine import Encoder
     from hylex.retrieval import Searcher
 
-    sink = open(args.out, "a") if args.out else None
-
-    def emit(d: dict) -> None:
-        d = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.node()}", **d}
-        print(json.dumps(d), flush=True)
-        if sink:
-            sink.write(json.dumps(d) + "\n")
-            sink.flush()
+    emit = emitter(args.out)
 
     enc = Encoder(args.model, progress=False, threads=args.threads, dtype=args.dtype)
     card = enc.resolved.card or {}

@@ -114,23 +114,20 @@ set_card_fusion() {  # set_card_fusion MODEL TAG DATASET: MODEL's card fusion :=
 import json, sys
 from pathlib import Path
 sys.path.insert(0, "benchmarks")
-from tuning_table import fusion_source
+from tuning_table import fusion_source, set_card_fusion
 model, tag, name, out, dtype = sys.argv[1:]
 rows = [r for r in map(json.loads, open(out)) if r.get("model") == tag and r.get("dataset") == name
         and r.get("dtype", "float32") == dtype and fusion_source(r) == "train"]
 if not rows:
     sys.exit(f"set_card_fusion: no {tag} line chosen on {name} train in {out}")
 chosen, where = rows[-1]["systems"]["default"], rows[-1]["fusion_chosen_on"]
-card_path = Path(model) / "hylex-model.json"
-card = json.loads(card_path.read_text())
+card = json.loads((Path(model) / "hylex-model.json").read_text())
 if (card.get("fusion") or {}).get("chosen_on") == where:
     print(f"== {model}: card fusion already chosen on {where}"); sys.exit(0)
-card.setdefault("fusion_on_dev", card.get("fusion"))  # the dev choice, not an earlier train one
-card["fusion"] = {"method": "convex", "arms": chosen["arms"], "weights": chosen["weights"], "metric": "nDCG@10",
-                  "train": chosen["chosen_score"], "chosen_on": where,
-                  "note": "chosen on a train split by benchmarks/tuning.py, written by tuning_runs.sh's "
-                          "set_card_fusion (the shipped default's rule); the dev choice is fusion_on_dev"}
-card_path.write_text(json.dumps(card, indent=1) + "\n")
+set_card_fusion(model, {"method": "convex", "arms": chosen["arms"], "weights": chosen["weights"], "metric": "nDCG@10",
+                        "train": chosen["chosen_score"], "chosen_on": where,
+                        "note": "chosen on a train split by benchmarks/tuning.py, written by tuning_runs.sh's "
+                                "set_card_fusion (the shipped default's rule); the dev choice is fusion_on_dev"})
 print(f"== {model}: card fusion {chosen['arms']} {chosen['weights']} ({where})")
 EOF
 }

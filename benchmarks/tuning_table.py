@@ -35,6 +35,16 @@ def fusion_source(r: dict) -> str:
     return "train" if (r.get("fusion_chosen_on") or "").startswith(f"{r['dataset']} train") else "card"
 
 
+def set_card_fusion(model_dir: str | Path, fusion: dict) -> None:
+    """Make ``fusion`` the one a plain search with the tuned model in ``model_dir`` uses (its card's ``fusion``); the
+    card's first fusion, ``hylex tune``'s dev choice, is kept as ``fusion_on_dev``."""
+    card_path = Path(model_dir) / "hylex-model.json"
+    card = json.loads(card_path.read_text())
+    card.setdefault("fusion_on_dev", card.get("fusion"))
+    card["fusion"] = fusion
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+
+
 def column(r: dict) -> str:
     chosen = {"train": "train", "base": "base's"}.get(fusion_source(r), "stored")
     return f"{r['model']}, {r.get('dtype', 'float32')}, fusion {chosen}"
