@@ -13,8 +13,9 @@ For a candidate model (a tuned folder) this script
    collection's **dev** split (queries no choice above used), each over an index of that corpus built with it.
 
 One JSON line per collection choice, one for the chosen fusion, one for the gate (with the per-query difference,
-``paired.compare``). Exits 0 when the candidate's gate score is above the shipped model's, 3 when it is not (so
-``tuning_runs.sh`` stops before any test number). Test qrels are never read.
+``paired.compare``). Exits 0 when the candidate's gate score is above the shipped model's by more than ``--margin``
+(default 0: above at all), 3 when it is not (so ``tuning_runs.sh`` stops before any test number). Test qrels are
+never read.
 
     python benchmarks/default_gate.py --candidate runs/default-v3 --tag default-v3 --shipped smollm2-135m-hylex \\
         --choose-on ../shared/data/beir/scifact ../shared/data/beir/nfcorpus --gate ../shared/data/beir/nfcorpus
@@ -64,6 +65,14 @@ def mean_choice(tables: list[dict[tuple, float]], tolerance: float = 1e-4) -> tu
     return min((k for k in keys if mean[k] >= top - tolerance), key=lambda k: len(k[0])), mean
 
 
+def gate_passed(paired: dict, margin: float = 0.0) -> bool:
+    """Whether the candidate (``paired``'s ``mean_b``) is above the shipped model (``mean_a``) by more than
+    ``margin`` nDCG@10 on the gate's queries."""
+    if not (margin >= 0.0):
+        raise ValueError(f"margin must be >= 0, got {margin!r}")
+    return paired["mean_b"] - paired["mean_a"] > margin
+
+
 def fused_run(arms: Arms, fusion: dict) -> dict[str, dict[str, float]]:
     """The run (query id -> {doc id: score}, top ``arms.k``) of ``fusion`` (one arm or a convex fusion) over
     ``arms``."""
@@ -80,10 +89,14 @@ def main() -> None:
     ap.add_argument("--shipped", required=True, help="the shipped default it must beat (a packaged name)")
     ap.add_argument("--choose-on", nargs="+", required=True, help="BEIR folders whose train queries choose the fusion")
     ap.add_argument("--gate", required=True, help="BEIR folder whose dev queries decide")
+    ap.add_argument("--margin", type=float, default=0.0,
+                    help="nDCG@10 the candidate must be above the shipped model by on the gate's dev queries [0]")
     ap.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--work", default="benchmarks/.work/tuning", help="where indexes are built (git-ignored)")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args()
+    if not (args.margin >= 0.0):
+        ap.error(f"--margin must be a number >= 0, got {args.margin}")
 
     from hylex.engine import Encoder
     from hylex.retrieval import Searcher
@@ -135,7 +148,7 @@ def main() -> None:
     s_scores = per_query(fused_run(s_arms, s_fusion), s_arms.qrels, "nDCG@10")
     qids = sorted(c_scores)
     paired = compare(np.array([s_scores[q] for q in qids]), np.array([c_scores[q] for q in qids]))
-    passed = paired["mean_b"] > paired["mean_a"]
+    passed = gate_passed(paired, args.margin)
     emit({"event": "gate", "dataset": name, "split": "dev", "queries": len(qids),
           "candidate": {"ndcg@10": paired["mean_b"], "arms": chosen["arms"], "weights": chosen["weights"],
                         "arms alone": {a: round(c_arms.evaluate(*c_arms.top[a])["ndcg@10"], 4) for a in c_arms.top}},
@@ -143,7 +156,7 @@ def main() -> None:
                       "weights": s_fusion["weights"],
                       "arms alone": {a: round(s_arms.evaluate(*s_arms.top[a])["ndcg@10"], 4) for a in s_arms.top},
                       **s_info},
-          "candidate - shipped": paired, "passed": passed})
+          "candidate - shipped": paired, "margin": args.margin, "passed": passed})
     if not passed:
         sys.exit(3)
 

@@ -12,7 +12,8 @@
 #                                                   vaswani-mix nfcorpus-crop scifact-lead default-v2 default-v3
 #                                                   scifact-acc4 scifact-gc4 scifact-acc4-s1
 #                                                   scifact-gc4-s1 scifact-bf16loss scifact-f32loss
-#                                                   scifact-bf16loss-s1 scifact-f32loss-s1 zero-shot evals
+#                                                   scifact-bf16loss-s1 scifact-f32loss-s1 nfcorpus-default
+#                                                   zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
 #
@@ -185,6 +186,21 @@ for step in $steps; do
                   # passages (83% of NFCorpus's documents are longer than 128 tokens, median 187; corpus only)
       next_round nfcorpus-r3 nfcorpus-r2 "$NFCORPUS" --max-dev 20 --dev-distractors 100 --passage-tokens 256 \
         --steps 60 --save-every 10 --eval-every 30 ;;
+    nfcorpus-default)  # NFCorpus train over the shipped default instead of the zero-shot model (benchmarks/README.md,
+                       # rule written before it ran): round one's recipe (100 steps, 16 x (1 + 3), lr 1e-4, sparse
+                       # temperature 10, 20 dev queries + 100 distractors) on negatives mined with the shipped model's
+                       # own hybrid over the NFCorpus corpus; its card fusion chosen on NFCorpus train; one test run
+                       # only if it beats the shipped model on NFCorpus dev by more than 0.03
+      idx=benchmarks/.work/tuning/nfcorpus-smollm2-135m-hylex$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
+      [ -d "$idx" ] || python3 -m hylex --no-progress index "$NFCORPUS/corpus.jsonl" --index "$idx" \
+        --model smollm2-135m-hylex --dtype "$DTYPE"
+      tune "$RUNS/nfcorpus-default" "$NFCORPUS" --split train --steps 100 --sparse-temperature 10 --mine-index "$idx" \
+        --model smollm2-135m-hylex --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4 \
+        --max-dev 20 --dev-distractors 100
+      python3 benchmarks/default_gate.py --candidate "$RUNS/nfcorpus-default" --tag nfcorpus-default \
+        --shipped smollm2-135m-hylex --choose-on "$NFCORPUS" --gate "$NFCORPUS" --margin 0.03 --dtype "$DTYPE" \
+        --out benchmarks/results/default_gate.jsonl
+      bench nfcorpus-default "$RUNS/nfcorpus-default" train "$NFCORPUS" ;;
     # the from-corpus steps below pass --fusion-from dev: they were measured with the fusion their pseudo-query dev
     # chose, before `hylex tune` kept the base's for a corpus-built dev by default (the base-fusion lines: step
     # from-corpus-base)

@@ -38,3 +38,13 @@ def test_mean_choice_ties_go_to_fewer_arms(gate):
 def test_mean_choice_refuses_different_grids(gate):
     with pytest.raises(ValueError, match="same grid points"):
         gate.mean_choice([{(B, (1.0,)): 0.5}, {(D, (1.0,)): 0.5}])
+
+
+def test_gate_passes_only_above_the_margin(gate):
+    paired = {"mean_a": 0.315, "mean_b": 0.340}
+    assert gate.gate_passed(paired)
+    assert not gate.gate_passed(paired, margin=0.03)
+    assert gate.gate_passed({"mean_a": 0.315, "mean_b": 0.346}, margin=0.03)
+    assert not gate.gate_passed({"mean_a": 0.315, "mean_b": 0.315})
+    with pytest.raises(ValueError, match="margin"):
+        gate.gate_passed(paired, margin=float("nan"))
