@@ -51,7 +51,6 @@ def normalise(D: np.ndarray, I: np.ndarray, how: str, rrf_k: float = 60.0) -> np
         raise ValueError(f"how must be one of {NORMS}, got {how!r}")
     valid = I >= 0
     S = np.where(valid, D.astype(np.float64), np.nan)
-    n = valid.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a query an arm found nothing for: an all-NaN row
         if how == "rrf":
@@ -66,8 +65,7 @@ def normalise(D: np.ndarray, I: np.ndarray, how: str, rrf_k: float = 60.0) -> np
             else:
                 z = np.where(sd > 0, (S - mu) / sd, 0.0)
                 out = z - np.nanmin(np.where(valid, z, np.nan), axis=1, keepdims=True)
-    out = np.where(valid & (n > 0), out, 0.0)
-    return out
+    return np.where(valid, out, 0.0)
 
 
 class Fuser:
