@@ -11,7 +11,8 @@ For one model's index of a BEIR corpus, every arm's top ``--depth`` list is retr
 * ``rrf``: ``1 / (60 + rank)`` (hylex's ``rrf``);
 
 a document missing from an arm's list gets 0 from it. For each normalisation the 0.1 weight grid of ``hylex fuse``
-(every non-empty subset of the arms) is scored by nDCG@10 on the **train** queries, the best point taken (ties
+(every non-empty subset of the arms; ``choose_fusion`` with this normalisation's fusion, a single arm
+being its own list) is scored by nDCG@10 on the **train** queries, the best point taken (ties
 within 1e-4 to fewer arms), and that point scored on the **dev** queries. One JSON line per normalisation. Test
 qrels are never read.
 
@@ -21,7 +22,6 @@ qrels are never read.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 import warnings
@@ -101,15 +101,6 @@ class Fuser:
         return D, I
 
 
-def grid_points(step: float = 0.1):
-    from hylex.retrieval.fusion import ARM_ORDER, weight_grid
-
-    for n in (1, 2, 3):
-        for combo in itertools.combinations(ARM_ORDER, n):
-            for w in weight_grid(n, step):
-                yield combo, tuple(w)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index", required=True, help="a hylex index of the collection's corpus")
@@ -125,27 +116,30 @@ def main() -> None:
         ap.error("test qrels are for final numbers only: choose on train and score on dev")
 
     from hylex.retrieval import Searcher
+    from hylex.retrieval.fusion import choose_fusion
 
     emit = emitter(args.out, model=args.tag, dataset=Path(args.data).name)
     searcher = Searcher(args.index, dtype=args.dtype, progress=False)
     choose, held = split_arms(searcher, args.data, args.choose_split), split_arms(searcher, args.data, args.eval_split)
-    points = list(grid_points())
     for how in args.norms:
         t = time.perf_counter()
-        fusers = {}
-        scores = {}
-        for arms, w in points:
-            f = fusers.get(arms) or fusers.setdefault(arms, Fuser(choose.top, arms, how))
-            scores[(arms, w)] = choose.evaluate(*f.top(w, choose.k))["ndcg@10"]
-        top_score = max(scores.values())
-        best = min((p for p in points if scores[p] >= top_score - 1e-4), key=lambda p: len(p[0]))
-        dev = held.evaluate(*Fuser(held.top, best[0], how).top(best[1], held.k))["ndcg@10"]
+        fusers: dict[tuple[str, ...], Fuser] = {}
+
+        def fuse(used, ws, k, how=how, fusers=fusers):
+            f = fusers.get(used) or fusers.setdefault(used, Fuser(choose.top, used, how))
+            return f.top(ws, k)
+
+        # hylex fuse's grid and tie rule, with this normalisation's fusion
+        best, _ = choose_fusion(choose.top, lambda D, I: choose.evaluate(D, I)["ndcg@10"], k=choose.k, fuse=fuse)
+        arms, weights = tuple(best["arms"]), tuple(best["weights"])
+        dev = held.evaluate(*(Fuser(held.top, arms, how).top(weights, held.k) if len(arms) > 1 else
+                              tuple(a[:, :held.k] for a in held.top[arms[0]])))["ndcg@10"]
         rec = {"norm": how, "chosen_on": f"{args.choose_split} ({len(choose.qids)} queries)",
-               "arms": list(best[0]), "weights": list(best[1]), "chosen_score": round(top_score, 4),
+               "arms": list(arms), "weights": list(weights), "chosen_score": round(best["score"], 4),
                "scored_on": f"{args.eval_split} ({len(held.qids)} queries)", "ndcg@10": round(dev, 4),
                "depth": choose.depth, "seconds": round(time.perf_counter() - t, 1)}
-        if how in ("minmax", "rrf") and len(best[0]) > 1:  # the same fusion through hylex's kernel
-            kernel = held.fused(list(best[0]), "convex" if how == "minmax" else "rrf", list(best[1]))["ndcg@10"]
+        if how in ("minmax", "rrf") and len(arms) > 1:  # the same fusion through hylex's kernel
+            kernel = held.fused(list(arms), "convex" if how == "minmax" else "rrf", list(weights))["ndcg@10"]
             rec["kernel_ndcg@10"] = round(kernel, 4)
         emit(rec)
 

@@ -57,10 +57,11 @@ EOF
   done
 }
 
-first_index() {  # first_index FIRST DATASET: sets $idx to the corpus index of $RUNS/FIRST that tuning.py or
-                 # pseudo_fusion.py built (DATASET-FIRST[-DTYPE]), building it when missing (a second round mines it)
+first_index() {  # first_index FIRST DATASET [MODEL]: sets $idx to the corpus index of $RUNS/FIRST (or of MODEL, e.g.
+                 # a packaged name) that tuning.py or pseudo_fusion.py built (DATASET-FIRST[-DTYPE]), building it
+                 # when missing (a second round mines it)
   idx=benchmarks/.work/tuning/$(basename "$2")-$1$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
-  [ -d "$idx" ] || python3 -m hylex --no-progress index "$2/corpus.jsonl" --index "$idx" --model "$RUNS/$1" \
+  [ -d "$idx" ] || python3 -m hylex --no-progress index "$2/corpus.jsonl" --index "$idx" --model "${3:-$RUNS/$1}" \
     --dtype "$DTYPE"
 }
 
@@ -191,9 +192,7 @@ for step in $steps; do
                        # temperature 10, 20 dev queries + 100 distractors) on negatives mined with the shipped model's
                        # own hybrid over the NFCorpus corpus; its card fusion chosen on NFCorpus train; one test run
                        # only if it beats the shipped model on NFCorpus dev by more than 0.03
-      idx=benchmarks/.work/tuning/nfcorpus-smollm2-135m-hylex$([ "$DTYPE" = float32 ] || echo "-$DTYPE")
-      [ -d "$idx" ] || python3 -m hylex --no-progress index "$NFCORPUS/corpus.jsonl" --index "$idx" \
-        --model smollm2-135m-hylex --dtype "$DTYPE"
+      first_index smollm2-135m-hylex "$NFCORPUS" smollm2-135m-hylex
       tune "$RUNS/nfcorpus-default" "$NFCORPUS" --split train --steps 100 --sparse-temperature 10 --mine-index "$idx" \
         --model smollm2-135m-hylex --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4 \
         --max-dev 20 --dev-distractors 100

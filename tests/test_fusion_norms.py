@@ -65,3 +65,26 @@ def test_a_query_with_no_hits_contributes_nothing(norms, how, recwarn):
     assert out[1].tolist() == [0.0, 0.0]
     assert np.isfinite(out).all() and out[0, 0] > out[0, 1] >= 0.0
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_choose_fusion_with_the_min_max_fuser_equals_the_kernel_choice(norms):
+    # the same grid, tie rule and scores whether choose_fusion fuses with the kernel or with fusion_norms' Fuser
+    from hylex.retrieval.fusion import choose_fusion
+
+    top = _arms(3)
+
+    def score(D, I):  # a deterministic score of a fused top list: how often doc 7 is in its top 3
+        return float(np.mean([(I[q, :3] == 7).any() for q in range(I.shape[0])]) + 0.001 * I[:, 0].sum() % 1)
+
+    fusers = {}
+
+    def fuse(used, ws, k):
+        return fusers.setdefault(used, norms.Fuser(top, used, "minmax")).top(ws, k)
+
+    kernel_best, kernel_table = choose_fusion(top, score, k=5)
+    best, table = choose_fusion(top, score, k=5, fuse=fuse)
+    assert best == kernel_best
+    assert len(table) == len(kernel_table) == 66
+    assert {(tuple(r["arms"]), tuple(r["weights"])): r["score"] for r in table} == \
+        {(tuple(r["arms"]), tuple(r["weights"])): r["score"] for r in kernel_table}
+    assert set(fusers) == {("dense", "sparse"), ("dense", "bm25"), ("sparse", "bm25"), ("dense", "sparse", "bm25")}

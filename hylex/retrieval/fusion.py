@@ -108,7 +108,9 @@ def weight_grid(n_arms: int, step: float = 0.1) -> list[tuple[float, ...]]:
 
 def choose_fusion(arms: Mapping[str, tuple[np.ndarray, np.ndarray]], score: Callable[[np.ndarray, np.ndarray], float],
                   *, k: int = 10, step: float = 0.1, candidates: Sequence[str] | None = None,
-                  tolerance: float = 1e-4) -> tuple[dict, list[dict]]:
+                  tolerance: float = 1e-4,
+                  fuse: Callable[[tuple[str, ...], tuple[float, ...], int], tuple[np.ndarray, np.ndarray]] | None = None
+                  ) -> tuple[dict, list[dict]]:
     """The convex fusion of ``arms`` that ``score`` rates best.
 
     Args:
@@ -118,6 +120,9 @@ def choose_fusion(arms: Mapping[str, tuple[np.ndarray, np.ndarray]], score: Call
         step: the weight grid (:func:`weight_grid`) over every arm of ``candidates`` (default: all given).
         tolerance: scores within this of the best count as ties, broken towards fewer arms (cheaper searches:
             BM25 alone needs no model) and then towards the grid's order.
+        fuse: ``(arm names, weights, k) -> (D, I)`` for a grid point of two or more arms; default hylex's convex
+            fusion of the arms' lists (the fusion a search runs). Another one scores the same grid under another
+            fusion (e.g. another score normalisation); single arms are always their own top ``k``.
 
     Returns:
         ``(best, table)``: the best ``{"method", "arms", "weights", "score"}`` and every grid point's record, best
@@ -140,7 +145,7 @@ def choose_fusion(arms: Mapping[str, tuple[np.ndarray, np.ndarray]], score: Call
             D, I = arms[used[0]]
             D, I = D[:, :k], I[:, :k]
         else:
-            D, I = fuse_arms([arms[a] for a in used], ws, "convex", k)
+            D, I = fuse(used, ws, k) if fuse else fuse_arms([arms[a] for a in used], ws, "convex", k)
         table.append({"method": "convex", "arms": list(used), "weights": list(ws), "score": float(score(D, I))})
     top = max(r["score"] for r in table)
     best = min((r for r in table if r["score"] >= top - tolerance), key=lambda r: len(r["arms"]))
