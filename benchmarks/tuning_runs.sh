@@ -13,6 +13,7 @@
 #                                                   scifact-acc4 scifact-gc4 scifact-acc4-s1
 #                                                   scifact-gc4-s1 scifact-bf16loss scifact-f32loss
 #                                                   scifact-bf16loss-s1 scifact-f32loss-s1 nfcorpus-default
+#                                                   nfcorpus-qwen
 #                                                   zero-shot evals
 #   DTYPE=bfloat16 bash benchmarks/tuning_runs.sh zero-shot evals   # benchmarks encode in bfloat16 (~1.8x faster
 #                                                   # on AVX512-BF16); float32 lines and indexes are kept apart
@@ -304,6 +305,15 @@ EOF
                        # did not, 2026-12-06: never run); one test bench with the fusion a from-corpus tune keeps
       corpus_tune vaswani-generate "$VASWANI" generate 40 --dev 200 --save-every 10 --eval-every 20
       bench vaswani-generate "$RUNS/vaswani-generate" base "$VASWANI" ;;
+    nfcorpus-qwen)  # a larger base on NFCorpus (benchmarks/README.md, rule written before it ran): round one's
+                    # recipe over the zero-shot qwen2.5-0.5b, 40 steps (a qwen step is 3-4x smollm2's here),
+                    # evaluations at 20 and 40; the same card-fusion rule and 0.03 dev gate as nfcorpus-default
+      tune "$RUNS/nfcorpus-qwen" "$NFCORPUS" --split train --steps 40 --sparse-temperature 10 --model qwen2.5-0.5b \
+        --batch 16 --negatives 3 --save-every 10 --eval-every 20 --lr 1e-4 --max-dev 20 --dev-distractors 100
+      python3 benchmarks/default_gate.py --candidate "$RUNS/nfcorpus-qwen" --tag nfcorpus-qwen \
+        --shipped smollm2-135m-hylex --choose-on "$NFCORPUS" --gate "$NFCORPUS" --margin 0.03 --dtype "$DTYPE" \
+        --out benchmarks/results/default_gate.jsonl
+      bench nfcorpus-qwen "$RUNS/nfcorpus-qwen" train "$NFCORPUS" ;;
     default)  # the shipped default: the redistributable sources of shared/data/train only, MedQuAD capped
       tune "$RUNS/default-tuned" --model smollm2-135m "${DEFAULT_DATA[@]}" \
         --steps 150 --batch 32 --negatives 1 --lora-rank 8 --lora-alpha 16 --save-every 25 --eval-every 50 \
