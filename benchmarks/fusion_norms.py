@@ -101,6 +101,20 @@ class Fuser:
         return D, I
 
 
+def grid_fuse(top: dict[str, tuple[np.ndarray, np.ndarray]], how: str):
+    """``choose_fusion``'s ``fuse`` for normalisation ``how``: one :class:`Fuser` per arm subset, built on first use
+    and reused for every weight vector of that subset."""
+    fusers: dict[tuple[str, ...], Fuser] = {}
+
+    def fuse(used: tuple[str, ...], weights, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if used not in fusers:
+            fusers[used] = Fuser(top, used, how)
+        return fusers[used].top(weights, k)
+
+    fuse.fusers = fusers  # which subsets were fused (the tests look)
+    return fuse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index", required=True, help="a hylex index of the collection's corpus")
@@ -123,14 +137,9 @@ def main() -> None:
     choose, held = split_arms(searcher, args.data, args.choose_split), split_arms(searcher, args.data, args.eval_split)
     for how in args.norms:
         t = time.perf_counter()
-        fusers: dict[tuple[str, ...], Fuser] = {}
-
-        def fuse(used, ws, k, how=how, fusers=fusers):
-            f = fusers.get(used) or fusers.setdefault(used, Fuser(choose.top, used, how))
-            return f.top(ws, k)
-
         # hylex fuse's grid and tie rule, with this normalisation's fusion
-        best, _ = choose_fusion(choose.top, lambda D, I: choose.evaluate(D, I)["ndcg@10"], k=choose.k, fuse=fuse)
+        best, _ = choose_fusion(choose.top, lambda D, I: choose.evaluate(D, I)["ndcg@10"], k=choose.k,
+                                fuse=grid_fuse(choose.top, how))
         arms, weights = tuple(best["arms"]), tuple(best["weights"])
         dev = held.evaluate(*(Fuser(held.top, arms, how).top(weights, held.k) if len(arms) > 1 else
                               tuple(a[:, :held.k] for a in held.top[arms[0]])))["ndcg@10"]

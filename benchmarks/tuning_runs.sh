@@ -77,6 +77,15 @@ next_round() {  # next_round TAG FIRST DATASET [TUNE ARGS...]: $RUNS/FIRST train
   bench "$tag" "$RUNS/$tag" card "$ds"
 }
 
+nfcorpus_gate() {  # nfcorpus_gate TAG: $RUNS/TAG's card fusion chosen on NFCorpus train, then a plain search on
+                   # NFCorpus dev against the shipped default's; only if it wins by more than 0.03 (default_gate.py
+                   # exits 3 otherwise, which stops this script) one test bench with the fusion chosen on train
+  python3 benchmarks/default_gate.py --candidate "$RUNS/$1" --tag "$1" \
+    --shipped smollm2-135m-hylex --choose-on "$NFCORPUS" --gate "$NFCORPUS" --margin 0.03 --dtype "$DTYPE" \
+    --out benchmarks/results/default_gate.jsonl
+  bench "$1" "$RUNS/$1" train "$NFCORPUS"
+}
+
 corpus_tune() {  # corpus_tune TAG DATASET PAIRS STEPS [TUNE ARGS...]: a --from-corpus tune on PAIRS (--pairs-from)
                 # with the sparse temperature that kept NFCorpus's sparse arm, over COMMON's settings
   local tag=$1 ds=$2 pairs=$3 steps=$4; shift 4
@@ -197,10 +206,7 @@ for step in $steps; do
       tune "$RUNS/nfcorpus-default" "$NFCORPUS" --split train --steps 100 --sparse-temperature 10 --mine-index "$idx" \
         --model smollm2-135m-hylex --batch 16 --negatives 3 --save-every 25 --eval-every 50 --lr 1e-4 \
         --max-dev 20 --dev-distractors 100
-      python3 benchmarks/default_gate.py --candidate "$RUNS/nfcorpus-default" --tag nfcorpus-default \
-        --shipped smollm2-135m-hylex --choose-on "$NFCORPUS" --gate "$NFCORPUS" --margin 0.03 --dtype "$DTYPE" \
-        --out benchmarks/results/default_gate.jsonl
-      bench nfcorpus-default "$RUNS/nfcorpus-default" train "$NFCORPUS" ;;
+      nfcorpus_gate nfcorpus-default ;;
     # the from-corpus steps below pass --fusion-from dev: they were measured with the fusion their pseudo-query dev
     # chose, before `hylex tune` kept the base's for a corpus-built dev by default (the base-fusion lines: step
     # from-corpus-base)
@@ -310,10 +316,7 @@ EOF
                     # evaluations at 20 and 40; the same card-fusion rule and 0.03 dev gate as nfcorpus-default
       tune "$RUNS/nfcorpus-qwen" "$NFCORPUS" --split train --steps 40 --sparse-temperature 10 --model qwen2.5-0.5b \
         --batch 16 --negatives 3 --save-every 10 --eval-every 20 --lr 1e-4 --max-dev 20 --dev-distractors 100
-      python3 benchmarks/default_gate.py --candidate "$RUNS/nfcorpus-qwen" --tag nfcorpus-qwen \
-        --shipped smollm2-135m-hylex --choose-on "$NFCORPUS" --gate "$NFCORPUS" --margin 0.03 --dtype "$DTYPE" \
-        --out benchmarks/results/default_gate.jsonl
-      bench nfcorpus-qwen "$RUNS/nfcorpus-qwen" train "$NFCORPUS" ;;
+      nfcorpus_gate nfcorpus-qwen ;;
     default)  # the shipped default: the redistributable sources of shared/data/train only, MedQuAD capped
       tune "$RUNS/default-tuned" --model smollm2-135m "${DEFAULT_DATA[@]}" \
         --steps 150 --batch 32 --negatives 1 --lora-rank 8 --lora-alpha 16 --save-every 25 --eval-every 50 \

@@ -76,15 +76,11 @@ def test_choose_fusion_with_the_min_max_fuser_equals_the_kernel_choice(norms):
     def score(D, I):  # a deterministic score of a fused top list: how often doc 7 is in its top 3
         return float(np.mean([(I[q, :3] == 7).any() for q in range(I.shape[0])]) + 0.001 * I[:, 0].sum() % 1)
 
-    fusers = {}
-
-    def fuse(used, ws, k):
-        return fusers.setdefault(used, norms.Fuser(top, used, "minmax")).top(ws, k)
-
+    fuse = norms.grid_fuse(top, "minmax")
     kernel_best, kernel_table = choose_fusion(top, score, k=5)
     best, table = choose_fusion(top, score, k=5, fuse=fuse)
     assert best == kernel_best
     assert len(table) == len(kernel_table) == 66
     assert {(tuple(r["arms"]), tuple(r["weights"])): r["score"] for r in table} == \
         {(tuple(r["arms"]), tuple(r["weights"])): r["score"] for r in kernel_table}
-    assert set(fusers) == {("dense", "sparse"), ("dense", "bm25"), ("sparse", "bm25"), ("dense", "sparse", "bm25")}
+    assert set(fuse.fusers) == {("dense", "sparse"), ("dense", "bm25"), ("sparse", "bm25"), ("dense", "sparse", "bm25")}
