@@ -35,8 +35,20 @@ SYSTEMS = {
     "bf16": {"dtype": "bfloat16", "prefix_cache": False, "batch_tokens": 16384},
     "after": {},
     "after-bf16-residual": {},  # today's defaults with the residual stream rounded to bf16 (what it costs)
+    "after-rounded": {"dtype": "bfloat16-rounded"},  # bf16 weights rounded, not split (the default to 2026-12-07)
+    "after-split-attn-down": {},  # split weights on the attention projections and down_proj only (diagnostic)
 }
-TWEAKS = {"after-bf16-residual": lambda enc: setattr(enc.module.lm.base_model, "float32_residual", False)}
+
+
+def _unsplit(enc: Encoder, keep: tuple[str, ...] = ()) -> None:
+    """Undo the split of the body's bf16 weights (hylex.engine.native.Linear) except on layers named ``keep``."""
+    for name, m in enc.module.lm.base_model.layers.named_modules():
+        if getattr(m, "split_weight", None) is not None and not name.endswith(keep or ("<none>",)):
+            m.unsplit_()
+
+
+TWEAKS = {"after-bf16-residual": lambda enc: setattr(enc.module.lm.base_model, "float32_residual", False),
+          "after-split-attn-down": lambda enc: _unsplit(enc, ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"))}
 
 
 def cpu_name() -> str:
@@ -74,20 +86,30 @@ def agreement(base, out, top: int = 10, tie: float = 0.02) -> dict:
 
 
 def raw_batches(enc: Encoder, texts: list[str]):
-    """The left-padded full-prompt batches hylex forms for ``texts`` (built outside any timer)."""
+    """The left-padded full-prompt batches hylex forms for ``texts`` (built outside any timer), and each batch's
+    text indices."""
     prompted = enc._token_ids(texts, "passage")
     lengths = np.array([len(x[0]) for x in prompted])
-    return [enc._batch_tensors([prompted[i] for i in batch])[:3] for batch in enc._batches(lengths)]
+    order = enc._batches(lengths)
+    return [enc._batch_tensors([prompted[i] for i in batch])[:3] for batch in order], order
 
 
-def raw_forward(hf, batches) -> float:
-    """transformers' body on each batch and its LM head on the last position: the least a forward can do."""
+def raw_forward(hf, batches, order) -> tuple[float, np.ndarray]:
+    """transformers' body on each batch and its LM head on the last position: the least a forward can do. Returns
+    the seconds and the last position's hidden state per text, L2-normalised (texts, H) float32 (what hylex's
+    ``last`` pooling gives), in the texts' order."""
+    out = [None] * sum(len(b) for b in order)
     t = time.perf_counter()
     with torch.inference_mode():
-        for inp, att, pos in batches:
+        for (inp, att, pos), idx in zip(batches, order):
             h = hf.model(input_ids=inp, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state
-            _ = h[:, -1].float(), hf.lm_head(h[:, -1])
-    return time.perf_counter() - t
+            last = h[:, -1].float()
+            _ = hf.lm_head(h[:, -1])
+            for i, row in zip(idx, last):
+                out[i] = row
+    seconds = time.perf_counter() - t
+    dense = torch.nn.functional.normalize(torch.stack(out), dim=-1).numpy()
+    return seconds, dense
 
 
 def query_latency(enc: Encoder, docs, dense, sparse, queries: list[str], tmp: Path) -> dict:
@@ -126,6 +148,8 @@ def main() -> None:
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
     ap.add_argument("--batch-tokens", default="", help="also run 'after' with these batch_tokens (comma list)")
     ap.add_argument("--no-raw", action="store_true", help="skip the raw transformers forward")
+    ap.add_argument("--raw-dtypes", default="", help="dtypes of the raw forward (comma list; default: the "
+                    "'after' system's)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     data = Path(args.data)
@@ -182,17 +206,26 @@ def main() -> None:
 
         name = "after" if "after" in encoders else next(iter(encoders))
         enc = encoders[name]
-        hf = load_causal_lm(enc.resolved.path)
-        enc._merge_adapters(hf)
-        hf = hf.to(getattr(torch, enc.config.dtype)).eval()
-        batches = raw_batches(enc, texts)
-        raw = [raw_forward(hf, batches) for _ in range(args.repeats)]
-        med = statistics.median(raw)
-        print(json.dumps({**common, "system": "hf_forward_same_batches", "dtype": enc.config.dtype,
-                          "attn_implementation": getattr(hf.config, "_attn_implementation", None),
-                          "seconds_median": round(med, 3), "texts_per_s": round(len(texts) / med, 3),
-                          "runs": [round(x, 3) for x in raw],
-                          f"{name}_over_raw_time": round(medians[name] / med, 4)}), flush=True)
+        batches, order = raw_batches(enc, texts)
+        for raw_dtype in (args.raw_dtypes.split(",") if args.raw_dtypes else [enc.config.dtype.split("-")[0]]):
+            # transformers' bfloat16 is the rounded body (bfloat16-rounded's); hylex's bfloat16 splits the weights
+            hf = load_causal_lm(enc.resolved.path)
+            enc._merge_adapters(hf)
+            hf = hf.to(getattr(torch, raw_dtype)).eval()
+            runs = [raw_forward(hf, batches, order) for _ in range(args.repeats)]
+            med = statistics.median(r[0] for r in runs)
+            row = {**common, "system": "hf_forward_same_batches", "dtype": raw_dtype,
+                   "attn_implementation": getattr(hf.config, "_attn_implementation", None),
+                   "seconds_median": round(med, 3), "texts_per_s": round(len(texts) / med, 3),
+                   "runs": [round(r[0], 3) for r in runs],
+                   # every system that ran the same batches, over this raw forward
+                   **{f"{n}_over_raw_time": round(medians[n] / med, 4) for n, e in encoders.items()
+                      if e.batch_tokens == enc.batch_tokens}}
+            if base is not None and enc.config.pooling == "last":
+                cos = np.sum(base.dense * runs[0][1], axis=1)
+                row["vs_before"] = {"dense_cosine_min": round(float(cos.min()), 6),
+                                    "dense_cosine_median": round(float(np.median(cos)), 6)}
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -149,16 +149,63 @@ def test_prefix_cache_follows_changed_weights():
 
 
 def test_bfloat16_body_stays_close_to_float32(fp32):
-    """bfloat16 (the default on CPUs with native bf16, with the prefix cache): dense cosine to float32 >= 0.999
-    on these short texts (measured 0.9993-0.9998; SciFact documents: benchmarks/encoder_throughput.py), and the
-    strongest sparse term unchanged up to near-ties (within 0.02 in float32)."""
+    """bfloat16 (the default on CPUs with native bf16, with the prefix cache and the weights split into two bf16
+    terms): dense cosine to float32 >= 0.9998 on these short texts (the issue's bar), and the strongest sparse term
+    unchanged up to near-ties (within 0.02 in float32). The split is what holds the bar: the same body with its
+    weights rounded (``bfloat16-rounded``, the default until 2026-12-07) stays further from float32 on every kind
+    of text."""
     bf = Encoder(progress=False, encoding_cache=False, dtype="bfloat16")
-    for kind, texts, bar in (("query", list(QUERIES.values()), 0.999), ("passage", list(DOCS.values()), 0.999)):
-        a, b = fp32.encode(texts, kind), bf.encode(texts, kind)
-        assert np.sum(a.dense * b.dense, axis=1).min() >= bar, kind
+    layers = [m for m in bf.module.lm.base_model.layers.modules() if hasattr(m, "split_weight")]
+    assert layers and all(m.split_weight is not None for m in layers)
+    rounded = Encoder(progress=False, encoding_cache=False, dtype="bfloat16-rounded")
+    assert all(m.split_weight is None for m in rounded.module.lm.base_model.layers.modules()
+               if hasattr(m, "split_weight"))
+    assert rounded.describe()["settings"]["dtype"] == "bfloat16-rounded"
+    assert rounded.module.lm.base_model.embed_tokens.weight.dtype == torch.bfloat16
+    with pytest.raises(HylexError, match="dtype 'float16' is unknown: choose one of auto, float32, bfloat16, "
+                                         "bfloat16-rounded"):
+        Encoder(progress=False, encoding_cache=False, dtype="float16")
+    for kind, texts in (("query", list(QUERIES.values())), ("passage", list(DOCS.values()))):
+        a, b, c = fp32.encode(texts, kind), bf.encode(texts, kind), rounded.encode(texts, kind)
+        split_cos, rounded_cos = np.sum(a.dense * b.dense, axis=1), np.sum(a.dense * c.dense, axis=1)
+        assert split_cos.min() >= 0.9998, (kind, split_cos.min())
+        assert split_cos.min() > rounded_cos.min(), (kind, split_cos.min(), rounded_cos.min())
         for r in range(len(texts)):
             ra, top = a.sparse[r].toarray()[0], b.sparse[r].indices[np.argmax(b.sparse[r].data)]
             assert ra[top] >= ra.max() - 0.02, (kind, r)
+
+
+def test_split_bfloat16_linear_against_float32_on_seeded_data():
+    """hylex.engine.native.Linear split into bf16 (hi, lo): on seeded data its matmul is the float32 product of the
+    same (bf16) inputs rounded once, where the rounded weight's is not; ``weight`` is a view of ``hi`` (no second
+    copy), the state dict is unchanged, and unsplit_ gives the plain bf16 matmul exactly."""
+    from hylex.engine.native import Linear
+
+    g = torch.Generator().manual_seed(7)
+    lin = Linear(96, 40, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(40, 96, generator=g))
+        lin.bias.copy_(torch.randn(40, generator=g))
+    w32, b32 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    keys = set(lin.state_dict())
+    lin.split_()
+    assert lin.split_weight.dtype == torch.bfloat16 and lin.split_weight.shape == (40, 192)
+    assert lin.weight.data_ptr() == lin.split_weight.data_ptr() and torch.equal(lin.weight, w32.bfloat16())
+    assert set(lin.state_dict()) == keys  # split_weight is not saved
+    x = torch.randn(3, 5, 96, generator=g).bfloat16()
+    exact = torch.nn.functional.linear(x.float(), w32, b32)
+    with torch.no_grad():
+        split = lin(x)
+        lin.unsplit_()
+        rounded = lin(x)
+    assert split.shape == exact.shape == (3, 5, 40) and split.dtype == torch.bfloat16
+    assert torch.equal(rounded, torch.nn.functional.linear(x, w32.bfloat16(), b32.bfloat16()))
+    err = lambda y: float((y.float() - exact).norm() / exact.norm())  # noqa: E731
+    same = lambda y: float((y == exact.bfloat16()).float().mean())  # noqa: E731
+    # a bf16 output is at best the float32 product rounded once: the split comes within 5% of that error and
+    # gives that very value for >= 90% of entries (measured 92-95% over seeds 0-4); the rounded weight 56-61%
+    assert err(split) <= 1.05 * err(exact.bfloat16()) < err(rounded), (err(split), err(rounded))
+    assert same(split) >= 0.9 and same(rounded) < 0.7, (same(split), same(rounded))
 
 
 def test_device_names_are_checked_before_the_model_loads():

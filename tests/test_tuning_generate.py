@@ -124,6 +124,8 @@ def test_query_generator_refuses_a_model_without_chat_template_and_bad_settings(
         QueryGenerator(str(tiny_model), batch=0)
     with pytest.raises(TrainingDataError, match="must contain"):
         QueryGenerator(str(tiny_model), prompt="no slot")
+    with pytest.raises(TrainingDataError, match="dtype must be auto, bfloat16 or float32, got 'bfloat16-rounded'"):
+        QueryGenerator(str(tiny_model), dtype="bfloat16-rounded")  # an encoder dtype, not a generator's
 
 
 def test_tune_from_generated_queries_uses_the_work_folders_cache(tiny_model, tmp_path):

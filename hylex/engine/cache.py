@@ -20,7 +20,7 @@ from hylex.utils import close_lmdb, open_lmdb
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2 (2026-12-07): bfloat16 bodies split their weights (hylex.engine.native.Linear)
 # A setting at its neutral value (hylex.engine.settings.NEUTRAL_SETTINGS) is left out of the key, so adding a
 # setting does not orphan the cache; any other value changes the key. Bump CACHE_FORMAT when the encoder's output
 # changes for the same key.

@@ -145,7 +145,12 @@ class PromptRepsModule(torch.nn.Module):
         bias = getattr(head, "bias", None)
         self.head_bias = None if bias is None else torch.nn.Parameter(bias.detach().float().clone(),
                                                                       requires_grad=False)
-        target = getattr(torch, dtype)
+        target = torch.bfloat16 if dtype.startswith("bfloat16") else getattr(torch, dtype)
+        if dtype == "bfloat16" and hasattr(lm, "split_bfloat16") and \
+                any(p.dtype == torch.float32 for p in lm.parameters()):
+            # hylex's native models: bfloat16 matmuls that keep the float32 weights (hylex.engine.native.Linear);
+            # transformers' models and "bfloat16-rounded" round them
+            lm.split_bfloat16()
         # Module.to visits every tensor even when nothing changes (~0.2 s here): only when a cast is needed
         self.lm = lm if all(p.dtype == target for p in lm.parameters()) else lm.to(target)
         # Gemma-style models squash their logits; applying the same keeps the sparse weights faithful.

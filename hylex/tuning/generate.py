@@ -62,6 +62,8 @@ class QueryGenerator:
         for name, v in (("words", words), ("max_new_tokens", max_new_tokens), ("batch", batch)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise TrainingDataError(f"query generator {name} must be a positive integer, got {v!r}")
+        if dtype not in ("auto", "bfloat16", "float32"):
+            raise TrainingDataError(f"query generator dtype must be auto, bfloat16 or float32, got {dtype!r}")
         if "{text}" not in prompt:
             raise TrainingDataError("the query generator's prompt must contain {text}, where the document goes")
         resolved = resolve_model(model)
