@@ -162,6 +162,8 @@ def test_bfloat16_body_stays_close_to_float32(fp32):
                if hasattr(m, "split_weight"))
     assert rounded.describe()["settings"]["dtype"] == "bfloat16-rounded"
     assert rounded.module.lm.base_model.embed_tokens.weight.dtype == torch.bfloat16
+    for enc in (bf, rounded):  # the rotary frequencies stay float32 through the cast (bf16 ones move the vectors)
+        assert torch.equal(enc.module.lm.base_model.inv_freq, fp32.module.lm.base_model.inv_freq)
     with pytest.raises(HylexError, match="dtype 'float16' is unknown: choose one of auto, float32, bfloat16, "
                                          "bfloat16-rounded"):
         Encoder(progress=False, encoding_cache=False, dtype="float16")

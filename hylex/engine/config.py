@@ -43,10 +43,10 @@ class EncoderConfig:
         dtype: the transformer body's dtype: ``float32``, ``bfloat16``, ``bfloat16-rounded`` or ``auto``
             (bfloat16 on a GPU and on CPUs with AMX or AVX512-BF16, float32 elsewhere). ``bfloat16`` runs the
             matmuls in bfloat16 with each weight split into two bfloat16 terms (Llama/Qwen2 models on the native
-            backend; others round): dense cosine to float32 >= 0.9999 on SciFact documents, 2.2x the float32
-            encoder's documents/s on this project's AVX512-BF16 CPU. ``bfloat16-rounded`` rounds the weights:
-            1.4-1.5x faster again, cosine >= 0.9996. The LM head and the residual stream stay in float32. Indexes
-            record the resolved dtype.
+            backend; others round): dense cosine to float32 >= 0.9999 on SciFact documents, 2.2-2.4x the
+            float32 encoder's documents/s on this project's AVX512-BF16 CPU. ``bfloat16-rounded`` rounds the
+            weights: ~1.4x faster again, cosine >= 0.9995. The LM head, the residual stream and the rotary
+            frequencies stay in float32. Indexes record the resolved dtype.
     """
 
     model: str = DEFAULT_MODEL

@@ -4,7 +4,7 @@ from __future__ import annotations
 PROMPTS = ("promptreps", "prompteol", "echo", "none")
 POOLINGS = ("last", "mean", "eos", "weighted_mean")
 # bfloat16 splits each body weight into two bfloat16 terms (dense cosine to float32 >= 0.9999 on SciFact documents);
-# bfloat16-rounded rounds them (1.4-1.5x faster on this project's CPU, cosine >= 0.9995)
+# bfloat16-rounded rounds them (~1.4x faster on this project's CPU, cosine >= 0.9995)
 DTYPES = ("auto", "float32", "bfloat16", "bfloat16-rounded")
 LONG_DOCS = ("truncate", "chunk")
 DENSE_AGGS = ("first", "mean", "maxsim")
