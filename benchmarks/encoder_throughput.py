@@ -6,9 +6,11 @@ Per system (interleaved, ``--repeats`` rounds) one JSON line: documents/s and to
 (dense cosine, top sparse terms). Then the p50 of one in-process hybrid text query
 (``Searcher.search(text)``: encode + three arms + fusion) on an index of those documents, per system. Last, the
 raw ``transformers`` forward (body + LM head on the last position) on the batches hylex forms for the full
-prompts, and hylex's time over it. Run on an otherwise idle machine.
+prompts, in each of ``--raw-dtypes``: its time, every system's time over it, and its own last-position dense
+cosine to "before". Run on an otherwise idle machine.
 
-    python benchmarks/encoder_throughput.py --data ../shared/data/beir/scifact --n 128 --repeats 3
+    python benchmarks/encoder_throughput.py --data ../shared/data/beir/scifact --n 128 --repeats 3 \
+        --systems before,after,after-rounded,after-split-attn-down --raw-dtypes float32,bfloat16
 """
 from __future__ import annotations
 
