@@ -42,10 +42,10 @@ SYSTEMS = {
 }
 
 
-def _unsplit(enc: Encoder, keep: tuple[str, ...] = ()) -> None:
+def _unsplit(enc: Encoder, keep: tuple[str, ...]) -> None:
     """Undo the split of the body's bf16 weights (hylex.engine.native.Linear) except on layers named ``keep``."""
     for name, m in enc.module.lm.base_model.layers.named_modules():
-        if getattr(m, "split_weight", None) is not None and not name.endswith(keep or ("<none>",)):
+        if getattr(m, "split_weight", None) is not None and not name.endswith(keep):
             m.unsplit_()
 
 

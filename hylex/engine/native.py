@@ -213,7 +213,7 @@ class DecoderModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(n, device=input_ids.device).expand(b, n)
         # rotary angles in float32, as transformers computes them, then cast to the body's dtype
-        freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :].to(input_ids.device, torch.float32)
+        freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :].to(input_ids.device)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(body)[:, None], emb.sin().to(body)[:, None]
         causal = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
@@ -259,20 +259,16 @@ class NativeCausalLM(nn.Module):
     def gradient_checkpointing_enable(self, **_) -> None:
         self.model.gradient_checkpointing = True
 
-    def split_bfloat16(self) -> int:
+    def split_bfloat16(self) -> None:
         """Cast the model to bfloat16 with every body linear layer's weight kept as two bfloat16 terms
         (:class:`Linear`): the matmuls run in bfloat16 while the result stays within float32's reach (dense
         cosine to float32 >= 0.9999 on SciFact documents where rounded weights gave 0.9996: benchmarks/README.md).
-        Embeddings, norms and the LM head are cast as usual (the encoder runs its head in float32 anyway).
-        Returns the number of layers split."""
-        n = 0
+        Embeddings, norms and the LM head are cast as usual (the encoder runs its head in float32 anyway)."""
         with torch.no_grad():
             for m in self.model.layers.modules():
                 if isinstance(m, Linear) and m.weight.dtype == torch.float32:
                     m.split_()
-                    n += 1
         self.to(torch.bfloat16)
-        return n
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, **kw):
         hidden = self.model(input_ids, attention_mask, position_ids).last_hidden_state
