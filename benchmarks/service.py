@@ -12,6 +12,12 @@ errors (any non-200 answer or failed connection).
     python benchmarks/service.py --index benchmarks/.work/scifact-smollm2-135m-512 \\
         --queries ../shared/data/beir/scifact/queries.jsonl --clients 16 --seconds 60
 
+``--burst 16,64,200`` (issue 40 item 1) first measures the capacity in-process on the same queries (one at a
+time through ``Searcher.search``, and encoded in passes packed as the service packs them), then, for each count,
+starts a fresh server (its own warm-up only) and has that many clients send one hybrid text search each at the
+same instant: answered / 503 / hung (no answer within ``--client-timeout``), p50/p99 of the answered, the slowest
+503, and answered/s from the burst to the last answer, against the capacity.
+
 ``--concurrency 16,64,200`` runs only the back-pressure phase (issue 12 item 9: one-query hybrid text searches
 from that many clients for ``--seconds`` each; answered/s, p50/p99 of the answered, 503s), ``--one-shot RUNS``
 only the wall times of one-shot commands in fresh processes (``--version``, ``stats``, ``search``), then (unless
@@ -27,6 +33,7 @@ import os
 import platform
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,18 +44,23 @@ import urllib.request
 from pathlib import Path
 
 
-def call(port: int, method: str, path: str, body=None, key: str | None = None) -> int:
+def call(port: int, method: str, path: str, body=None, key: str | None = None, timeout: float = 120.0) -> int:
+    """The HTTP status; -2 when no answer came within ``timeout`` seconds, -1 when the connection failed."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
                                  data=None if body is None else json.dumps(body).encode(),
                                  headers={"content-type": "application/json", **({"x-api-key": key} if key else {})})
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             r.read()
             return r.status
     except urllib.error.HTTPError as e:
         e.read()
         return e.code
-    except (urllib.error.URLError, OSError):
+    except (TimeoutError, socket.timeout):
+        return -2
+    except urllib.error.URLError as e:
+        return -2 if isinstance(e.reason, (TimeoutError, socket.timeout)) else -1
+    except OSError:
         return -1
 
 
@@ -151,6 +163,78 @@ def concurrency(port: int, queries: list[str], clients: int, seconds: float, see
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
+def burst(port: int, queries: list[str], clients: int, client_timeout: float) -> dict:
+    """``clients`` clients each send one hybrid text search (distinct queries) at the same instant: how many are
+    answered (200), refused (503, and how fast), hung (no answer within ``client_timeout``), latency percentiles
+    of the answered, and answered/s from the burst to the last answer."""
+    rows: list[tuple[int, float, float]] = []  # (status, seconds to answer, time of answer)
+    lock = threading.Lock()
+    gate = threading.Barrier(clients + 1)
+
+    def worker(w: int) -> None:
+        gate.wait()
+        t = time.perf_counter()
+        code = call(port, "POST", "/search", {"queries": [queries[w % len(queries)]], "k": 10,
+                                              "with_documents": False}, timeout=client_timeout)
+        now = time.perf_counter()
+        with lock:
+            rows.append((code, now - t, now))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    for th in threads:
+        th.start()
+    gate.wait()
+    t0 = time.perf_counter()
+    for th in threads:
+        th.join()
+    ok = [r for r in rows if r[0] == 200]
+    busy = [r for r in rows if r[0] == 503]
+    hung = [r for r in rows if r[0] == -2]
+    span = max((r[2] for r in ok), default=t0) - t0
+    return {"clients": clients, "answered": len(ok), "refused_503": len(busy), "hung": len(hung),
+            "other": sorted({r[0] for r in rows} - {200, 503, -2}),
+            "answered_per_s": round(len(ok) / span, 2) if ok else 0.0, "last_answer_s": round(span, 2),
+            "search": percentiles([r[1] for r in ok]),
+            "refused_max_s": round(max((r[1] for r in busy), default=0.0), 3),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def capacity(index: Path, queries: list[str], max_batch_tokens: int) -> dict:
+    """The same queries searched in-process with nothing else running: one at a time (``Searcher.search``), and
+    encoded in passes of ``max_batch_tokens`` packed as the service packs them, each query then searched alone."""
+    from hylex.retrieval import Searcher
+    from hylex.service.batching import QueryBatcher
+
+    s = Searcher(index, progress=False, encoding_cache=False)
+    s.search(["warm up the model", "and the kernels"], k=10)
+    t = time.perf_counter()
+    for q in queries:
+        s.search([q], k=10)
+    one = len(queries) / (time.perf_counter() - t)
+    enc = s.encoder
+    layout = enc._layouts["query"]
+    cost = QueryBatcher(lambda texts: None, own_thread=False, max_batch_tokens=max_batch_tokens,
+                        prompt_tokens=layout.overhead, max_tokens=enc.config.max_length)
+    passes, cur, n = [], [], 0
+    for q in queries:
+        c = cost.text_tokens(q)
+        if cur and n + c > max_batch_tokens:
+            passes.append(cur)
+            cur, n = [], 0
+        cur.append(q)
+        n += c
+    passes.append(cur)
+    t = time.perf_counter()
+    for texts in passes:
+        dense, sparse = enc.encode_queries(texts)
+        for i, q in enumerate(texts):
+            s.search(None, dense=dense[i:i + 1], sparse=sparse[i:i + 1], bm25_queries=[q], k=10)
+    batched = len(queries) / (time.perf_counter() - t)
+    s.index.close()
+    return {"queries": len(queries), "one_at_a_time_per_s": round(one, 2), "batched_per_s": round(batched, 2),
+            "passes": len(passes), "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
 ONE_SHOT_QUERY = "parse a JSON string"
 # The parts of one `hylex search IDX QUERY -k 3 --no-encoding-cache` run in-process (child of one_shot_phases).
 PHASES_CHILD = r"""
@@ -234,6 +318,13 @@ def main() -> None:
                     help="comma-separated client counts (e.g. 16,64,200): only the back-pressure runs, each "
                          "--seconds long, one-query hybrid text searches, real model")
     ap.add_argument("--request-timeout", type=float, default=30.0, help="the server's --request-timeout")
+    ap.add_argument("--burst", default=None,
+                    help="comma-separated client counts (e.g. 16,64,200): only bursts, each client sending one "
+                         "hybrid text search at the same instant to a freshly started server, after the capacity "
+                         "measured in-process on the same queries")
+    ap.add_argument("--client-timeout", type=float, default=60.0, help="with --burst: a request unanswered this "
+                                                                       "long counts as hung")
+    ap.add_argument("--max-batch-tokens", type=int, default=2048, help="the server's --max-batch-tokens")
     ap.add_argument("--one-shot", type=int, default=0, metavar="RUNS",
                     help="only time one-shot commands (--version, stats, search) on --index, median of RUNS")
     ap.add_argument("--no-phases", action="store_true",
@@ -261,6 +352,24 @@ def main() -> None:
         return
     queries = list(read_queries(args.queries).values())
     random.Random(0).shuffle(queries)
+    if args.burst:
+        counts = [int(c) for c in args.burst.split(",")]
+        work = Path(args.work)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(args.index, work / "index", ignore=shutil.ignore_patterns(".lock", "runs"))
+        cap = capacity(work / "index", queries[:max(counts)], args.max_batch_tokens)
+        emit({"phase": "capacity (in-process)", **cap})
+        for clients in counts:
+            server = Server(work / "index", ["--no-encoding-cache", "--request-timeout", str(args.request_timeout),
+                                             "--max-batch-tokens", str(args.max_batch_tokens)], "bench-key")
+            try:
+                res = burst(server.port, queries, clients, args.client_timeout)
+            finally:
+                server.stop()
+            best = max(cap["one_at_a_time_per_s"], cap["batched_per_s"])
+            emit({"phase": "burst", "request_timeout_s": args.request_timeout, **res,
+                  "vs_capacity": round(res["answered_per_s"] / best, 3)})
+        return
     if args.concurrency:
         work = Path(args.work)
         shutil.rmtree(work, ignore_errors=True)

@@ -32,6 +32,7 @@ import contextlib
 import hmac
 import logging
 import os
+import random
 import threading
 import time
 from pathlib import Path
@@ -52,13 +53,22 @@ from hylex.errors import HylexError, IndexLockedError
 from hylex.indexing.index import Index
 from hylex.retrieval.filters import check_filter, delete_where
 from hylex.retrieval.searcher import Searcher
-from hylex.service.batching import Busy, QueryBatcher
+from hylex.service.batching import Busy, QueryBatcher, TooMuchWork
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 16 * 2**20
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_WRITE_WAIT = 10.0
+# a search's queries are searched in groups of this many, the request's deadline checked between groups
+SEARCH_GROUP = 64
+# an upsert's documents are encoded this many at a time, so that query batches are not held up behind a whole batch
+UPSERT_GROUP = 8
+_CALIBRATION_WORDS = ("cell protein gene study patients risk effect treatment human blood cancer expression level "
+                      "increase reduce response function mouse model data analysis cause disease infection brain "
+                      "drug dose age women children heart liver lung kidney immune virus bacteria growth factor "
+                      "signal pathway receptor tissue therapy trial survival mortality diet exercise sleep stress "
+                      "how does what why when which is are can the of in to with without after before during").split()
 
 
 class _Model(BaseModel):
@@ -193,7 +203,7 @@ class Service:
         and numba then share one thread's OpenMP teams; a numba team started by another thread made encoding 2x
         slower here), else on the one search thread."""
         if self.batcher is not None:
-            return await self.batcher.call(fn)
+            return await self.batcher.call(fn, kind="commit")
         return await asyncio.get_running_loop().run_in_executor(self.search_thread, fn)
 
     async def write(self, fn):
@@ -223,11 +233,45 @@ class Service:
 
     def encode_queries(self, texts: list[str]):
         enc = self.encoder
-        if self.batcher is not None and not self.batcher.prompt_tokens:
-            # the prompt's tokens count in every text's share of a batch's token budget
-            layout = (getattr(enc, "_layouts", None) or {}).get("query")
-            self.batcher.prompt_tokens = int(getattr(layout, "overhead", 0) or 0)
+        if self.batcher is not None:
+            self.token_costs(enc)
         return enc.encode_queries(texts)
+
+    def token_costs(self, enc=None) -> None:
+        """Tell the batcher what a query text costs: the prompt's tokens on top of every text, and the cap where
+        the encoder truncates (from the encoder once loaded, else from the index's recorded settings)."""
+        b = self.batcher
+        if b is None:
+            return
+        if enc is not None:
+            layout = (getattr(enc, "_layouts", None) or {}).get("query")
+            b.prompt_tokens = int(getattr(layout, "overhead", 0) or 0)
+            cap = getattr(getattr(enc, "config", None), "max_length", None)
+            b.max_tokens = int(cap) if isinstance(cap, int) else None
+        else:  # the index's own model, loaded on first use: its recorded max_length (the encoder's default if none)
+            from hylex.engine.config import EncoderConfig
+
+            settings = self.index.encoder_info.get("settings") or {}
+            cap = settings.get("max_length", EncoderConfig.max_length)
+            b.max_tokens = int(cap) if isinstance(cap, int) else None
+
+    def calibrate(self, n: int = 64) -> None:
+        """Time query encoding before serving (once alone, then in full batches), so admission starts from this
+        machine's measured speed. The texts are random words: they miss the encoding cache."""
+        if self.batcher is None:
+            return
+        enc = self.encoder
+        self.token_costs(enc)
+        rng = random.Random()
+        texts = [" ".join(rng.choice(_CALIBRATION_WORDS) for _ in range(rng.randint(8, 16))) for _ in range(n)]
+        cache = getattr(enc, "encoding_cache", None)
+        try:
+            if cache is not None:
+                enc.encoding_cache = None  # timed as served, and the cache kept free of made-up texts
+            self.batcher.calibrate(texts)
+        finally:
+            if cache is not None:
+                enc.encoding_cache = cache
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -544,6 +588,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         service.batcher = QueryBatcher(service.encode_queries, max_wait=batch_wait_ms / 1000, max_queue=max_queue,
                                        lock=service.encoder_lock, own_thread=model_thread,
                                        max_batch_tokens=max_batch_tokens)
+        service.token_costs(encoder)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -678,23 +723,6 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         given = None if req.queries is not None else \
             {a for a, x in (("dense", req.dense), ("sparse", req.sparse), ("bm25", req.bm25_queries)) if x is not None}
         used = set(service.searcher.resolve_fusion(req.mode, req.arms, req.weights, req.alpha, req.fusion, given)[0])
-        texts, bm25_texts = req.queries, req.bm25_queries
-        if texts is not None and used & {"dense", "sparse"} and dense is None and sparse is None:
-            if any(not isinstance(t, str) or not t.strip() for t in texts):
-                raise ServiceError("a query text is empty: pass non-empty query texts")
-            if service.batcher is not None:  # shares a forward pass with concurrent requests
-                try:
-                    dense, sparse = await service.batcher.encode(
-                        texts, timeout=None if deadline is None else max(0.001, deadline - time.monotonic()))
-                except Busy as e:
-                    raise ServiceError(f"the service is busy ({e}): retry shortly", 503,
-                                       {"Retry-After": str(e.retry_after)}) from None
-            else:
-                def encode_alone():
-                    with service.encoder_lock:
-                        return service.encode_queries(texts)
-                dense, sparse = await run_in_threadpool(encode_alone)
-            texts, bm25_texts = None, req.queries  # the texts still serve the bm25 arm and explanations
         kwargs = dict(k=req.k, mode=req.mode, fusion=req.fusion, alpha=req.alpha, rrf_k=req.rrf_k, depth=req.depth,
                       weights=req.weights, filter=flt, with_documents=req.with_documents, explain=req.explain,
                       k1=req.k1, b=req.b, query_cut=req.query_cut, heap_factor=req.heap_factor,
@@ -702,20 +730,53 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         if req.arms is not None:
             kwargs["arms"] = req.arms
 
-        def run_search():
+        def run_search(texts, dense, sparse, bm25_texts) -> list[QueryResult]:
+            """The search itself, in groups of queries with the request's deadline checked between them."""
             with service.lock:
                 service.current()
-                return service.searcher.search(texts, dense=dense, sparse=sparse, bm25_queries=bm25_texts, **kwargs)
+                n_q = max((x.shape[0] if hasattr(x, "shape") else len(x)
+                           for x in (texts, dense, sparse, bm25_texts) if x is not None), default=0)
+                out: list[QueryResult] = []
+                for lo in range(0, max(n_q, 1), SEARCH_GROUP):
+                    if lo and deadline is not None and time.monotonic() > deadline:
+                        raise Busy(f"the search ran past the {request_timeout:g} s request timeout after {lo} of "
+                                   f"{n_q} queries: send fewer queries per request")
+                    part = slice(lo, lo + SEARCH_GROUP)
+                    res = service.searcher.search(
+                        None if texts is None else texts[part], dense=None if dense is None else dense[part],
+                        sparse=None if sparse is None else sparse[part],
+                        bm25_queries=None if bm25_texts is None else bm25_texts[part], **kwargs)
+                    out += _hits(res, None if req.queries is None else req.queries[part], req.with_documents)
+                return out
 
-        if service.batcher is not None:
-            try:
-                res = await service.batcher.call(run_search, deadline=deadline)
-            except Busy as e:
-                raise ServiceError(f"the service is busy ({e}): retry shortly", 503,
-                                   {"Retry-After": str(e.retry_after)}) from None
-        else:
-            res = await service.run(run_search)
-        return SearchResponse(results=_hits(res, req.queries, req.with_documents))
+        texts = req.queries
+        try:
+            if texts is not None and used & {"dense", "sparse"} and dense is None and sparse is None:
+                if any(not isinstance(t, str) or not t.strip() for t in texts):
+                    raise ServiceError("a query text is empty: pass non-empty query texts")
+                if service.batcher is not None:
+                    # shares a forward pass with concurrent requests; the search runs right after it, on the model
+                    # thread (the texts still serve the bm25 arm and explanations)
+                    results = await service.batcher.encode(
+                        texts, timeout=None if deadline is None else max(0.001, deadline - time.monotonic()),
+                        then=lambda d, s: run_search(None, d, s, texts))
+                else:
+                    def encode_alone():
+                        with service.encoder_lock:
+                            return service.encode_queries(texts)
+                    d, s = await run_in_threadpool(encode_alone)
+                    results = await service.run(lambda: run_search(None, d, s, texts))
+            elif service.batcher is not None:  # no encoding: before the next query batch
+                results = await service.batcher.call(lambda: run_search(texts, dense, sparse, req.bm25_queries),
+                                                     deadline=deadline, kind="search", urgent=True)
+            else:
+                results = await service.run(lambda: run_search(texts, dense, sparse, req.bm25_queries))
+        except Busy as e:
+            raise ServiceError(f"the service is busy ({e}): retry shortly", 503,
+                               {"Retry-After": str(e.retry_after)}) from None
+        except TooMuchWork as e:
+            raise ServiceError(str(e), 413) from None
+        return SearchResponse(results=results)
 
     def _get(doc_id: str) -> dict:
         check_id(doc_id)
@@ -748,11 +809,15 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             if d.id in seen:
                 raise ServiceError(f"document id {d.id!r} appears twice in the batch: ids must be unique")
             seen.add(d.id)
-        def encode_docs():
-            return service.encoder.encode_documents([d.full_text for d in docs])
+        def encode_docs(part=slice(None)):
+            return service.encoder.encode_documents([d.full_text for d in docs[part]])
 
-        if service.batcher is not None:  # on the model's thread, between query batches
-            dense, sparse = await service.batcher.call(encode_docs)
+        if service.batcher is not None:  # on the model's thread, a few documents at a time between query batches
+            parts = [await service.batcher.call(lambda part=slice(lo, lo + UPSERT_GROUP): encode_docs(part),
+                                                kind="encode_documents")
+                     for lo in range(0, len(docs), UPSERT_GROUP)]
+            dense = np.concatenate([np.asarray(p[0], np.float32) for p in parts])
+            sparse = sp.vstack([sp.csr_matrix(p[1], dtype=np.float32) for p in parts], format="csr")
         else:
             def encode_alone():
                 with service.encoder_lock:

@@ -171,7 +171,7 @@ def serve_here(cfg: ServeConfig, sock: socket.socket, threads: int | None = None
 def warm_up(service) -> None:
     """Load the encoder and run one search of every arm on the numba kernels, so the first request pays no model
     load or kernel compilation (and every later search uses the compiled kernels, whatever its size: see
-    :func:`hylex.kernels.topk.use_numba`)."""
+    :func:`hylex.kernels.topk.use_numba`); then time query encoding for admission (:meth:`Service.calibrate`)."""
     from hylex.kernels import kernel_backend, load_kernels
 
     t = time.perf_counter()
@@ -179,6 +179,7 @@ def warm_up(service) -> None:
     load_kernels()
     with kernel_backend("numba"):
         service.searcher.search(["warm up"], k=1, mode="hybrid", arms=("dense", "sparse", "bm25"))
+    service.calibrate()  # admission starts from measured encoding speed, not from the first requests'
     logger.info("warmed up in %.1f s", time.perf_counter() - t)
 
 
