@@ -211,10 +211,13 @@ def capacity(index: Path, queries: list[str], max_batch_tokens: int) -> dict:
     for q in queries:
         s.search([q], k=10)
     one = len(queries) / (time.perf_counter() - t)
+    from hylex.service.app import _token_counter
+
     enc = s.encoder
-    layout = enc._layouts["query"]
+    prompt, text_cap = enc.row_tokens("query")  # packed by the service's own costing (hylex.service.app)
     cost = QueryBatcher(lambda texts: None, own_thread=False, max_batch_tokens=max_batch_tokens,
-                        prompt_tokens=layout.overhead, max_tokens=enc.config.max_length)
+                        prompt_tokens=prompt, max_tokens=prompt + text_cap,
+                        count_tokens=_token_counter(enc.tokenizer, prompt + text_cap))
     passes, cur, n = [], [], 0
     for q in queries:
         c = cost.text_tokens(q)
@@ -364,6 +367,9 @@ def main() -> None:
                                              "--max-batch-tokens", str(args.max_batch_tokens)], "bench-key")
             try:
                 res = burst(server.port, queries, clients, args.client_timeout)
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/stats", timeout=60) as r:
+                    svc = json.loads(r.read())["service"]
+                res["server"] = {k: svc.get(k) for k in ("refused", "timed_out", "encode_batches", "admission")}
             finally:
                 server.stop()
             best = max(cap["one_at_a_time_per_s"], cap["batched_per_s"])

@@ -219,14 +219,42 @@ def test_queries_are_costed_at_the_encoders_length(index_copy):
     assert app.state.service.batcher.max_tokens == 512
     app.state.service.close()
     enc = CountingEncoder()
-    enc.config = SimpleNamespace(max_length=128)
-    enc._layouts = {"query": SimpleNamespace(overhead=30)}
+    enc.row_tokens = lambda kind: (30, 98)  # hylex's Encoder: the prompt's tokens per row, a text's most
+    enc.tokenizer = SimpleNamespace(backend_tokenizer=_word_tokenizer())
     app = create_app(index_copy, encoder=enc)
     b = app.state.service.batcher
-    assert (b.max_tokens, b.prompt_tokens) == (128, 30) and b.text_tokens("x" * 10_000) == 128
+    assert (b.max_tokens, b.prompt_tokens) == (128, 30) and b.text_tokens("x " * 10_000) == 128
+    assert b.text_tokens("two words") == 32  # counted by the model's tokenizer, not characters / 4
     app.state.service.calibrate(n=12)
     assert b.cost.known and enc.query_calls[0] == 1 and sum(enc.query_calls) == 12
     app.state.service.close()
+
+
+def _word_tokenizer():
+    """A ``tokenizers`` tokenizer of whitespace-separated words (ids from a tiny vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "two": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok
+
+
+def test_the_real_encoder_reports_what_a_row_costs():
+    """Encoder.row_tokens: the prompt's tokens minus the cached prefix, and the text's share of max_length; the
+    token counter reads the same ids as the encoder's tokenizer."""
+    from hylex.engine import Encoder
+    from hylex.service.app import _token_counter
+
+    enc = Encoder("smollm2-135m", encoding_cache=False, progress=False, max_length=128)
+    layout = enc._layouts["query"]
+    prompt, cap = enc.row_tokens("query")
+    assert prompt == layout.overhead - len(layout.pieces[0]) and prompt + cap <= 128
+    assert enc._units(["word " * 500], "query")[0].ids.__len__() <= len(layout.pieces[0]) + prompt + cap
+    count = _token_counter(enc.tokenizer, 128)
+    text = "Vitamin D deficiency raises the risk of multiple sclerosis."
+    assert count(text) == len(enc.tokenizer(text)["input_ids"])
+    enc.prefix_cache = False
+    assert enc.row_tokens("query")[0] == layout.overhead
 
 
 def test_busy_retry_after_is_a_whole_second_at_least():

@@ -348,6 +348,17 @@ class Encoder:
         """Encode documents (passages) with the passage prompt; same shapes as :meth:`encode_queries`."""
         return self.encode(texts, kind="passage")
 
+    def row_tokens(self, kind: str = "query") -> tuple[int, int]:
+        """``(prompt tokens each row of a forward pass computes, the most tokens one text adds)`` for ``kind``:
+        the prompt's tokens minus its cached prefix (reused, not recomputed), and what ``max_length`` leaves a
+        text. A service uses it to cost query texts before encoding them."""
+        layout = self._layouts[kind]
+        prefix = len(layout.pieces[0]) if self.prefix_cache and self.backend_used == "native" and \
+            len(layout.pieces[0]) >= 2 else 0
+        eos = 1 if self.config.pooling == "eos" else 0
+        budget = max(1, (self.config.max_length - eos - layout.overhead) // layout.copies)
+        return layout.overhead - prefix + eos, budget * layout.copies
+
     @staticmethod
     def _check_texts(texts) -> list[str]:
         if isinstance(texts, str):

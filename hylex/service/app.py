@@ -31,6 +31,7 @@ import concurrent.futures
 import contextlib
 import hmac
 import logging
+import math
 import os
 import random
 import threading
@@ -238,16 +239,20 @@ class Service:
         return enc.encode_queries(texts)
 
     def token_costs(self, enc=None) -> None:
-        """Tell the batcher what a query text costs: the prompt's tokens on top of every text, and the cap where
-        the encoder truncates (from the encoder once loaded, else from the index's recorded settings)."""
+        """Tell the batcher what a query text costs a forward pass: its tokens (counted by the model's tokenizer
+        once loaded), the prompt's tokens each row computes on top, and the cap where the encoder truncates (from
+        the encoder once loaded, else the index's recorded max_length). Other encoders: characters / 4, no
+        prompt, no cap."""
         b = self.batcher
         if b is None:
             return
         if enc is not None:
-            layout = (getattr(enc, "_layouts", None) or {}).get("query")
-            b.prompt_tokens = int(getattr(layout, "overhead", 0) or 0)
-            cap = getattr(getattr(enc, "config", None), "max_length", None)
-            b.max_tokens = int(cap) if isinstance(cap, int) else None
+            if hasattr(enc, "row_tokens"):  # hylex's encoder: the prompt's tokens a pass computes, the text's cap
+                prompt, text_cap = enc.row_tokens("query")
+                b.prompt_tokens, b.max_tokens = prompt, prompt + text_cap
+            counter = _token_counter(getattr(enc, "tokenizer", None), b.max_tokens)
+            if counter is not None:
+                b.count_tokens = counter
         else:  # the index's own model, loaded on first use: its recorded max_length (the encoder's default if none)
             from hylex.engine.config import EncoderConfig
 
@@ -263,7 +268,9 @@ class Service:
         enc = self.encoder
         self.token_costs(enc)
         rng = random.Random()
-        texts = [" ".join(rng.choice(_CALIBRATION_WORDS) for _ in range(rng.randint(8, 16))) for _ in range(n)]
+        # lengths spread like typed queries (median 12 words, a long tail): passes are padded as real ones are
+        texts = [" ".join(rng.choice(_CALIBRATION_WORDS) for _ in range(min(60, max(3, round(
+            rng.lognormvariate(math.log(12), 0.5)))))) for _ in range(n)]
         cache = getattr(enc, "encoding_cache", None)
         try:
             if cache is not None:
@@ -278,6 +285,24 @@ class Service:
             self.batcher.close()
         self.search_thread.shutdown(wait=True)
         self.index.close()
+
+
+def _token_counter(tokenizer, cap: int | None):
+    """``text -> its token count`` on a private copy of the model's ``tokenizers`` tokenizer (the admission
+    counts on the event loop while the model thread tokenizes; transformers' tokenizers mutate their state per
+    call), reading at most the characters that can fit ``cap`` tokens, as the encoder does; None without one.
+    Real counts, not characters / 4: scientific text has ~1.5x the tokens per character of plain words, which
+    made the cost measured on one kind of text wrong for another."""
+    backend = getattr(tokenizer, "_tok", None) or getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        return None
+    from tokenizers import Tokenizer
+
+    counter = Tokenizer.from_str(backend.to_str())
+    counter.no_truncation()
+    counter.no_padding()
+    clip = None if cap is None else 12 * cap  # about the encoder's own cut before tokenizing (Encoder._units)
+    return lambda text: len(counter.encode(text[:clip], add_special_tokens=False).ids)
 
 
 class _TooLarge(Exception):
@@ -680,6 +705,11 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                           "timed_out": b.expired if b else None, "refused": b.refused if b else None,
                           "pid": os.getpid(),
                           "worker": service.worker.get("worker", 0), "workers": service.worker.get("workers", 1)}
+        if b is not None and b.cost.known:  # what admission believes a pass costs (hylex serve measures it first)
+            out["service"]["admission"] = {"seconds_per_pass": round(b.cost.a, 4),
+                                           "ms_per_token": round(1000 * b.cost.b, 4),
+                                           "search_ms": round(1000 * b.timings.get("search"), 2),
+                                           "passes_measured": len(b.cost._obs)}
         return out
 
     @app.post("/search", response_model=SearchResponse, responses=_errors(400, 401, 413, 415, 422, 503),
