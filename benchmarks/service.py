@@ -75,8 +75,10 @@ def percentiles(lat: list[float]) -> dict:
 class Server:
     """`hylex serve` in a child process on a free port, once every worker is ready (its "serving" line)."""
 
-    def __init__(self, index: Path, extra: list[str], key: str):
+    def __init__(self, index: Path, extra: list[str], key: str, code: str | None = None):
         env = {**os.environ, "HYLEX_BENCH_KEY": key, "TOKENIZERS_PARALLELISM": "false"}
+        if code:  # another checkout's hylex (e.g. `git worktree add /tmp/old COMMIT`), to compare versions
+            env["PYTHONPATH"] = code
         self.proc = subprocess.Popen([sys.executable, "-m", "hylex", "--no-progress", "serve", str(index), "--port",
                                       "0", "--api-key-env", "HYLEX_BENCH_KEY", *extra], env=env,
                                      stdout=subprocess.PIPE, text=True)
@@ -328,6 +330,9 @@ def main() -> None:
     ap.add_argument("--client-timeout", type=float, default=60.0, help="with --burst: a request unanswered this "
                                                                        "long counts as hung")
     ap.add_argument("--max-batch-tokens", type=int, default=2048, help="the server's --max-batch-tokens")
+    ap.add_argument("--server-code", default=None, metavar="DIR",
+                    help="with --burst: also burst servers run from this checkout of hylex (PYTHONPATH=DIR), "
+                         "each right after this one's, for a before/after in one sitting")
     ap.add_argument("--one-shot", type=int, default=0, metavar="RUNS",
                     help="only time one-shot commands (--version, stats, search) on --index, median of RUNS")
     ap.add_argument("--no-phases", action="store_true",
@@ -363,18 +368,20 @@ def main() -> None:
         cap = capacity(work / "index", queries[:max(counts)], args.max_batch_tokens)
         emit({"phase": "capacity (in-process)", **cap})
         for clients in counts:
-            server = Server(work / "index", ["--no-encoding-cache", "--request-timeout", str(args.request_timeout),
-                                             "--max-batch-tokens", str(args.max_batch_tokens)], "bench-key")
-            try:
-                res = burst(server.port, queries, clients, args.client_timeout)
-                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/stats", timeout=60) as r:
-                    svc = json.loads(r.read())["service"]
-                res["server"] = {k: svc.get(k) for k in ("refused", "timed_out", "encode_batches", "admission")}
-            finally:
-                server.stop()
-            best = max(cap["one_at_a_time_per_s"], cap["batched_per_s"])
-            emit({"phase": "burst", "request_timeout_s": args.request_timeout, **res,
-                  "vs_capacity": round(res["answered_per_s"] / best, 3)})
+            for code in [None] + ([args.server_code] if args.server_code else []):
+                server = Server(work / "index", ["--no-encoding-cache", "--request-timeout",
+                                                 str(args.request_timeout), "--max-batch-tokens",
+                                                 str(args.max_batch_tokens)], "bench-key", code)
+                try:
+                    res = burst(server.port, queries, clients, args.client_timeout)
+                    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/stats", timeout=60) as r:
+                        svc = json.loads(r.read())["service"]
+                    res["server"] = {k: svc.get(k) for k in ("refused", "timed_out", "encode_batches", "admission")}
+                finally:
+                    server.stop()
+                best = max(cap["one_at_a_time_per_s"], cap["batched_per_s"])
+                emit({"phase": "burst", "code": code or "this checkout", "request_timeout_s": args.request_timeout,
+                      **res, "vs_capacity": round(res["answered_per_s"] / best, 3)})
         return
     if args.concurrency:
         work = Path(args.work)
