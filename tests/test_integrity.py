@@ -330,3 +330,26 @@ def test_manifest_of_the_wrong_shape_is_one_line_naming_the_field(ix, capsys, fa
     assert rc == 1 and len(got) == 1 and needle in got[0], err
     with pytest.raises(IndexFormatError, match="manifest.json .*is damaged"):
         Index.open(ix)
+
+
+def test_a_live_document_missing_from_the_store_is_refused_not_shifted(ix, capsys, fake_cli):
+    """Item 4 (found by benchmarks/faults.py: a flipped bit in a record's key): a live row whose document the
+    store lacks made a search drop that hit and pair every later hit with the document of the one before it
+    (silently wrong text under another id). Now searches and get refuse in one line; Results.to_list pairs
+    documents by column."""
+    from hylex.retrieval.results import Results
+
+    env = lmdb.open(str(ix / "docs.lmdb"), max_dbs=2, map_size=1 << 30)
+    docs = env.open_db(b"docs")
+    with env.begin(write=True, db=docs) as txn:
+        assert txn.delete((16).to_bytes(8, "big"))
+    env.close()
+    with Index.open(ix) as index:
+        with pytest.raises(IndexFormatError, match="lacks the live document at row 16"):
+            index.get(["d0016"])
+        assert index.get(["d0017"])[0]["id"] == "d0017"
+    rc, out, err = run(capsys, "search", ix, make_docs(40)[16].text, "--mode", "bm25", "-k", "40")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "row 16" in err, err
+    res = Results(ids=np.array([[None, "a", "b"]], dtype=object), scores=np.array([[3.0, 2.0, 1.0]], np.float32),
+                  rows=np.array([[5, 6, 7]]), documents=[[None, {"id": "a", "text": "A"}, {"id": "b", "text": "B"}]])
+    assert [(h["id"], h["text"]) for h in res.to_list()[0]] == [("a", "A"), ("b", "B")]

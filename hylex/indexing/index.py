@@ -989,10 +989,17 @@ class Index:
         return seg is not None and (seg.deleted is None or not seg.deleted[int(row) - seg.row_offset])
 
     def documents(self, rows: Sequence[int]) -> list[dict | None]:
-        """Stored documents ``{id, title, text, metadata}`` of global rows (None for -1 / not live)."""
+        """Stored documents ``{id, title, text, metadata}`` of global rows (None for -1 / not live). A live row
+        whose document is not stored, or fails its checksum, is a DocumentDamagedError."""
         self._check_open()
         rows = [int(r) if r is not None and r >= 0 and self.is_live(int(r)) else -1 for r in rows]
-        return self.store.get(rows)
+        docs = self.store.get(rows)
+        lost = next((r for r, d in zip(rows, docs) if d is None and r >= 0), None)
+        if lost is not None:
+            raise DocumentDamagedError(f"the document store of {self.path} lacks the live document at row {lost}: "
+                                       f"it is damaged (`hylex validate` lists every problem), or a writer removed "
+                                       f"this handle's snapshot (refresh it)")
+        return docs
 
     def rows_of(self, ids: Sequence[str]) -> list[int | None]:
         """The live global row of each external id (None where the id is not live)."""
