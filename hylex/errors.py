@@ -49,4 +49,8 @@ class StorageFullError(StorageError):
 
 
 class DocumentDamagedError(IndexFormatError):
-    """A stored document does not match its checksum, or the document store's id mapping is inconsistent."""
+    """A stored document does not match its checksum, is missing under a live row, or the document store's id
+    mapping is inconsistent. The service answers it as a server fault (500 with ``{"error"}``), not a client
+    mistake."""
+
+    status = 500

@@ -5,6 +5,7 @@ import hashlib
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -79,6 +80,9 @@ def open_lmdb(path: str | os.PathLike, *, readonly: bool = False, **kwargs) -> l
         if entry is None:
             data = Path(path) / "data.mdb" if kwargs.get("subdir", True) else Path(path)
             problem = lmdb_file_problem(data) if data.is_file() else None
+            if problem is not None:  # read again: a meta page a writer was rewriting that very moment reads torn
+                time.sleep(0.05)
+                problem = lmdb_file_problem(data)
             if problem is not None:
                 from hylex.errors import IndexFormatError
 

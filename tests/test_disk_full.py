@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -125,6 +126,22 @@ def test_full_disk_during_hylex_index_is_one_line_and_resumable(tmp_path, capsys
     assert _ids(ix) == sorted(d.id for d in make_docs(30))
 
 
+def test_a_failed_merge_then_a_failed_commit_is_still_one_line(tmp_path, capsys, monkeypatch):
+    """Item 1 (found by benchmarks/faults.py): the automatic merge after the second commit fails for lack of
+    space, then the third commit does: one line, not a warning about the merge before it; the index holds the
+    two commits and validates."""
+    corpus, ix = _corpus(tmp_path), tmp_path / "ix"
+    first_two = lambda a, k: not any(f"seg-00000{i}" in str(x) for x in a for i in (0, 1))  # noqa: E731
+    with monkeypatch.context() as m:
+        m.setattr(DenseIndex, "save", _when(_faiss_write_error, first_two)(DenseIndex.save))
+        m.setattr(storage_mod, "_free_bytes", lambda path: 0)
+        argv = [a for a in _index_argv(corpus, ix) if a != "--no-auto-merge"] + ["--merge-factor", "2"]
+        rc, out, err = _run(capsys, argv)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "last commit (20 documents)" in err and "rerun with --resume" in err, err
+    assert _ids(ix) == sorted(d.id for d in make_docs(30))[:20]
+
+
 def test_full_disk_on_the_first_commit_leaves_no_index(tmp_path, capsys, monkeypatch):
     """Item 1: nothing committed yet: the new directory is removed and the line says to run again."""
     corpus, ix = _corpus(tmp_path), tmp_path / "ix"
@@ -184,6 +201,7 @@ def test_a_failed_merge_after_the_commit_point_does_not_fail_the_commit(tmp_path
     """Item 2 (library): the automatic merge after a commit meets a full disk: the upsert returns (its batch is
     committed, the failure logged) and the merge is done after the next commit (was: the exception, after the
     batch was committed)."""
+    caplog.set_level(logging.INFO, logger="hylex.indexing.index")
     enc = FakeEncoder()
     docs = make_docs(40)
     with Index.create(tmp_path / "ix", enc.describe(), merge={"factor": 2}) as ix:
@@ -196,6 +214,7 @@ def test_a_failed_merge_after_the_commit_point_does_not_fail_the_commit(tmp_path
             m.setattr(storage_mod, "_free_bytes", lambda path: 0)
             ix.upsert(batch, e.dense, e.sparse)  # does not raise
         assert "automatic merge after it failed" in caplog.text and "no space left" in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # INFO: the next write says it
         assert ix.n_docs == 2 * SEG and len(ix.segments) == 2  # committed, not merged
         assert not list((tmp_path / "ix" / "segments").glob(".*.tmp"))
         e = enc.encode_documents([d.full_text for d in docs[2 * SEG:3 * SEG]])

@@ -171,6 +171,14 @@ def test_a_flipped_bit_in_a_stored_text_is_found_and_never_returned(ix, capsys, 
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "row 7" in err and "damaged" in err, err
     rc, out, err = run(capsys, "get", ix, "d0007")
     assert rc == 2 and "damaged" in err
+    from fastapi.testclient import TestClient
+
+    from hylex.service.app import create_app
+
+    with TestClient(create_app(str(ix), encoder=FakeEncoder())) as c:  # a server fault, said in JSON
+        r = c.get("/documents/d0007")
+        assert r.status_code == 500 and "row 7" in r.json()["error"], r.text
+        assert c.get("/documents/d0008").json()["id"] == "d0008"
 
 
 def test_a_flipped_bit_in_the_json_structure_is_a_problem_not_a_crash(ix, capsys):

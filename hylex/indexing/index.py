@@ -777,15 +777,18 @@ class Index:
         return vecs
 
     def _merge_after_commit(self) -> None:
-        """The automatic merge after a commit. The commit stands whatever happens here: a merge that fails (a full
-        disk) is logged and tried again after the next commit, and what it left is removed by the next writer."""
+        """The automatic merge after a commit. The commit stands whatever happens here: a merge that fails is
+        logged and tried again after the next commit, and what it left is removed by the next writer. A full disk
+        is logged at INFO only: the next write meets it and says so (one line, not a warning before it); any
+        other failure is a warning with its traceback."""
         try:
             self._auto_merge()
         except Exception as e:
             err = storage_error(e, self.path, self.n_docs)
-            logger.warning("the commit to %s stands, but the automatic merge after it failed (%s): it is tried again "
-                           "after the next commit", self.path, err.base if err is not None else repr(e),
-                           exc_info=err is None)
+            logger.log(logging.INFO if err is not None else logging.WARNING,
+                       "the commit to %s stands, but the automatic merge after it failed (%s): it is tried again "
+                       "after the next commit", self.path, err.base if err is not None else repr(e),
+                       exc_info=err is None)
 
     def _auto_merge(self) -> None:
         cfg = {**MERGE_DEFAULTS, **self.manifest.get("merge", {})}
