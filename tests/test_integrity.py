@@ -361,3 +361,21 @@ def test_a_live_document_missing_from_the_store_is_refused_not_shifted(ix, capsy
     res = Results(ids=np.array([[None, "a", "b"]], dtype=object), scores=np.array([[3.0, 2.0, 1.0]], np.float32),
                   rows=np.array([[5, 6, 7]]), documents=[[None, {"id": "a", "text": "A"}, {"id": "b", "text": "B"}]])
     assert [(h["id"], h["text"]) for h in res.to_list()[0]] == [("a", "A"), ("b", "B")]
+
+
+def test_a_segment_file_left_out_of_the_manifest_is_refused(ix, capsys, fake_cli):
+    """Item 7 (found by benchmarks/faults.py): a file the loaders read, dropped from its segment's listing, was
+    loaded with no checksum over it. Opening refuses it in one line naming the file; validate reports it; stats
+    (the manifest alone) still answers."""
+    mf = ix / "manifest.json"
+    m = json.loads(mf.read_text())
+    del m["segments"][0]["files"]["bm25_terms.npy"]
+    mf.write_text(json.dumps(m))
+    for argv in (("search", ix, "star", "--mode", "bm25"), ("get", ix, "d0002")):
+        rc, out, err = run(capsys, *argv)
+        assert rc == 2 and len(err.strip().splitlines()) == 1, (argv, err)
+        assert "segment seg-000000: file bm25_terms.npy is not listed in" in err, err
+    rc, _, err = run(capsys, "validate", ix)
+    got = problems_of(err)
+    assert rc == 1 and len(got) == 1 and "bm25_terms.npy is not listed in the manifest" in got[0], err
+    assert run(capsys, "stats", ix)[0] == 0

@@ -1157,8 +1157,15 @@ def _only_creation_leftovers(p: Path) -> bool:
 
 
 def _check_files(p: Path, segments: Sequence[dict], verify: bool) -> None:
-    """Every file the manifest's ``segments`` name exists with its size (and with ``verify``, its sha256)."""
+    """Every file the manifest's ``segments`` name exists with its size (and with ``verify``, its sha256), and
+    every file their loaders read is named."""
+    from hylex.indexing.integrity import unlisted_files
+
     for seg in segments:
+        unlisted = unlisted_files(p / "segments" / seg["name"], seg["files"])
+        if unlisted:
+            raise IndexFormatError(f"segment {seg['name']}: file {unlisted[0]} is not listed in {p / MANIFEST} (no "
+                                   f"checksum covers it): the manifest is damaged; restore it or rebuild the index")
         for fname, meta in seg["files"].items():
             f = p / "segments" / seg["name"] / fname
             if not f.exists():

@@ -35,11 +35,31 @@ class Report:
     n_docs: int | None = None
 
 
+def unlisted_files(directory: Path, listed) -> list[str]:
+    """Files a segment's loaders read that its manifest entry does not list (so no checksum covers them): the
+    required ones wherever they are, the optional ones (forward index, chunk owners, raw vectors) when on disk."""
+    from hylex.indexing import bm25, impact
+    from hylex.indexing.manifest import OWNER_FILE, RAW_DENSE_FILE
+
+    required = {"dense.faiss", impact.META_FILE, *bm25.FILES, *(f"impact_{a}.npy" for a in impact.ARRAYS)}
+    try:
+        present = {f for f in os.listdir(directory)
+                   if f in (OWNER_FILE, RAW_DENSE_FILE) or (f.startswith("impact_") and f.endswith(".npy"))}
+    except OSError:
+        present = set()
+    return sorted((required | present) - set(listed))
+
+
 def file_problems(path: Path, manifest: dict) -> tuple[list[str], set[str]]:
-    """Each segment file the manifest lists, against its size and sha256: ``(problems, damaged segment names)``."""
+    """Each segment file the manifest lists, against its size and sha256, and every file its loaders read listed:
+    ``(problems, damaged segment names)``."""
     problems: list[str] = []
     damaged: set[str] = set()
     for seg in manifest["segments"]:
+        for fname in unlisted_files(path / "segments" / seg["name"], seg["files"]):
+            damaged.add(seg["name"])
+            problems.append(f"segment {seg['name']}: file {fname} is not listed in the manifest (no checksum covers "
+                            f"it): the manifest is damaged")
         for fname, meta in seg["files"].items():
             f = path / "segments" / seg["name"] / fname
             why = None
