@@ -71,7 +71,9 @@ def index_cmd(corpus_path: Path, index: Path, model: Path, cache: Path, *extra: 
 
 
 def acknowledged(stdout: str) -> int:
-    done = [int(m.group(1)) for m in re.finditer(r"^committed (\d+)/\d+ documents$", stdout, re.MULTILINE)]
+    """The documents ``hylex index`` acknowledged: its last ``committed N documents ...`` line (the older
+    ``committed N/M documents`` form too)."""
+    done = [int(m.group(1)) for m in re.finditer(r"^committed (\d+)(?:/\d+)? documents\b", stdout, re.MULTILINE)]
     return max(done, default=0)
 
 

@@ -257,7 +257,7 @@ def _index_on_ray(args, reader, base: dict | None, bm25, sparse, merge, existing
     rep = index_with_ray(reader.path, args.index, factory, address=args.ray or None, actors=args.ray_actors,
                          gpus_per_actor=args.ray_gpus, batch_size=args.chunk_size, segment_size=args.segment_size,
                          dense_factory=args.dense_factory, bm25=bm25, sparse=sparse, merge=merge, existing=existing,
-                         on_commit=acknowledged)
+                         on_commit=acknowledged, wait=args.write_wait_s)
     docs_s = rep.documents / rep.seconds if rep.seconds else 0.0
     print(f"indexed {rep.documents} documents into {rep.index_dir} on Ray in {rep.seconds:.1f}s ({docs_s:.1f} "
           f"docs/s; {rep.segments} segments, {rep.extra.get('orphans', 0)} staged by retried tasks and dropped)")
@@ -287,6 +287,7 @@ def cmd_index(args) -> int:
 
         merge_settings(merge)
     existing = "upsert" if args.upsert else "resume" if args.resume else "error"
+    _check_wait(args.write_wait_s)
     from hylex.corpus import CorpusReader
 
     rejects = _RejectsFile(args.skip_invalid) if args.skip_invalid else None
@@ -327,7 +328,7 @@ def cmd_index(args) -> int:
     try:
         rep = build_index(reader, args.index, encoder, dense_factory=args.dense_factory, chunk_size=args.chunk_size,
                           segment_size=args.segment_size, bm25=bm25, sparse=sparse, merge=merge, existing=existing,
-                          progress=args.progress, on_commit=acknowledged, rejects=rejects)
+                          progress=args.progress, on_commit=acknowledged, rejects=rejects, wait=args.write_wait_s)
     except CorpusError as e:
         if rejects is not None and rejects.count and "no valid document" in str(e):
             raise CorpusError(f"{e}: see {args.skip_invalid}") from None
@@ -415,20 +416,35 @@ def cmd_delete(args) -> int:
             ids = [x.strip() for x in args.ids.split(",") if x.strip()]
         if not ids:
             raise HylexError("--ids names no document: pass id1,id2 or @FILE with one id per line")
-    with Index.open(args.index, writable=True) as index:
+    _check_wait(args.write_wait_s)
+    # a dry run only counts: read-only, no writer lock to wait for
+    with Index.open(args.index, writable=not args.dry_run, wait=args.write_wait_s) as index:
+        before = index.n_docs
         if args.all:
-            n = index.delete_all()
+            n = index.delete_all(dry_run=args.dry_run)
         else:
-            n = index.delete(ids) if ids is not None else delete_where(index, flt)
+            n = index.delete(ids, dry_run=args.dry_run) if ids is not None else \
+                delete_where(index, flt, dry_run=args.dry_run)
         left = index.n_docs
-    print(f"deleted {n} document(s) from {args.index}; {left} left")
+    every = " (every document)" if n and n == before and not args.all else ""
+    if args.dry_run:
+        print(f"would delete {n} document(s) from {args.index}{every}; {before - n} would be left (dry run: nothing "
+              f"deleted)")
+    else:
+        print(f"deleted {n} document(s) from {args.index}{every}; {left} left")
     return 0
+
+
+def _check_wait(wait: float) -> None:
+    if not wait >= 0 or wait == float("inf"):
+        raise HylexError(f"--write-wait-s must be a number of seconds >= 0, got {wait}")
 
 
 def cmd_merge(args) -> int:
     from hylex.indexing.index import Index
 
-    with Index.open(args.index, writable=True) as index:
+    _check_wait(args.write_wait_s)
+    with Index.open(args.index, writable=True, wait=args.write_wait_s) as index:
         before = len(index.segments)
         name = index.merge(args.segments.split(",") if args.segments else None)
         after, n = len(index.segments), index.n_docs
@@ -738,23 +754,20 @@ def cmd_stats(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from hylex.indexing.index import Index
+    from hylex.indexing.integrity import check_directory
 
-    from hylex.errors import IndexFormatError
-
-    try:
-        with Index.open(args.index, verify=False) as index:  # validate() checks every checksum and lists all
-            problems = index.validate()
-    except IndexFormatError as e:  # cannot even be opened: that is the problem to report
-        print(f"problem: {e}", file=sys.stderr)
-        print(f"hylex: error: {args.index} cannot be opened", file=sys.stderr)
-        return 1
-    if problems:
-        for p in problems:
+    # every read defensive: a damaged file, record or manifest is a problem line, never a traceback
+    report = check_directory(args.index)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if report.problems:
+        for p in report.problems:
             print(f"problem: {p}", file=sys.stderr)
-        print(f"hylex: error: {args.index} has {len(problems)} problem(s); rebuild the index", file=sys.stderr)
+        print(f"hylex: error: {args.index} has {len(report.problems)} problem(s); restore the damaged files from a "
+              f"copy or rebuild the index", file=sys.stderr)
         return 1
-    print(f"{args.index}: ok ({index.n_docs} documents, every file's checksum matches)")
+    print(f"{args.index}: ok ({report.n_docs} documents, every file's and every stored document's checksum "
+          f"matches)")
     return 0
 
 
@@ -803,6 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--upsert", action="store_true", help="replace documents whose id is already in the index")
     ex.add_argument("--resume", action="store_true",
                     help="skip documents already indexed unchanged (finish an interrupted run of the same corpus)")
+    pi.add_argument("--write-wait-s", type=float, default=10.0, metavar="S",
+                    help="seconds to wait for another writer of the index (hylex serve commits, another hylex command) before giving up [10]")
     pi.add_argument("--skip-invalid", metavar="REJECTS", default=None,
                     help="skip malformed lines instead of stopping; write them (line, error, text) to this JSONL")
     pi.add_argument("--encoder", metavar="MODULE:CALLABLE", default=None,
@@ -861,11 +876,17 @@ def build_parser() -> argparse.ArgumentParser:
     pdl.add_argument("--ids", default=None, help="comma-separated ids, or @FILE with one id per line")
     pdl.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"source": "old"}\'')
     pdl.add_argument("--all", action="store_true", help="delete every document (an empty filter is refused)")
+    pdl.add_argument("--dry-run", action="store_true",
+                     help="only count the documents the command would delete (nothing is written)")
+    pdl.add_argument("--write-wait-s", type=float, default=10.0, metavar="S",
+                     help="seconds to wait for another writer of the index (hylex serve commits, another hylex command) before giving up [10]")
     pdl.set_defaults(func=cmd_delete)
 
     pm = sub.add_parser("merge", help="merge segments into one, dropping deleted documents")
     pm.add_argument("index", help="index directory")
     pm.add_argument("--segments", default=None, help="comma-separated segment names (default: all)")
+    pm.add_argument("--write-wait-s", type=float, default=10.0, metavar="S",
+                    help="seconds to wait for another writer of the index (hylex serve commits, another hylex command) before giving up [10]")
     pm.set_defaults(func=cmd_merge)
 
     pv2 = sub.add_parser("serve", help="serve an index over HTTP (FastAPI + uvicorn)")
@@ -1054,7 +1075,12 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return 141
     except OSError as e:  # a file the user named cannot be read or written
+        import errno
+
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # not a path or permission problem
+            print(f"hylex: error: no space left on the device{where}: free space and run again", file=sys.stderr)
+            return 2
         print(f"hylex: error: {e.strerror or e}{where}: check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -90,7 +91,15 @@ def clean_metadata(value: Any, where: str = "metadata", depth: int = 0) -> Any:
     non-string keys, nesting deeper than 32 or a value JSON cannot hold."""
     if depth > _MAX_METADATA_DEPTH:
         raise CorpusError(f"{where} is nested more than {_MAX_METADATA_DEPTH} levels deep: flatten it")
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if value.bit_length() > 1000:  # only huge integers can exceed Python's 4,300-digit string limit
+            try:
+                str(value)
+            except ValueError:
+                raise CorpusError(f"{where} is an integer of more than {sys.get_int_max_str_digits():,} digits, "
+                                  f"which cannot be stored as JSON: write it as a string") from None
         return value
     if isinstance(value, str):
         return clean_text(value)
@@ -249,6 +258,9 @@ def _parse_json_line(name: str, lineno: int, line: str) -> dict[str, Any]:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise CorpusError(f"{name} line {lineno}: not valid JSON ({exc.msg}). Fix the line or remove it.") from None
+    except ValueError as exc:  # Python's integer string limit: a number of more than 4,300 digits
+        raise CorpusError(f"{name} line {lineno}: a number with too many digits ({str(exc).split(';')[0]}). Write "
+                          f"it as a string, or remove the line.") from None
     except RecursionError:
         raise CorpusError(f"{name} line {lineno}: JSON nested too deeply to read. Flatten the line.") from None
     if not isinstance(obj, dict):
@@ -486,8 +498,18 @@ class CorpusReader:
         pf = self._parquet()
         row = 0
         self._tell = lambda: row
-        for batch in pf.iter_batches(batch_size=self.batch_rows):
-            for obj in batch.to_pylist():
+        batches = pf.iter_batches(batch_size=self.batch_rows)
+        while True:
+            try:
+                batch = next(batches, None)
+                objs = None if batch is None else batch.to_pylist()
+            except Exception as exc:  # pyarrow: OSError("Corrupt snappy compressed data."), ArrowInvalid, ...
+                raise CorpusError(f"{self.path.name}: the Parquet file is corrupt after row {row} ({exc}): rewrite it "
+                                  f"from its source; the rows before it were read (with an index: --resume goes on "
+                                  f"once it is fixed)") from None
+            if objs is None:
+                return
+            for obj in objs:
                 row += 1
                 obj = {k: v for k, v in obj.items() if not (k == "title" and v is None)}
                 yield row, obj, json.dumps(obj, ensure_ascii=False, default=str)

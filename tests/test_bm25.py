@@ -444,7 +444,7 @@ def test_old_format_index_is_refused_with_rebuild_hint(index_copy, version):
         del m["bm25"]
     mf.write_text(json.dumps(m))
     what = "float sparse postings, no BM25" if version == 1 else "float sparse postings"
-    with pytest.raises(IndexFormatError, match=rf"format version {version} \({what}\).*reads versions 3 and 4"
+    with pytest.raises(IndexFormatError, match=rf"format version {version} \({what}\).*reads versions 3, 4 and 5"
                                                r".*rebuild the index"):
         Index.open(index_copy)
     with pytest.raises(IndexFormatError, match="rebuild"):

@@ -24,3 +24,6 @@ def test_sigkill_during_indexing_loses_nothing_acknowledged(crash, tmp_path):
 def test_acknowledgement_lines_are_parsed(crash):
     out = "committed 8/64 documents\nnoise\ncommitted 16/64 documents\n"
     assert crash.acknowledged(out) == 16 and crash.acknowledged("") == 0
+    # what `hylex index` prints (was never matched: every trial counted 0 acknowledged documents)
+    assert crash.acknowledged("committed 8 documents (12% of corpus.jsonl)\ncommitted 24 documents (37% of "
+                              "corpus.jsonl)\n") == 24

@@ -64,7 +64,7 @@ def _snapshot(path, queries):
 def test_manifest_fields(built_index, docs, fake_encoder):
     with Index.open(built_index) as ix:
         m = ix.manifest
-        assert m["format"] == "hylex-index" and m["format_version"] == FORMAT_VERSION == 4
+        assert m["format"] == "hylex-index" and m["format_version"] == FORMAT_VERSION == 5
         assert m["libraries"]["hylex"] == hylex.__version__
         assert "faiss" in m["libraries"] and "numpy" in m["libraries"]
         assert m["encoder"] == fake_encoder.describe()
@@ -258,7 +258,7 @@ def test_open_other_format_version(index_copy):
     m = json.loads(mf.read_text())
     m["format_version"] = 99
     mf.write_text(json.dumps(m))
-    with pytest.raises(IndexFormatError, match=rf"format version 99.*reads versions 3 and {FORMAT_VERSION}"):
+    with pytest.raises(IndexFormatError, match=rf"format version 99.*reads versions 3, 4 and {FORMAT_VERSION}"):
         Index.open(index_copy)
 
 

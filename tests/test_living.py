@@ -395,7 +395,7 @@ def test_version_3_directory_is_read_and_upgraded(index_copy, fake_encoder):
         ix.delete(["d0001"])
         assert ix.n_docs == 199
     m = json.loads(mf.read_text())
-    assert m["format_version"] == 4 and m["next_row"] == 200
+    assert m["format_version"] == 5 and m["next_row"] == 200
 
 
 @pytest.mark.parametrize("factory", ["HNSW8", "IVF2,Flat", "SQ8", "IVF2,PQ4x4"])

@@ -64,9 +64,16 @@ class EncodingCache:
 
     def put_many(self, keys: list[bytes], dense: np.ndarray, terms: list[np.ndarray],
                  weights: list[np.ndarray]) -> None:
-        with self.env.begin(write=True) as txn:
-            for k, d, t, w in zip(keys, dense, terms, weights):
-                txn.put(k, self._pack(d, t, w))
+        """Cache encodings (one transaction). A cache that cannot be written (a full disk) only costs re-encoding
+        later: the failure is logged, not raised, so indexing goes on (its own commits report a full disk)."""
+        import lmdb
+
+        try:
+            with self.env.begin(write=True) as txn:
+                for k, d, t, w in zip(keys, dense, terms, weights):
+                    txn.put(k, self._pack(d, t, w))
+        except lmdb.Error as e:
+            logger.warning("cannot write the encoding cache %s (%s): these encodings are not cached", self.path, e)
 
     @staticmethod
     def _pack(dense: np.ndarray, terms: np.ndarray, weights: np.ndarray) -> bytes:

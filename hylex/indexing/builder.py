@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from hylex.corpus import CorpusReader, Document
-from hylex.errors import CorpusError, HylexError
+from hylex.errors import CorpusError, HylexError, StorageError, StorageFullError
 from hylex.indexing.bm25 import bm25_settings
 from hylex.indexing.dense import DEFAULT_FACTORY
 from hylex.indexing.index import MANIFEST, Index, merge_settings, sparse_settings
@@ -71,7 +71,7 @@ def build_index(corpus: str | os.PathLike | CorpusReader | Iterable[Document], i
                 encoder: TextEncoder, *, dense_factory: str = DEFAULT_FACTORY, chunk_size: int = 256,
                 segment_size: int = 100_000, bm25: dict | None = None, sparse: dict | None = None,
                 merge: dict | None = None, existing: str = "error", progress: bool | None = None, on_commit=None,
-                rejects: list | None = None) -> BuildReport:
+                rejects: list | None = None, wait: float = 0.0) -> BuildReport:
     """Index ``corpus`` into ``index_dir``, creating it or adding to it, streaming: documents are read, checked,
     encoded and committed ``segment_size`` at a time, so memory is bounded by a segment, not by the corpus.
 
@@ -92,7 +92,13 @@ def build_index(corpus: str | os.PathLike | CorpusReader | Iterable[Document], i
     ``existing``: what to do with documents whose id was in the index before this run: ``error`` (refuse),
     ``upsert`` (replace them), ``resume`` (skip those stored with the same title, text and metadata, as after an
     interrupted run of the same corpus; a different one is an error). ``on_commit(done, total)`` is called after
-    each durable commit (``total`` is None when the corpus is a stream of unknown length).
+    each durable commit (``total`` is None when the corpus is a stream of unknown length). ``wait``: seconds to
+    wait for another writer of an existing index (``hylex serve`` commits) before
+    :class:`~hylex.errors.IndexLockedError`.
+
+    A commit that fails for a full disk (or another write error) raises
+    :class:`~hylex.errors.StorageFullError` (:class:`~hylex.errors.StorageError`): what was committed before stays,
+    the message says to free space and go on with ``existing="resume"`` (``--resume``).
     """
     from tqdm.auto import tqdm
 
@@ -122,7 +128,7 @@ def build_index(corpus: str | os.PathLike | CorpusReader | Iterable[Document], i
         items = enumerate(corpus, start=1)
     created = None  # a new index: removed again if the run fails before its first commit
     if (path / MANIFEST).exists():
-        index = _open_existing(path, encoder, bm25_cfg, sparse_cfg)
+        index = _open_existing(path, encoder, bm25_cfg, sparse_cfg, wait)
     else:
         created = "dir" if path.exists() else "path"
         index = Index.create(path, encoder.describe(), dense_factory, bm25=bm25, sparse=sparse, merge=merge)
@@ -230,6 +236,16 @@ def build_index(corpus: str | os.PathLike | CorpusReader | Iterable[Document], i
         if isinstance(exc, CorpusError) and report.documents:  # what was committed stays: say how to go on
             raise CorpusError(f"{exc} ({report.documents} document(s) before it are committed in {path}: fix it and "
                               f"run again with --resume, or skip bad lines with --skip-invalid)") from None
+        if isinstance(exc, StorageError):
+            fix = "free space and run again" if created and not report.documents else \
+                "free space and rerun with --resume"
+            if created and not report.documents:
+                base = f"{exc.base.split(': the index is at its last commit')[0]}: nothing was committed (the new " \
+                       f"index directory is removed)"
+            else:
+                base = exc.base
+            kind = StorageFullError if isinstance(exc, StorageFullError) else StorageError
+            raise kind(f"{base}; {fix}", base) from None
         raise
     finally:
         bar.close()
@@ -288,8 +304,9 @@ def _name(corpus) -> str:
     return "corpus"
 
 
-def _open_existing(path: Path, encoder: TextEncoder, bm25_cfg: dict | None, sparse_cfg: dict | None) -> Index:
-    index = Index.open(path, writable=True)
+def _open_existing(path: Path, encoder: TextEncoder, bm25_cfg: dict | None, sparse_cfg: dict | None,
+                   wait: float = 0.0) -> Index:
+    index = Index.open(path, writable=True, wait=wait)
     try:
         check_encoder_matches(index, encoder)
         if bm25_cfg is not None:

@@ -164,13 +164,14 @@ def index_with_ray(corpus: str | os.PathLike, index_dir: str | os.PathLike, enco
                    address: str | None = None, actors: int = 1, gpus_per_actor: float = 0, cpus_per_actor: float = 1,
                    batch_size: int = 64, segment_size: int = 100_000, dense_factory: str = DEFAULT_FACTORY,
                    bm25: dict | None = None, sparse: dict | None = None, merge: dict | None = None,
-                   existing: str = "error", on_commit=None) -> BuildReport:
+                   existing: str = "error", on_commit=None, wait: float = 0.0) -> BuildReport:
     """Index ``corpus`` into ``index_dir`` on a Ray cluster (the module docstring gives the stages).
 
     ``encoder_factory``: a picklable callable returning the encoder (a ``hylex.indexing.TextEncoder``); the
     driver calls it once for the encoder's description, every actor once. ``address``: the cluster to join
     (``ray.init(address)``; None starts or joins a local one). Other options as :func:`build_index`;
-    ``dense_agg='maxsim'`` encoders are not supported here. Returns the :class:`BuildReport`
+    ``dense_agg='maxsim'`` encoders are not supported here; ``wait``: seconds to wait for another writer of an
+    existing index. Returns the :class:`BuildReport`
     (``extra``: ``staged`` segments committed, ``orphans`` staged directories left by retried tasks,
     ``actor_peak_rss_gib`` / ``writer_peak_rss_gib`` the largest peak RSS of an encoder actor / a write task's
     worker, ``commit_seconds`` the driver's time in commits and the merges they start).
@@ -205,7 +206,7 @@ def index_with_ray(corpus: str | os.PathLike, index_dir: str | os.PathLike, enco
         from hylex.indexing.index import sparse_settings
 
         index = _open_existing(path, encoder, bm25_settings(bm25) if bm25 is not None else None,
-                               sparse_settings(sparse) if sparse is not None else None)
+                               sparse_settings(sparse) if sparse is not None else None, wait)
         created = None
     else:
         created = "dir" if path.exists() else "path"

@@ -35,12 +35,20 @@ nobody else has open leaves no superseded file behind, while a reader holding an
 (files and documents) until it refreshes or closes, and the first commit after that removes them. Removal is
 idempotent and touches nothing the manifest names, so a crash during it leaves the new state (the entries
 still listed are removed by a later commit).
+
+Failures (a full disk): a write that fails before the commit point raises :class:`~hylex.errors.StorageError`
+(:class:`~hylex.errors.StorageFullError` for a full disk) and the index stays at its last commit; what the
+write left is given back at once where it can be (temporary segment files, tombstones, the manifest's temporary
+file) and otherwise by the next writer (a segment directory already renamed into place, store rows past
+``next_row``). What fails after the commit point (removing superseded files, the automatic merge) is logged and
+done by a later commit: an exception out of a write always means that nothing of it was committed.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -56,12 +64,13 @@ import scipy.sparse as sp
 
 import hylex
 from hylex.corpus import Document, check_id
-from hylex.errors import HylexError, IndexFormatError, IndexLockedError
+from hylex.errors import DocumentDamagedError, HylexError, IndexClosedError, IndexFormatError, IndexLockedError
 from hylex.indexing.bm25 import Bm25Postings, bm25_settings, deleted_df
 from hylex.indexing.dense import DEFAULT_FACTORY, DenseIndex
 from hylex.indexing.impact import ImpactIndex
 from hylex.indexing.readers import READERS_DIR, ReaderMark, Sweep, read_generation
-from hylex.indexing.store import DocStore
+from hylex.indexing.storage import storage_error
+from hylex.indexing.store import DocStore, parse_record
 from hylex.text import Bm25Analyzer
 from hylex.utils import sha256_file
 
@@ -98,13 +107,40 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
+    """Replace ``path`` by ``data`` atomically (write, fsync, rename, fsync the directory). Raises only before the
+    rename: once it is done the new file is what everyone reads, so a failing directory fsync is logged."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: give back what the partial file took
+        raise
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        _fsync_dir(path.parent)
+    except OSError as e:
+        logger.error("%s is replaced, but syncing its directory failed (%s): a power loss now may undo it", path, e)
+
+
+def _commits(method):
+    """A public write of :class:`Index`: refused on a closed handle; a write failure before the commit point (a
+    full disk, an I/O error) becomes a :class:`~hylex.errors.StorageError` naming the index. Whatever fails after
+    the commit point is logged, never raised (:meth:`Index._publish`, :meth:`Index._merge_after_commit`), so an
+    exception always means that nothing of the write was committed."""
+    @functools.wraps(method)
+    def write(self: Index, *args, **kwargs):
+        self._check_open()
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            err = storage_error(e, self.path, self.n_docs)
+            if err is None:
+                raise
+            raise err from e
+    return write
 
 
 @dataclass
@@ -160,6 +196,8 @@ class Index:
         self.path = path
         self.manifest = manifest
         self.writable = writable
+        self._closed = False
+        self._segments: list[Segment] = []
         self._lock_fd = None
         self.store = None
         self._reader = reader  # this handle's registration as a holder of the manifest's generation
@@ -172,11 +210,26 @@ class Index:
                 self.acquire_writer()
             if reader is None:  # create(): the writer lock is held, so the generation cannot move meanwhile
                 self._reader = ReaderMark.take(path, _generation(manifest))
-            self.store = DocStore(path / "docs.lmdb")
-            self.segments: list[Segment] = [self._load_segment(s, mmap) for s in manifest["segments"]]
+            self.store = DocStore(path / "docs.lmdb", create=not manifest["segments"])
+            self.segments = [self._load_segment(s, mmap) for s in manifest["segments"]]
         except BaseException:
             self.close()  # release the writer lock and the store when a segment cannot be loaded
             raise
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The loaded segments of this snapshot (refused once the handle is closed: their files may be gone)."""
+        self._check_open()
+        return self._segments
+
+    @segments.setter
+    def segments(self, value: list[Segment]) -> None:
+        self._segments = value
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IndexClosedError(f"index {self.path} is closed: this handle was closed, open the index again with "
+                                   f"Index.open (or keep using it inside its `with` block)")
 
     # -- creation / opening ------------------------------------------------------------------------------
     @classmethod
@@ -275,6 +328,7 @@ class Index:
         snapshot changed. A writable index is always current (it is the only writer)."""
         if self.writable:
             return False
+        self._check_open()
         mf = self.path / MANIFEST
         for attempt in range(3):
             st = mf.stat()
@@ -324,6 +378,7 @@ class Index:
         """Take the index's writer lock (an ``flock`` on ``DIR/.lock``, released by the OS if the process dies),
         waiting up to ``wait`` seconds for the writer holding it; then :class:`~hylex.errors.IndexLockedError`.
         Any thread may call it, e.g. to wait off a thread that serves searches; :meth:`writing` then commits."""
+        self._check_open()
         if self._lock_fd is not None:
             raise HylexError(f"this handle of index {self.path} already holds its writer lock")
         self._lock_fd = _lock_file(self.path, wait)
@@ -348,6 +403,7 @@ class Index:
                 with ix.writing(wait=10):
                     ix.upsert(docs, dense, sparse)
         """
+        self._check_open()
         if self.writable:
             yield self
             return
@@ -372,6 +428,7 @@ class Index:
                 self.release_writer()
 
     def close(self) -> None:
+        self._closed = True
         if self.store is not None:
             self.store.close()
         self.release_writer()
@@ -384,21 +441,37 @@ class Index:
         self.close()
 
     def _load_segment(self, seg: dict, mmap: bool) -> Segment:
+        """Load a segment's files. A file that cannot be read (damaged past what its size shows, when opened
+        without verifying checksums) is an IndexFormatError naming it, never the loader's own exception."""
         d = self.path / "segments" / seg["name"]
         files = seg["files"]
         deleted = bm25_deleted = None
+
+        def load(what: str, fn):
+            try:
+                return fn()
+            except IndexFormatError:
+                raise
+            except Exception as e:  # noqa: BLE001 - FAISS, NumPy's header parser: any exception type
+                raise IndexFormatError(f"segment {seg['name']}: file {what} is damaged ({type(e).__name__}: "
+                                       f"{' '.join(str(e).split())[:160]}): `hylex validate {self.path}` lists every "
+                                       f"problem; rebuild the index") from None
+
         if seg.get("deleted_file"):
-            rows = np.load(d / seg["deleted_file"], allow_pickle=False)
+            rows = load(seg["deleted_file"], lambda: np.load(d / seg["deleted_file"], allow_pickle=False))
             deleted = np.zeros(int(seg["n_docs"]), dtype=bool)
-            deleted[rows] = True
-            bm25_deleted = (np.load(d / seg["bm25_deleted_file"], allow_pickle=False),
+            load(seg["deleted_file"], lambda: deleted.__setitem__(rows, True))
+            bm25_deleted = (load(seg["bm25_deleted_file"],
+                                 lambda: np.load(d / seg["bm25_deleted_file"], allow_pickle=False)),
                             int(seg["bm25_deleted_len"]), len(rows))
         return Segment(seg["name"], int(seg["row_offset"]), int(seg["n_docs"]),
-                       DenseIndex.load(d / "dense.faiss", self.manifest["dense"]["factory"], mmap=mmap),
-                       _load_sparse(d, int(seg["n_docs"]), self.vocab_size, mmap),
-                       Bm25Postings.load(d, mmap=mmap, total_len=seg["bm25_len"]),
-                       np.load(d / OWNER_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
-                       if OWNER_FILE in files else None, deleted, bm25_deleted)
+                       load("dense.faiss", lambda: DenseIndex.load(d / "dense.faiss", self.manifest["dense"]["factory"],
+                                                                   mmap=mmap)),
+                       load("impact_*", lambda: _load_sparse(d, int(seg["n_docs"]), self.vocab_size, mmap)),
+                       load("bm25_*", lambda: Bm25Postings.load(d, mmap=mmap, total_len=seg["bm25_len"])),
+                       load(OWNER_FILE, lambda: np.load(d / OWNER_FILE, mmap_mode="r" if mmap else None,
+                                                        allow_pickle=False)) if OWNER_FILE in files else None,
+                       deleted, bm25_deleted)
 
     # -- properties ------------------------------------------------------------------------------------------
     @property
@@ -484,6 +557,7 @@ class Index:
         return dense, sparse, dense_owner
 
     # -- writing ---------------------------------------------------------------------------------------------
+    @_commits
     def add(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix,
             dense_owner: np.ndarray | None = None) -> int:
         """Commit new ``docs`` with their encodings as one new segment; returns the segment's first global row.
@@ -495,6 +569,7 @@ class Index:
         """
         return self._add(docs, dense, sparse, dense_owner, replace=False)
 
+    @_commits
     def upsert(self, docs: Sequence[Document], dense: np.ndarray, sparse: sp.csr_matrix,
                dense_owner: np.ndarray | None = None) -> int:
         """Like :meth:`add`, but a document whose id is already live replaces it, in the same commit (the old
@@ -519,9 +594,10 @@ class Index:
         self.store.sync()
         self._publish(new=[entry], deletes=self._group_rows([r for _, r in existing]))
         logger.info("committed segment %s: %d documents (%d replaced)", name, seg_n, len(existing))
-        self._auto_merge()
+        self._merge_after_commit()
         return first
 
+    @_commits
     def add_staged(self, staged: str | os.PathLike, existing: str = "error") -> int:
         """Commit a segment built elsewhere as one new segment; returns its first global row.
 
@@ -576,26 +652,33 @@ class Index:
             f.unlink(missing_ok=True)
         logger.info("committed staged segment %s as %s: %d documents (%d replaced)", staged.name, name, len(ids),
                     len(present))
-        self._auto_merge()
+        self._merge_after_commit()
         return first
 
-    def delete(self, ids: Sequence[str]) -> int:
+    @_commits
+    def delete(self, ids: Sequence[str], *, dry_run: bool = False) -> int:
         """Delete the live documents with these external ids (ids not in the index are ignored); returns how
-        many were deleted. Durable on return, like every commit."""
-        self._check_writable()
+        many were deleted. Durable on return, like every commit. ``dry_run``: only count them (no writer lock
+        needed, nothing written)."""
+        if not dry_run:
+            self._check_writable()
         ids = _check_ids(ids)
-        return self.delete_rows([r for r in self.rows_of(ids) if r is not None])
+        return self.delete_rows([r for r in self.rows_of(ids) if r is not None], dry_run=dry_run)
 
-    def delete_all(self) -> int:
-        """Delete every live document (the segments stay until merged); returns how many. Durable on return."""
-        self._check_writable()
+    @_commits
+    def delete_all(self, *, dry_run: bool = False) -> int:
+        """Delete every live document (the segments stay until merged); returns how many. Durable on return.
+        ``dry_run``: only count them."""
+        if not dry_run:
+            self._check_writable()
         rows = []
         for seg in self.segments:
             live = seg.live
             local = np.arange(seg.n_docs, dtype=np.int64) if live is None else np.flatnonzero(live)
             rows.extend((local + seg.row_offset).tolist())
-        return self.delete_rows(rows)
+        return self.delete_rows(rows, dry_run=dry_run)
 
+    @_commits
     def set_fusion(self, record: dict | None) -> None:
         """Store (or with None, remove) the fusion plain hybrid searches of this index use
         (:mod:`hylex.retrieval.fusion`; ``hylex fuse`` chooses it on training queries). Durable on return;
@@ -610,18 +693,24 @@ class Index:
         _write_json_atomic(self.path / MANIFEST, manifest)
         self.manifest = manifest
 
-    def delete_rows(self, rows: Sequence[int]) -> int:
-        """Delete documents by global row (e.g. the rows a filter matched); returns how many live ones went."""
-        self._check_writable()
+    @_commits
+    def delete_rows(self, rows: Sequence[int], *, dry_run: bool = False) -> int:
+        """Delete documents by global row (e.g. the rows a filter matched); returns how many live ones went
+        (``dry_run``: how many would go; nothing is written)."""
+        if not isinstance(dry_run, bool):
+            raise HylexError(f"dry_run must be true or false, got {dry_run!r}")
+        if not dry_run:
+            self._check_writable()
         rows = sorted({int(r) for r in rows if r is not None and self.is_live(int(r))})
-        if not rows:
-            return 0
+        if not rows or dry_run:
+            return len(rows)
         self._prepare_write()
         self._publish(deletes=self._group_rows(rows))
         logger.info("deleted %d documents", len(rows))
-        self._auto_merge()
+        self._merge_after_commit()
         return len(rows)
 
+    @_commits
     def merge(self, names: Sequence[str] | None = None) -> str | None:
         """Merge segments (default: all, when there are several or any has deletions) into one new segment of
         their live documents, dropping the deleted ones. Returns the new segment's name (None if nothing to do).
@@ -660,7 +749,7 @@ class Index:
                 raise IndexFormatError(f"the document store lacks documents of segment {seg.name}: the index is "
                                        f"damaged (`hylex validate {self.path}`)")
             blobs.extend(raw)
-            ids.extend(json.loads(b)["id"] for b in raw)
+            ids.extend(parse_record(b, int(r), self.path)["id"] for r, b in zip(local + seg.row_offset, raw))
             n_out += len(local)
         drop = [s.name for s in segs]
         if n_out == 0:  # every document was deleted: the segments just go
@@ -686,6 +775,20 @@ class Index:
             raise HylexError(f"FAISS {self.manifest['dense']['factory']!r} cannot give back the vectors of "
                              f"segment {seg.name}, so it cannot be merged")
         return vecs
+
+    def _merge_after_commit(self) -> None:
+        """The automatic merge after a commit. The commit stands whatever happens here: a merge that fails is
+        logged and tried again after the next commit, and what it left is removed by the next writer. A full disk
+        is logged at INFO only: the next write meets it and says so (one line, not a warning before it); any
+        other failure is a warning with its traceback."""
+        try:
+            self._auto_merge()
+        except Exception as e:
+            err = storage_error(e, self.path, self.n_docs)
+            logger.log(logging.INFO if err is not None else logging.WARNING,
+                       "the commit to %s stands, but the automatic merge after it failed (%s): it is tried again "
+                       "after the next commit", self.path, err.base if err is not None else repr(e),
+                       exc_info=err is None)
 
     def _auto_merge(self) -> None:
         cfg = {**MERGE_DEFAULTS, **self.manifest.get("merge", {})}
@@ -763,8 +866,12 @@ class Index:
         name, final = self._claim_segment()
         tmp = self.path / "segments" / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        part = write_segment_files(tmp, dense, dense_owner, sparse_csr=sparse_csr, bm25=bm25,
-                                   factory=self.manifest["dense"]["factory"], sparse_cfg=self.manifest["sparse"])
+        try:
+            part = write_segment_files(tmp, dense, dense_owner, sparse_csr=sparse_csr, bm25=bm25,
+                                       factory=self.manifest["dense"]["factory"], sparse_cfg=self.manifest["sparse"])
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give back what the partial files took
+            raise
         os.replace(tmp, final)
         _fsync_dir(final.parent)
         entry = {"name": name, "row_offset": first_row, **part}
@@ -781,8 +888,41 @@ class Index:
 
     def _publish(self, new: Sequence[dict] = (), deletes: dict[str, np.ndarray] | None = None,
                  drop: Sequence[str] = ()) -> None:
-        """Write tombstone files for ``deletes``, then replace the manifest: the commit point."""
+        """Write tombstone files for ``deletes``, then replace the manifest: the commit point. What fails before it
+        raises (the tombstones written are removed); what fails after it (removing superseded files) is logged,
+        and the next commit removes them."""
         gen = int(self.manifest.get("generation", 0)) + 1
+        written: list[Path] = []
+        try:
+            manifest, entries = self._next_manifest(new, deletes, drop, gen, written)
+            _write_json_atomic(self.path / MANIFEST, manifest)
+        except BaseException:
+            for f in written:
+                f.unlink(missing_ok=True)
+            raise
+        before = {e["name"]: e for e in self.manifest["segments"]}
+        self.manifest = manifest
+        loaded = {s.name: s for s in self.segments}
+        # unchanged entries are the very same dicts: reload only new segments and those with new tombstones
+        self.segments = [loaded[e["name"]] if before.get(e["name"]) is e else self._load_segment(e, mmap=True)
+                         for e in entries]
+        self._offsets = None
+        self._columns_cache_drop(drop)
+        # this handle now holds the new generation (the writer lock keeps it current); then what no open handle
+        # can read any more goes at once
+        self._move_reader(ReaderMark.take(self.path, gen))
+        try:
+            self._collect_garbage()
+        except Exception as e:
+            err = storage_error(e, self.path, self.n_docs)
+            logger.warning("committed generation %d of %s, but removing what it superseded failed (%s): the next "
+                           "commit removes it", gen, self.path, err.base if err is not None else repr(e),
+                           exc_info=err is None)
+
+    def _next_manifest(self, new: Sequence[dict], deletes: dict[str, np.ndarray] | None, drop: Sequence[str],
+                       gen: int, written: list[Path]) -> tuple[dict, list[dict]]:
+        """The manifest of commit ``gen`` and its segment entries; writes the tombstone files it names (listed in
+        ``written`` as they are made)."""
         by_name = {s.name: s for s in self.segments}
         garbage = {"files": [], "rows": [], "segments": list(drop), "generation": gen}
         entries = []
@@ -795,7 +935,7 @@ class Index:
                 seg = by_name[entry["name"]]
                 deleted = np.zeros(seg.n_docs, bool) if seg.deleted is None else seg.deleted.copy()
                 deleted[local] = True
-                entry = self._write_tombstones(entry, seg, deleted, gen, garbage)
+                entry = self._write_tombstones(entry, seg, deleted, gen, garbage, written)
             entries.append(entry)
         entries.extend(new)
         manifest = dict(self.manifest)
@@ -810,21 +950,10 @@ class Index:
             ([garbage] if garbage["files"] or garbage["rows"] or garbage["segments"] else [])
         manifest["updated"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         manifest["libraries"] = _library_versions()
-        _write_json_atomic(self.path / MANIFEST, manifest)
-        before = {e["name"]: e for e in self.manifest["segments"]}
-        self.manifest = manifest
-        loaded = {s.name: s for s in self.segments}
-        # unchanged entries are the very same dicts: reload only new segments and those with new tombstones
-        self.segments = [loaded[e["name"]] if before.get(e["name"]) is e else self._load_segment(e, mmap=True)
-                         for e in entries]
-        self._offsets = None
-        self._columns_cache_drop(drop)
-        # this handle now holds the new generation (the writer lock keeps it current); then what no open handle
-        # can read any more goes at once
-        self._move_reader(ReaderMark.take(self.path, gen))
-        self._collect_garbage()
+        return manifest, entries
 
-    def _write_tombstones(self, entry: dict, seg: Segment, deleted: np.ndarray, gen: int, garbage: dict) -> dict:
+    def _write_tombstones(self, entry: dict, seg: Segment, deleted: np.ndarray, gen: int, garbage: dict,
+                          written: list[Path]) -> dict:
         d = self.path / "segments" / entry["name"]
         del_name, df_name = f"deleted-{gen:06d}.npy", f"bm25_deleted-{gen:06d}.npy"
         rows = np.flatnonzero(deleted).astype(np.int32)
@@ -832,6 +961,7 @@ class Index:
         del_len = int(np.asarray(seg.bm25.doc_len, dtype=np.float64)[deleted].sum())
         files = dict(entry["files"])
         for fname, arr in ((del_name, rows), (df_name, df)):
+            written.append(d / fname)
             with open(d / fname, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
                 f.flush()
@@ -862,20 +992,37 @@ class Index:
         return seg is not None and (seg.deleted is None or not seg.deleted[int(row) - seg.row_offset])
 
     def documents(self, rows: Sequence[int]) -> list[dict | None]:
-        """Stored documents ``{id, title, text, metadata}`` of global rows (None for -1 / not live)."""
+        """Stored documents ``{id, title, text, metadata}`` of global rows (None for -1 / not live). A live row
+        whose document is not stored, or fails its checksum, is a DocumentDamagedError."""
+        self._check_open()
         rows = [int(r) if r is not None and r >= 0 and self.is_live(int(r)) else -1 for r in rows]
-        return self.store.get(rows)
+        docs = self.store.get(rows)
+        lost = next((r for r, d in zip(rows, docs) if d is None and r >= 0), None)
+        if lost is not None:
+            raise DocumentDamagedError(f"the document store of {self.path} lacks the live document at row {lost}: "
+                                       f"it is damaged (`hylex validate` lists every problem), or a writer removed "
+                                       f"this handle's snapshot (refresh it)")
+        return docs
 
     def rows_of(self, ids: Sequence[str]) -> list[int | None]:
         """The live global row of each external id (None where the id is not live)."""
+        self._check_open()
         out = []
         for rows in self.store.rows(ids):
             out.append(next((r for r in reversed(rows) if self.is_live(r)), None))
         return out
 
     def get(self, ids: Sequence[str]) -> list[dict | None]:
-        """The live stored documents of external ids (None where absent)."""
-        return self.documents([-1 if r is None else r for r in self.rows_of(_check_ids(ids))])
+        """The live stored documents of external ids (None where absent). A stored document that fails its
+        checksum, or is not of the id asked for (a damaged id -> rows entry), is a DocumentDamagedError."""
+        ids = _check_ids(ids)
+        docs = self.documents([-1 if r is None else r for r in self.rows_of(ids)])
+        for i, d in zip(ids, docs):
+            if d is not None and d["id"] != i:
+                raise DocumentDamagedError(f"the document store of {self.path} maps id {i!r} to the document of "
+                                           f"{d['id']!r}: it is damaged (`hylex validate` lists every problem); "
+                                           f"rebuild the index")
+        return docs
 
     def stats(self) -> dict:
         """What the index holds: counts, segments with sizes, encoder model and settings, format."""
@@ -891,57 +1038,12 @@ class Index:
         return out
 
     def validate(self) -> list[str]:
-        """Full check (file checksums, counts, the document store); returns a list of problems (empty when
-        sound)."""
-        problems = []
-        live = 0
-        for seg in self.manifest["segments"]:
-            for fname, meta in seg["files"].items():
-                f = self.path / "segments" / seg["name"] / fname
-                if not f.exists():
-                    problems.append(f"{f}: missing")
-                elif f.stat().st_size != meta["bytes"]:
-                    problems.append(f"{f}: {f.stat().st_size} bytes, the manifest says {meta['bytes']} (truncated "
-                                    f"or damaged)")
-                elif sha256_file(f) != meta["sha256"]:
-                    problems.append(f"{f}: checksum mismatch (damaged)")
-            live += int(seg["n_docs"]) - int(seg.get("deleted", 0))
-        if live != self.n_docs:
-            problems.append(f"manifest counts {self.n_docs} live documents but its segments hold {live}")
-        for s in self.segments:
-            n_vec = s.n_docs if s.dense_owner is None else len(s.dense_owner)
-            if s.dense.ntotal != n_vec or s.sparse.n_docs != s.n_docs:
-                problems.append(f"segment {s.name}: {s.dense.ntotal} dense vectors, expected {n_vec} for "
-                                f"{s.n_docs} documents")
-            if s.bm25.n_docs != s.n_docs:
-                problems.append(f"segment {s.name}: BM25 lengths of {s.bm25.n_docs} documents for {s.n_docs}")
-            elif int(np.asarray(s.bm25.doc_len, dtype=np.float64).sum()) != s.bm25.total_len:
-                problems.append(f"segment {s.name}: BM25 document lengths sum to other than the manifest's "
-                                f"{s.bm25.total_len}")
-            if s.deleted is not None:
-                df = deleted_df(s.bm25, s.deleted)
-                if not np.array_equal(df, s.bm25_deleted[0]):
-                    problems.append(f"segment {s.name}: the deleted documents' BM25 frequencies do not match "
-                                    f"its tombstones")
-            stored = self.store.get_raw(range(s.row_offset, s.row_offset + s.n_docs))
-            missing = [s.row_offset + i for i, v in enumerate(stored)
-                       if v is None and (s.deleted is None or not s.deleted[i])]
-            if missing:
-                problems.append(f"segment {s.name}: the document store lacks {len(missing)} of its live documents "
-                                f"(first row {missing[0]})")
-            else:
-                bad = [json.loads(v)["id"] for i, v in enumerate(stored) if v is not None
-                       and (s.deleted is None or not s.deleted[i])
-                       and self.rows_of([json.loads(v)["id"]])[0] != s.row_offset + i]
-                if bad:
-                    problems.append(f"segment {s.name}: {len(bad)} live documents are not their id's live row "
-                                    f"(first {bad[0]!r}): an id is live twice")
-        bm25_total = sum(int(seg["bm25_len"]) - int(seg.get("bm25_deleted_len", 0))
-                         for seg in self.manifest["segments"])
-        if bm25_total != int(self.manifest["bm25"]["total_len"]):
-            problems.append(f"manifest's BM25 total length {self.manifest['bm25']['total_len']} is not its "
-                            f"segments' live sum {bm25_total}")
-        return problems
+        """Full check (file checksums, counts, every stored document's checksum, the id -> rows mapping); returns
+        a list of problems, one line each (empty when sound). :mod:`hylex.indexing.integrity`."""
+        self._check_open()
+        from hylex.indexing.integrity import check_index
+
+        return check_index(self).problems
 
     # metadata columns for filters, built lazily per segment (segments are immutable) by hylex.retrieval.filters
     def _columns_cache_drop(self, names: Sequence[str]) -> None:
@@ -1055,8 +1157,15 @@ def _only_creation_leftovers(p: Path) -> bool:
 
 
 def _check_files(p: Path, segments: Sequence[dict], verify: bool) -> None:
-    """Every file the manifest's ``segments`` name exists with its size (and with ``verify``, its sha256)."""
+    """Every file the manifest's ``segments`` name exists with its size (and with ``verify``, its sha256), and
+    every file their loaders read is named."""
+    from hylex.indexing.integrity import unlisted_files
+
     for seg in segments:
+        unlisted = unlisted_files(p / "segments" / seg["name"], seg["files"])
+        if unlisted:
+            raise IndexFormatError(f"segment {seg['name']}: file {unlisted[0]} is not listed in {p / MANIFEST} (no "
+                                   f"checksum covers it): the manifest is damaged; restore it or rebuild the index")
         for fname, meta in seg["files"].items():
             f = p / "segments" / seg["name"] / fname
             if not f.exists():

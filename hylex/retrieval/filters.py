@@ -237,14 +237,17 @@ def matching_rows(index, flt: dict | str) -> list[int]:
     return rows
 
 
-def delete_where(index, flt: dict | str) -> int:
-    """Delete every live document of a writable index matching ``flt``; returns how many.
+def delete_where(index, flt: dict | str, *, dry_run: bool = False) -> int:
+    """Delete every live document of a writable index matching ``flt``; returns how many (``dry_run``: only
+    counts them, on any handle; nothing is written).
 
     An empty filter (``{}``) would match every document and is refused: deleting everything is said explicitly,
     with :meth:`hylex.indexing.Index.delete_all` (``hylex delete --all``, ``DELETE /documents {"all": true}``).
+    A non-empty filter that happens to match every document (``{"x": {"$nin": []}}``) deletes them all: the count
+    returned says so, and a dry run tells it beforehand.
     """
     flt = check_filter(flt)
     if not flt:
         raise FilterError("an empty filter matches every document: to delete them all, say so explicitly "
                           "(hylex delete --all, DELETE /documents {\"all\": true}, Index.delete_all())")
-    return index.delete_rows(matching_rows(index, flt))
+    return index.delete_rows(matching_rows(index, flt), dry_run=dry_run)

@@ -43,12 +43,14 @@ class Results:
         out = []
         for q in range(len(self)):
             row = []
-            for rank, (i, s) in enumerate(self.hits(q), 1):
+            # documents and explanations are by column: a column without a hit is skipped, not counted
+            hits = [(j, i, float(s)) for j, (i, s) in enumerate(zip(self.ids[q], self.scores[q])) if i is not None]
+            for rank, (j, i, s) in enumerate(hits, 1):
                 hit = {"rank": rank, "id": i, "score": s}
-                if self.explanations is not None and self.explanations[q][rank - 1] is not None:
-                    hit["explain"] = self.explanations[q][rank - 1]
-                if self.documents is not None and self.documents[q][rank - 1] is not None:
-                    doc = self.documents[q][rank - 1]
+                if self.explanations is not None and self.explanations[q][j] is not None:
+                    hit["explain"] = self.explanations[q][j]
+                if self.documents is not None and self.documents[q][j] is not None:
+                    doc = self.documents[q][j]
                     hit.update(title=doc.get("title", ""), text=doc.get("text", ""),
                                metadata=doc.get("metadata", {}))
                 row.append(hit)

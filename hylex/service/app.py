@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import lmdb
 import numpy as np
 import scipy.sparse as sp
 from fastapi import FastAPI, Query, Request
@@ -143,6 +144,8 @@ class DeleteRequest(_Model):
     ids: list[str] | None = Field(None, description="ids to delete", min_length=1)
     filter: dict[str, Any] | None = Field(None, description="a non-empty metadata filter ({} is refused: use all)")
     all: bool | None = Field(None, description="true deletes every document (an empty filter is refused)")
+    dry_run: bool = Field(False, strict=True, description="true only counts the documents the request would "
+                                                         "delete: nothing is deleted (deleted is that count)")
 
 
 class ErrorBody(BaseModel):
@@ -155,13 +158,14 @@ def _errors(*codes: int) -> dict:
             404: "no such document", 413: "request body or batch over the limit",
             415: "the body is not JSON (send Content-Type: application/json)",
             422: "the body does not match the schema", 503: "busy or another writer holds the index: retry "
-                                                              "after Retry-After seconds"}
+                                                              "after Retry-After seconds",
+            507: "no space left on the index's disk: nothing of the write was committed"}
     return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
 
 
 class DeleteResponse(BaseModel):
-    deleted: int
-    documents: int
+    deleted: int = Field(description="documents deleted (with dry_run: that would be deleted)")
+    documents: int = Field(description="live documents after the request (with dry_run: unchanged)")
 
 
 class ServiceError(HylexError):
@@ -223,7 +227,14 @@ class Service:
                 def commit():
                     with self.lock, self.index.writing() as ix:
                         return fn(ix)
-                return await self.run(commit)
+                try:
+                    return await self.run(commit)
+                except (OSError, lmdb.Error) as e:
+                    # a write is answered by what happened to it: the library raises only before the commit point
+                    # (a full disk is a StorageFullError, 507); anything else unforeseen was not committed either
+                    logger.warning("a write to %s failed and was not committed: %r", self.path, e)
+                    raise ServiceError(f"the write failed and nothing of it was committed ({type(e).__name__}: "
+                                       f"{e}): retry later", 503, {"Retry-After": "5"}) from None
             finally:
                 self.index.release_writer()
 
@@ -828,7 +839,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     def get_document(doc_id: str) -> dict:
         return _get(doc_id)
 
-    @app.post("/documents", response_model=UpsertResponse, responses=_errors(400, 401, 413, 415, 422, 503))
+    @app.post("/documents", response_model=UpsertResponse, responses=_errors(400, 401, 413, 415, 422, 503, 507))
     async def upsert(req: UpsertRequest) -> UpsertResponse:
         if len(req.documents) > max_batch:
             raise ServiceError(f"{len(req.documents)} documents in one request, the limit is {max_batch}: split "
@@ -860,8 +871,9 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
 
         return await service.write(commit)
 
-    @app.delete("/documents", response_model=DeleteResponse, responses=_errors(400, 401, 413, 415, 422, 503),
-                description="Exactly one of `ids`, a non-empty `filter`, or `all: true` (deletes every document).")
+    @app.delete("/documents", response_model=DeleteResponse, responses=_errors(400, 401, 413, 415, 422, 503, 507),
+                description="Exactly one of `ids`, a non-empty `filter`, or `all: true` (deletes every document); "
+                            "`dry_run: true` only counts them.")
     async def delete(req: DeleteRequest) -> DeleteResponse:
         given = [name for name in ("ids", "filter", "all") if getattr(req, name) is not None]
         if len(given) != 1:
@@ -876,12 +888,18 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
             raise ServiceError(f"{len(ids)} ids in one request, the limit is {max_batch}: split the batch", 413)
 
         def commit(ix: Index) -> DeleteResponse:
+            dry = req.dry_run
             if req.all:
-                n = ix.delete_all()
+                n = ix.delete_all(dry_run=dry)
             else:
-                n = ix.delete(ids) if ids is not None else delete_where(ix, flt)
+                n = ix.delete(ids, dry_run=dry) if ids is not None else delete_where(ix, flt, dry_run=dry)
             return DeleteResponse(deleted=n, documents=ix.n_docs)
 
+        if req.dry_run:  # only counts: no writer lock, on the current snapshot
+            def count() -> DeleteResponse:
+                with service.lock:
+                    return commit(service.current())
+            return await service.run(count)
         return await service.write(commit)
 
     return app
