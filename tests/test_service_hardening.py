@@ -306,4 +306,7 @@ def test_vectors_beyond_float32_are_400_and_the_schema_says_so(server):
     assert code == 400 and "finite" in err["error"]
     code, schema = server.call("GET", "/openapi.json")
     item = schema["components"]["schemas"]["SearchRequest"]["properties"]["dense"]["anyOf"][0]["items"]["items"]
-    assert item["maximum"] == pytest.approx(3.4028234663852886e38) and item["minimum"] == -item["maximum"]
+    # each component within 1e6 / sqrt(dim): the norm rule (at most 1e6, issue 40) in a form the schema can state
+    assert item["maximum"] == pytest.approx(1e6 / 32**0.5) and item["minimum"] == -item["maximum"]
+    code, err = server.call("POST", "/search", {"dense": [[2e5] + [0.0] * 31], "mode": "dense"})
+    assert code == 400 and "L2-normalised" in err["error"]

@@ -21,7 +21,7 @@ from hylex.indexing.index import Index
 from hylex.indexing.protocols import TextEncoder
 from hylex.kernels import fuse, merge_topk
 from hylex.retrieval.filters import FilterEvaluator, check_filter
-from hylex.retrieval.fusion import MAX_WEIGHT_SUM
+from hylex.retrieval.fusion import MAX_WEIGHT
 from hylex.retrieval.results import Results
 
 logger = logging.getLogger(__name__)
@@ -93,26 +93,28 @@ def check_arms(arms) -> tuple[str, ...]:
 
 
 def check_weights(weights, arms: Sequence[str]) -> list[float]:
-    """One finite non-negative weight per arm, not all zero."""
+    """One finite non-negative weight per arm, at most MAX_WEIGHT, not all zero."""
     if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
         raise HylexError(f"weights must be a sequence of numbers, one per arm ({', '.join(arms)}), got {weights!r}")
     out = []
     for w in weights:
         if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.integer, np.floating)):
             raise HylexError(f"weight {w!r} is not a number: pass one number per arm ({', '.join(arms)})")
-        w = float(w)
+        try:
+            w = float(w)
+        except OverflowError:  # an int beyond float's range
+            w = math.inf if w > 0 else -math.inf
         if not math.isfinite(w) or w < 0:
             raise HylexError(f"weights must be finite and >= 0, got {w}: an arm's weight scales its share of the "
                              f"fused score")
+        if w > MAX_WEIGHT:  # fused scores are float32, at most the weights' sum
+            raise HylexError(f"weight {w:g} is over {MAX_WEIGHT:g}: only the weights' ratios matter, so scale them "
+                             f"down (e.g. to add up to 1)")
         out.append(w)
     if len(out) != len(arms):
         raise HylexError(f"{len(out)} weight(s) for {len(arms)} arm(s) ({', '.join(arms)}): pass one weight per arm")
     if not any(out):
         raise HylexError("weights are all 0: give at least one arm a positive weight")
-    total = sum(out)  # inf when it overflows (math.fsum would raise)
-    if not total <= MAX_WEIGHT_SUM:  # fused scores are float32, at most the weights' sum
-        raise HylexError(f"weights add up to {total:.3g}, over {MAX_WEIGHT_SUM:g}: only their ratios matter, so "
-                         f"scale them down (e.g. to add up to 1)")
     return out
 
 

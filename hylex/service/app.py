@@ -52,7 +52,8 @@ from hylex.errors import HylexError, IndexLockedError, ResultTooLargeError
 from hylex.indexing.bm25 import MAX_K1
 from hylex.indexing.index import Index
 from hylex.retrieval.filters import check_filter, delete_where
-from hylex.retrieval.searcher import Searcher
+from hylex.retrieval.fusion import MAX_WEIGHT
+from hylex.retrieval.searcher import MAX_DENSE_NORM, Searcher
 from hylex.service.batching import Busy, QueryBatcher
 from hylex.service.limits import (
     DEFAULT_MAX_HITS,
@@ -367,6 +368,13 @@ _ID = {"type": "string", "minLength": 1, "maxLength": 511, "pattern": r"\S",
        "description": "1 to 511 UTF-8 bytes, not only whitespace"}
 _NONBLANK = {"type": "string", "pattern": r"\S", "description": "not empty or only whitespace"}
 _F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _dense_component_max(dim: int) -> float:
+    """The largest dense query component over HTTP: with every component within it the norm is at most
+    MAX_DENSE_NORM, the library's rule, which a JSON Schema cannot state (issue 40: the rule the schema did not
+    state was most of the 400s Schemathesis got for schema-valid searches)."""
+    return MAX_DENSE_NORM / float(np.sqrt(max(1, dim)))
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
 
 
@@ -416,16 +424,17 @@ def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int, n_default_arms
             _nonnull(s, "queries", texts)
             _nonnull(s, "bm25_queries", texts)
             f32 = float(np.finfo(np.float32).max)  # vectors are float32: a larger number would be infinite
+            top = _dense_component_max(dim)
             _nonnull(s, "dense", {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
-                "type": "array", "items": {"type": "number", "minimum": -f32, "maximum": f32}, "minItems": dim,
+                "type": "array", "items": {"type": "number", "minimum": -top, "maximum": top}, "minItems": dim,
                 "maxItems": dim}})
             _nonnull(s, "sparse", {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
                 "type": "object", "propertyNames": {"pattern": _below(vocab)},
                 "additionalProperties": {"type": "number", "minimum": 0, "maximum": f32}}})
             _nonnull(s, "arms", {"type": "array", "items": {"enum": ["dense", "sparse", "bm25"]}, "minItems": 1,
                                  "maxItems": 3, "uniqueItems": True})
-            _nonnull(s, "weights", {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 1,
-                                    "maxItems": 3})
+            _nonnull(s, "weights", {"type": "array", "items": {"type": "number", "minimum": 0,
+                                                               "maximum": MAX_WEIGHT}, "minItems": 1, "maxItems": 3})
             _nonnull(s, "alpha", {"type": "number", "minimum": 0, "maximum": 1})
             _nonnull(s, "filter", filt)
             s["properties"]["rrf_k"].update({"minimum": 0})
@@ -448,6 +457,11 @@ def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int, n_default_arms
                                                                           "bm25_queries": arr}},
                     {"required": ["dense", "sparse", "bm25_queries"],
                      "properties": {"dense": arr, "sparse": arr, "bm25_queries": arr}}]}]
+            s["examples"] = [  # valid on any index (also what Schemathesis' examples phase sends first)
+                {"queries": ["parse json"], "k": 3},
+                {"queries": ["star planet", "how to bake bread"], "mode": "bm25", "k": 10, "with_documents": False},
+                {"queries": ["volcano"], "arms": ["sparse", "bm25"], "weights": [0.4, 0.6], "k": 5, "explain": True},
+                {"queries": ["galaxy"], "fusion": "rrf", "k": 20, "filter": {"lang": "en"}}]
             s["not"] = {"required": ["alpha", "weights"], "properties": {"alpha": {"type": "number"},
                                                                         "weights": {"type": "array"}}}
             s["properties"]["weights"]["anyOf"][0]["contains"] = {"type": "number", "exclusiveMinimum": 0}
@@ -471,6 +485,8 @@ def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int, n_default_arms
             d["properties"]["id"] = {**_ID, "title": "Id"}
             d["description"] = ("a document; a blank text and title are accepted (as by hylex index and "
                                 "Index.upsert): stored, found by id, with no sparse or BM25 terms")
+            d["examples"] = [{"id": "doc-1", "title": "JSON", "text": "Parsing JSON in Python with json.loads.",
+                              "metadata": {"lang": "en"}}]
         u = comp.get("UpsertRequest")
         if u:
             u["properties"]["documents"]["maxItems"] = max_batch
@@ -699,6 +715,10 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                 dense = np.asarray(req.dense, dtype=np.float32)
             if not np.isfinite(dense).all():
                 raise ServiceError("dense queries hold NaN or infinite values: send finite numbers")
+            top = _dense_component_max(service.index.dim)
+            if dense.size and np.abs(dense).max() > top:
+                raise ServiceError(f"dense query {int(np.argmax(np.abs(dense).max(axis=1)))} has a component beyond "
+                                   f"+-{top:.6g}: send L2-normalised vectors (norm 1, as the encoder gives)")
         sparse = None
         if req.sparse is not None:
             vocab = service.index.vocab_size
