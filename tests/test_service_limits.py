@@ -362,10 +362,17 @@ def test_k1_beyond_its_range_is_refused(server):
     ("POST", "/search", {"queries": ["star"], "with_documents": 1}, "with_documents"),
     ("POST", "/search", {"queries": ["star"], "with_documents": "false"}, "with_documents"),
     ("DELETE", "/documents", {"all": 1}, "all"),
+    # and numbers: true / false and "3" are not numbers (Schemathesis: "b": false was accepted as 0)
+    ("POST", "/search", {"queries": ["star"], "mode": "bm25", "b": False}, "b"),
+    ("POST", "/search", {"queries": ["star"], "k": "3"}, "k"),
+    ("POST", "/search", {"dense": [[True] * 32], "mode": "dense"}, "dense"),
+    ("POST", "/search", {"sparse": [{"3": "1"}], "mode": "sparse"}, "sparse"),
 ])
-def test_booleans_are_strict(server, index_copy, method, path, body, field):
+def test_booleans_and_numbers_are_strict(server, index_copy, method, path, body, field):
     code, out = server.call(method, path, body, key=KEY)
-    assert code == 422 and field in out["error"], out  # 0 was taken for false
+    assert code == 422 and field in out["error"], out  # 0 was taken for false, false for 0
+    if method == "POST":
+        assert server.call("POST", "/search", {"queries": ["star"], "k": 3.0})[0] == 200  # an integer in JSON
     with Index.open(index_copy) as ix:
         assert ix.n_docs == 200
 

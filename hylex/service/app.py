@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,7 +43,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import hylex
@@ -73,27 +73,39 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")  # an unknown field is a client mistake, not silently ignored
 
 
+def _json_number(value: Any) -> Any:
+    # pydantic's lax mode takes true / false for 1 / 0 and "3" for 3; the schema says number (and 3.0 stays an
+    # integer, as JSON Schema has it)
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_json_number)]
+Integer = Annotated[int, BeforeValidator(_json_number)]
+
+
 class SearchRequest(_Model):
     queries: list[str] | None = Field(None, description="query texts (encoded with the index's model)")
-    dense: list[list[float]] | None = Field(None, description="pre-encoded dense queries (n, dim)")
-    sparse: list[dict[str, float]] | None = Field(
+    dense: list[list[Number]] | None = Field(None, description="pre-encoded dense queries (n, dim)")
+    sparse: list[dict[str, Number]] | None = Field(
         None, description="pre-encoded sparse queries: per query {vocabulary id: weight}")
     bm25_queries: list[str] | None = Field(None, description="texts for the bm25 arm with pre-encoded vectors")
-    k: int = Field(10, ge=1, le=1000)
+    k: Integer = Field(10, ge=1, le=1000)
     mode: Literal["dense", "sparse", "bm25", "hybrid"] = "hybrid"
     arms: list[Literal["dense", "sparse", "bm25"]] | None = None
-    weights: list[float] | None = None
+    weights: list[Number] | None = None
     fusion: Literal["convex", "rrf"] | None = Field(
         None, description="convex (default) or rrf; with no arms, weights, alpha or fusion a hybrid search uses the "
                           "index's stored fusion (GET /stats: default_fusion)")
-    alpha: float | None = None
-    rrf_k: float = 60.0
-    depth: int = Field(1000, ge=1, le=10000)
-    k1: float | None = Field(None, description="BM25 k1 in (0, 1000] (default: the index's)")
-    b: float | None = Field(None, description="BM25 b in [0, 1] (default: the index's)")
-    query_cut: int | None = Field(None, description="approximate sparse search: query terms searched")
-    heap_factor: float = Field(1.0, description="approximate sparse search: >= 1 (1 is exact)")
-    candidates: int | None = Field(None, description="approximate sparse search: candidates scored exactly")
+    alpha: Number | None = None
+    rrf_k: Number = 60.0
+    depth: Integer = Field(1000, ge=1, le=10000)
+    k1: Number | None = Field(None, description="BM25 k1 in (0, 1000] (default: the index's)")
+    b: Number | None = Field(None, description="BM25 b in [0, 1] (default: the index's)")
+    query_cut: Integer | None = Field(None, description="approximate sparse search: query terms searched")
+    heap_factor: Number = Field(1.0, description="approximate sparse search: >= 1 (1 is exact)")
+    candidates: Integer | None = Field(None, description="approximate sparse search: candidates scored exactly")
     filter: dict[str, Any] | None = None
     # strict: 0, 1 or "true" are refused (422), not taken for booleans
     with_documents: StrictBool = True

@@ -18,7 +18,9 @@ with three guards:
   deadlines above close the stalled ones.
 
 Malformed requests (a header over h11's 16 KB, say) get their 400 as ``{"error"}`` as well, not plain text. The
-limits are per serving process (each of ``--workers`` has its own).
+limits are per serving process (each of ``--workers`` has its own). ``hylex serve`` runs with them; an app of
+:func:`hylex.service.create_app` served by another uvicorn gets them with ``uvicorn.Config(app,
+http=guarded_protocol(...))`` (or :func:`server_config`).
 """
 from __future__ import annotations
 
