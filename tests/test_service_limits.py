@@ -53,6 +53,16 @@ def test_former_500s_are_400_with_an_error(server, body, needle):
     assert code == 400 and needle in out["error"], out
 
 
+@pytest.mark.parametrize("body, code", [
+    ({"queries": ["galaxy"], "bm25_queries": [], "arms": ["sparse", "bm25"]}, 422),  # empty: was 200
+    ({"queries": ["galaxy"], "bm25_queries": ["star"], "arms": ["sparse", "bm25"]}, 400),  # was silently ignored
+    ({"queries": []}, 422),  # was 200 with no results
+])
+def test_texts_and_vectors_are_not_mixed_and_lists_not_empty(server, body, code):
+    status, out = server.call("POST", "/search", body)
+    assert status == code and out["error"], out
+
+
 def test_huge_approximate_knobs_are_no_cut(server):
     # candidates sized an allocation: 2**62 was "array is too big" (500); beyond the documents it changes nothing
     code, out = server.call("POST", "/search", {"queries": ["star planet"], "mode": "sparse", "k": 3,

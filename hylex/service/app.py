@@ -86,11 +86,12 @@ Integer = Annotated[int, BeforeValidator(_json_number)]
 
 
 class SearchRequest(_Model):
-    queries: list[str] | None = Field(None, description="query texts (encoded with the index's model)")
-    dense: list[list[Number]] | None = Field(None, description="pre-encoded dense queries (n, dim)")
+    queries: list[str] | None = Field(None, description="query texts (encoded with the index's model)", min_length=1)
+    dense: list[list[Number]] | None = Field(None, description="pre-encoded dense queries (n, dim)", min_length=1)
     sparse: list[dict[str, Number]] | None = Field(
-        None, description="pre-encoded sparse queries: per query {vocabulary id: weight}")
-    bm25_queries: list[str] | None = Field(None, description="texts for the bm25 arm with pre-encoded vectors")
+        None, description="pre-encoded sparse queries: per query {vocabulary id: weight}", min_length=1)
+    bm25_queries: list[str] | None = Field(None, description="texts for the bm25 arm with pre-encoded vectors",
+                                           min_length=1)
     k: Integer = Field(10, ge=1, le=1000)
     mode: Literal["dense", "sparse", "bm25", "hybrid"] = "hybrid"
     arms: list[Literal["dense", "sparse", "bm25"]] | None = None
@@ -718,6 +719,10 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         n = max(len(x) for x in (req.queries or [], req.dense or [], req.sparse or [], req.bm25_queries or []))
         if n > max_batch:
             raise ServiceError(f"{n} queries in one request, the limit is {max_batch}: split the batch", 413)
+        if req.queries is not None and (req.dense, req.sparse, req.bm25_queries) != (None, None, None):
+            # the texts are encoded here, and would silently replace the vectors or bm25_queries given with them
+            raise ServiceError("pass query texts (queries) or pre-encoded vectors (dense / sparse, with bm25_queries "
+                               "for a bm25 arm), not both")
         flt = check_filter(req.filter) if req.filter is not None else None
         dense = None
         if req.dense is not None:
