@@ -685,6 +685,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import math
     import os
 
     from hylex.service.workers import ServeConfig, serve
@@ -697,15 +698,23 @@ def cmd_serve(args) -> int:
         key = None
     if not args.write_wait_s >= 0:
         raise HylexError(f"--write-wait-s must be >= 0, got {args.write_wait_s}")
+    for name in ("max_response_mb", "header_timeout", "body_timeout"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise HylexError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
     kwargs = _encoder_kwargs(args)
     threads = kwargs.pop("threads")
     cfg = ServeConfig(index=str(args.index), host=args.host, port=args.port, workers=args.workers,
                       encoder=args.encoder, threads=threads, log_level="info" if args.verbose else "warning",
+                      header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                      max_connections=args.max_connections,
                       app=dict(api_key=key, auth=args.auth, max_body_bytes=int(args.max_body_mb * 2**20),
                                max_batch=args.max_batch, batching=not args.no_batching,
                                batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
                                max_batch_tokens=args.max_batch_tokens, request_timeout=args.request_timeout,
-                               write_wait=args.write_wait_s, encoder_kwargs=kwargs))
+                               write_wait=args.write_wait_s, encoder_kwargs=kwargs, max_hits=args.max_hits,
+                               max_response_bytes=max(1, int(args.max_response_mb * 2**20)),
+                               max_query_chars=args.max_query_chars))
     return serve(cfg)
 
 
@@ -907,6 +916,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what the API key protects: writes only, or every request")
     pv2.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (413 above)")
     pv2.add_argument("--max-batch", type=_positive_int, default=1024, help="most queries or documents per request")
+    pv2.add_argument("--max-hits", type=_positive_int, default=100_000,
+                     help="most hits (queries x k) one search may ask for; beyond, 413 [100000]")
+    pv2.add_argument("--max-response-mb", type=float, default=64.0,
+                     help="largest search response, documents included; beyond, 413 [64]")
+    pv2.add_argument("--max-query-chars", type=_positive_int, default=10_000,
+                     help="longest query text, for every arm; beyond, 413 [10000]")
+    pv2.add_argument("--header-timeout", type=float, default=10.0,
+                     help="seconds a connection has to send its request line and headers; then 408 and closed [10]")
+    pv2.add_argument("--body-timeout", type=float, default=60.0,
+                     help="seconds a request has to send its body once its headers are in; then 408 and closed [60]")
+    pv2.add_argument("--max-connections", type=_positive_int, default=1000,
+                     help="open connections per serving process; a request on one beyond gets 503 [1000]")
     pv2.add_argument("--no-batching", action="store_true",
                      help="encode each request's queries alone (default: concurrent requests share a forward pass)")
     pv2.add_argument("--batch-wait-ms", type=float, default=5.0,

@@ -22,6 +22,10 @@ class ModelError(HylexError):
     """A model cannot be found, installed or loaded."""
 
 
+class ResultTooLargeError(HylexError):
+    """A search's documents would take more bytes than the caller allowed (``max_document_bytes``)."""
+
+
 class IndexLockedError(HylexError):
     """Another writer holds an index's writer lock (and did not release it within the time waited)."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -29,13 +30,18 @@ from hylex.text import term_hashes
 FILES = ("bm25_terms.npy", "bm25_indptr.npy", "bm25_docs.npy", "bm25_tf.npy", "bm25_doclen.npy")
 DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
+# k1's upper bound. A term's contribution is idf * tf / (tf + k1 * norm): past k1 ~ 100 the ranking is already
+# that of the k1 -> infinity limit (term frequency counted linearly), and a k1 large enough (about 1e19 for a rare
+# term in a long document of a billion-document index; 1e308 always) underflows every float32 score to 0, so
+# nothing is a hit. 1000 keeps the smallest contribution above 1e-22.
+MAX_K1 = 1000.0
 
 
 def check_k1(k1) -> float:
     if isinstance(k1, bool) or not isinstance(k1, (int, float, np.integer, np.floating)) or \
-            not (math.isfinite(float(k1)) and float(k1) > 0):
-        raise HylexError(f"BM25 k1 must be a finite number > 0, got {k1!r}: it sets how fast term frequency "
-                         f"saturates (typical 0.9 .. 1.5)")
+            not (math.isfinite(float(k1)) and 0 < float(k1) <= MAX_K1):
+        raise HylexError(f"BM25 k1 must be a finite number > 0 and at most {MAX_K1:g}, got {k1!r}: it sets how "
+                         f"fast term frequency saturates (typical 0.9 .. 1.5)")
     return float(k1)
 
 
@@ -206,7 +212,9 @@ def bm25_search(parts: Sequence[tuple], query_terms: Sequence[Sequence[str]], k:
             deleted)`` where ``allowed`` is None or a mask (n_docs,) of the documents that may be hits (live and
             passing a filter) and ``deleted`` is None or ``(deleted_df, deleted_len, n_deleted)``: what the
             segment's deleted documents contribute to the statistics (see :func:`deleted_df`), taken out of them.
-        query_terms: each query's analyzed terms; a repeated term counts once per occurrence (as in bm25s).
+        query_terms: each query's analyzed terms; a repeated term counts once per occurrence (as in bm25s),
+            scored once with its idf times its count (a query repeating one word a million times walks that
+            word's postings once, not a million times).
         k: hits per query, >= 1.
         k1, b: the BM25 parameters.
 
@@ -220,12 +228,17 @@ def bm25_search(parts: Sequence[tuple], query_terms: Sequence[Sequence[str]], k:
     nq = len(query_terms)
     D_out = np.full((nq, k), -np.inf, np.float32)
     I_out = np.full((nq, k), -1, np.int64)
-    hashes = term_hashes(t for q in query_terms for t in q)
+    # each query's distinct terms in first-occurrence order, with their counts
+    distinct = [Counter(q) for q in query_terms]
+    hashes = term_hashes(t for c in distinct for t in c)
+    counts = np.fromiter((n for c in distinct for n in c.values()), dtype=np.float64, count=len(hashes))
     rows, idf, avgdl = global_stats(parts, hashes)
     if nq == 0 or idf is None:  # no live document has a term: nothing can match
         return D_out, I_out
+    # count x idf: the same score as scoring each occurrence (up to float32 rounding; unchanged without repeats)
+    idf = np.where(counts == 1, idf, (idf.astype(np.float64) * counts).astype(np.float32)).astype(np.float32)
     q_indptr = np.zeros(nq + 1, dtype=np.int64)
-    np.cumsum([len(q) for q in query_terms], out=q_indptr[1:])
+    np.cumsum([len(c) for c in distinct], out=q_indptr[1:])
     parts_D, parts_I = [], []
     for (offset, p, allowed, _), r in zip(parts, rows):
         if allowed is not None and not np.any(allowed):

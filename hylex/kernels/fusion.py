@@ -49,11 +49,17 @@ def _prepare(I, D, weights, method, k, rrf_k):
     D = as_array("D", D, "f", 3, np.float32)
     if D.shape != I.shape:
         raise ValueError(f"D and I must have the same shape (n_arms, nq, depth), got {D.shape} and {I.shape}")
-    weights = as_array("weights", weights, "f", 1, np.float32)
+    # checked before the float32 cast, which turns a finite 1e308 into infinity; a fused score is at most the
+    # weights' sum, so that sum must be a float32 too
+    weights = as_array("weights", weights, "f", 1, np.float64)
     if weights.shape[0] != I.shape[0]:
         raise ValueError(f"weights must have one entry per arm ({I.shape[0]}), got {weights.shape[0]}")
     if not np.isfinite(weights).all():
         raise ValueError("weights must be finite")
+    if float(np.abs(weights).sum()) > float(np.finfo(np.float32).max):
+        raise ValueError("the weights' absolute values must add up to at most float32's maximum (3.4e38): only "
+                         "their ratios matter, scale them down")
+    weights = weights.astype(np.float32)
     if not np.isfinite(D[I >= 0]).all():
         raise ValueError("D must be finite wherever I holds a hit (I >= 0)")
     if isinstance(rrf_k, (bool, np.bool_)) or not isinstance(rrf_k, (int, float, np.integer, np.floating)):

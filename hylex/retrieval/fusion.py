@@ -32,6 +32,11 @@ ARM_ORDER = ("dense", "sparse", "bm25")
 # The fallback for a model with no stored choice (an untuned model that is not packaged): all three arms, BM25
 # weighted most. Chosen on SciFact *train* with the packaged smollm2-135m (benchmarks/README.md, "Retrieval
 # quality"): the LLM arms of an untuned model add recall but are weaker than BM25, so BM25 carries the fusion.
+# The largest fusion weight: fused scores are float32, at most the weights' sum (three arms: 3e29, far inside
+# float32's 3.4e38), and only the weights' ratios change a ranking, so a weight this large is a mistake, never a
+# need. A bound per weight is one a JSON Schema can state.
+MAX_WEIGHT = 1e29
+
 BUILTIN_FUSION: dict = {"method": "convex", "arms": ["dense", "sparse", "bm25"], "weights": [0.2, 0.2, 0.6],
                         "chosen_on": "builtin: SciFact train, smollm2-135m zero-shot", "source": "builtin"}
 
@@ -48,10 +53,11 @@ def check_fusion(record, where: str) -> dict:
     ok = (isinstance(arms, (list, tuple)) and arms and all(a in ARM_ORDER for a in arms)
           and len(set(arms)) == len(arms) and isinstance(weights, (list, tuple)) and len(weights) == len(arms)
           and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-                  for w in weights) and any(weights))
+                  for w in weights) and any(weights) and max(weights) <= MAX_WEIGHT)
     if not ok:
         raise HylexError(f"the fusion stored in {where} is invalid (arms {arms!r}, weights {weights!r}: each arm "
-                         f"once from {', '.join(ARM_ORDER)}, one finite weight >= 0 per arm, not all 0): choose it "
+                         f"once from {', '.join(ARM_ORDER)}, one finite weight >= 0 per arm, not all 0, at most "
+                         f"{MAX_WEIGHT:g}): choose it "
                          f"again with `hylex fuse`")
     return {**record, "method": "convex", "arms": list(arms), "weights": [float(w) for w in weights]}
 
@@ -153,4 +159,5 @@ def choose_fusion(arms: Mapping[str, tuple[np.ndarray, np.ndarray]], score: Call
     return best, table
 
 
-__all__ = ["BUILTIN_FUSION", "check_fusion", "choose_fusion", "model_fusion", "stored_fusion", "weight_grid"]
+__all__ = ["BUILTIN_FUSION", "MAX_WEIGHT", "check_fusion", "choose_fusion", "model_fusion", "stored_fusion",
+           "weight_grid"]

@@ -5,6 +5,7 @@ text). ``mode="hybrid"`` fuses any of them (``arms``), by min-max-normalised con
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -14,12 +15,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from hylex.corpus import Document, clean_text
-from hylex.errors import HylexError
+from hylex.errors import HylexError, ResultTooLargeError
 from hylex.indexing.bm25 import bm25_search, check_b, check_k1
 from hylex.indexing.index import Index
 from hylex.indexing.protocols import TextEncoder
 from hylex.kernels import fuse, merge_topk
 from hylex.retrieval.filters import FilterEvaluator, check_filter
+from hylex.retrieval.fusion import MAX_WEIGHT
 from hylex.retrieval.results import Results
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,13 @@ DEFAULT_DEPTH = 1000
 # the longest dense query accepted: documents are unit vectors, and float32 inner products with a query near
 # float32's range overflow to infinity
 MAX_DENSE_NORM = 1e6
+# the largest sparse score a query may reach (its weights times the largest stored weight of each of its terms,
+# summed): scores are float32, and a bound far below its maximum (3.4e38) leaves room for fusion's sums
+MAX_SPARSE_SCORE = 1e30
+
+# hits' documents are read this many at a time: a search keeps only the ids of the documents it does not return,
+# and a byte budget stops the reading at most one chunk past it
+FETCH_CHUNK = 256
 
 MODES = ("dense", "sparse", "bm25", "hybrid")
 FUSIONS = ("convex", "rrf")
@@ -84,17 +93,23 @@ def check_arms(arms) -> tuple[str, ...]:
 
 
 def check_weights(weights, arms: Sequence[str]) -> list[float]:
-    """One finite non-negative weight per arm, not all zero."""
+    """One finite non-negative weight per arm, at most MAX_WEIGHT, not all zero."""
     if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
         raise HylexError(f"weights must be a sequence of numbers, one per arm ({', '.join(arms)}), got {weights!r}")
     out = []
     for w in weights:
         if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.integer, np.floating)):
             raise HylexError(f"weight {w!r} is not a number: pass one number per arm ({', '.join(arms)})")
-        w = float(w)
+        try:
+            w = float(w)
+        except OverflowError:  # an int beyond float's range
+            w = math.inf if w > 0 else -math.inf
         if not math.isfinite(w) or w < 0:
             raise HylexError(f"weights must be finite and >= 0, got {w}: an arm's weight scales its share of the "
                              f"fused score")
+        if w > MAX_WEIGHT:  # fused scores are float32, at most the weights' sum
+            raise HylexError(f"weight {w:g} is over {MAX_WEIGHT:g}: only the weights' ratios matter, so scale them "
+                             f"down (e.g. to add up to 1)")
         out.append(w)
     if len(out) != len(arms):
         raise HylexError(f"{len(out)} weight(s) for {len(arms)} arm(s) ({', '.join(arms)}): pass one weight per arm")
@@ -136,7 +151,7 @@ def fuse_arms(arms: list[tuple[np.ndarray, np.ndarray]], weights: Sequence[float
     for a, (D, I) in enumerate(arms):
         I_all[a, :, : I.shape[1]] = I
         D_all[a, :, : D.shape[1]] = D
-    return fuse(I_all, D_all, np.asarray(weights, np.float32), method, k, rrf_k)
+    return fuse(I_all, D_all, np.asarray(weights, np.float64), method, k, rrf_k)
 
 
 def check_approx_knobs(query_cut, heap_factor, candidates) -> None:
@@ -149,6 +164,36 @@ def check_approx_knobs(query_cut, heap_factor, candidates) -> None:
     if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer))
                                    or candidates < 1):
         raise HylexError(f"candidates must be None or an integer >= 1, got {candidates!r}")
+
+
+def _check_sparse_bound(queries: sp.csr_matrix, sparse) -> None:
+    """Refuse sparse queries that could score a document of this segment's postings beyond MAX_SPARSE_SCORE:
+    the bound is each query weight times its term's largest storable weight, summed (in float64)."""
+    q = sp.csr_matrix(queries)
+    if not q.nnz:
+        return
+    scale = np.asarray(sparse.term_scale)
+    top = float(np.iinfo(np.asarray(sparse.impacts).dtype).max)  # the largest quantized impact
+    inside = q.indices < scale.shape[0]  # ids beyond the vocabulary are ignored by the search
+    contrib = np.zeros(q.nnz, dtype=np.float64)
+    contrib[inside] = q.data[inside].astype(np.float64) * scale[q.indices[inside]].astype(np.float64) * top
+    rows = np.repeat(np.arange(q.shape[0]), np.diff(q.indptr))
+    bound = np.bincount(rows, weights=contrib, minlength=q.shape[0])
+    if not (bound <= MAX_SPARSE_SCORE).all():  # NaN-safe: a NaN bound fails too
+        i = int(np.argmax(~(bound <= MAX_SPARSE_SCORE)))
+        raise HylexError(f"sparse query {i} could score a document up to {bound[i]:.3g}, over {MAX_SPARSE_SCORE:g} "
+                         f"(scores are float32): send the encoder's weights (log(1 + relu), typically below 10)")
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def document_bytes(doc: dict) -> int:
+    """About the bytes a stored document takes as JSON: its text, title and metadata in UTF-8."""
+    meta = doc.get("metadata")
+    return _utf8_len(doc.get("text") or "") + _utf8_len(doc.get("title") or "") + \
+        (len(json.dumps(meta, ensure_ascii=False)) if meta else 0)
 
 
 class Searcher:
@@ -264,11 +309,15 @@ class Searcher:
         faster: see :mod:`hylex.kernels.blockmax`. ``filter`` / ``allowed`` as in :meth:`search_dense`.
         """
         k = self._cap(k)
+        # beyond every term / every document they change nothing (and must not size an allocation)
+        query_cut = None if query_cut is None else min(int(query_cut), max(1, self.index.vocab_size))
+        candidates = None if candidates is None else min(int(candidates), max(1, self.index.n_docs))
         allowed = self.allowed(filter) if allowed is None else allowed
         parts_D, parts_I = [], []
         for seg, ok in zip(self.index.segments, allowed):
             if ok is not None and not ok.any():
                 continue
+            _check_sparse_bound(queries, seg.sparse)
             D, I = seg.sparse.search(queries, k, ok, query_cut=query_cut, heap_factor=heap_factor,
                                      candidates=candidates)
             parts_D.append(D)
@@ -359,7 +408,8 @@ class Searcher:
                bm25_queries: Sequence[str] | None = None, arms: Sequence[str] | None = None,
                weights: Sequence[float] | None = None, k1: float | None = None, b: float | None = None,
                query_cut: int | None = None, heap_factor: float = 1.0, candidates: int | None = None,
-               filter: dict | str | None = None, with_documents: bool = False, explain: bool = False) -> Results:
+               filter: dict | str | None = None, with_documents: bool = False, explain: bool = False,
+               max_document_bytes: int | None = None) -> Results:
         """Search by query texts or by pre-encoded queries.
 
         Args:
@@ -393,6 +443,9 @@ class Searcher:
             with_documents: attach the stored documents of the hits.
             explain: attach each hit's explanation (every searched arm's score of it, the sparse and BM25 terms
                 behind them: :mod:`hylex.retrieval.explain`) as ``Results.explanations``.
+            max_document_bytes: with ``with_documents``, the most bytes (UTF-8 text, title and JSON metadata) the
+                hits' documents may hold together: past it, reading stops and :class:`ResultTooLargeError` is
+                raised (None: no limit).
         Returns:
             :class:`Results` with arrays of shape (nq, k).
         """
@@ -414,6 +467,9 @@ class Searcher:
         k1 = None if k1 is None else check_k1(k1)
         b = None if b is None else check_b(b)
         check_approx_knobs(query_cut, heap_factor, candidates)
+        if max_document_bytes is not None and (isinstance(max_document_bytes, bool) or
+                                               not isinstance(max_document_bytes, (int, np.integer))):
+            raise HylexError(f"max_document_bytes must be an integer or None, got {max_document_bytes!r}")
         inputs = None if queries is not None else \
             {a for a, x in (("dense", dense), ("sparse", sparse), ("bm25", bm25_queries)) if x is not None}
         used, weights, fusion = self.resolve_fusion(mode, arms, weights, alpha, fusion, inputs)
@@ -436,9 +492,9 @@ class Searcher:
             D, I = arm(used[0], k)
         else:
             D, I = fuse_arms([arm(a, depth) for a in used], weights, fusion, k, rrf_k)
-        flat = I.ravel()
-        docs = self.index.documents(flat.tolist())
-        ids = np.array([None if d is None else d["id"] for d in docs], dtype=object).reshape(I.shape)
+        id_list, docs = self._fetch(I.ravel(), keep=with_documents or explain,
+                                    max_bytes=max_document_bytes if with_documents else None)
+        ids = np.array(id_list, dtype=object).reshape(I.shape)
         res = Results(ids=ids, scores=D.astype(np.float32, copy=False), rows=I, mode=mode)
         if with_documents:
             res.documents = [docs[q * k:(q + 1) * k] for q in range(I.shape[0])]
@@ -452,6 +508,29 @@ class Searcher:
                 sparse=q_sparse if "sparse" in used else None, bm25_texts=q_texts if "bm25" in used else None,
                 k1=k1, b=b, encoder=self._encoder, query_texts=q_texts, doc_texts=doc_texts)
         return res
+
+    def _fetch(self, rows: np.ndarray, keep: bool, max_bytes: int | None) -> tuple[list, list | None]:
+        """The ids of the hits' documents (None where no hit), and the documents themselves when ``keep``: read
+        FETCH_CHUNK at a time, so that documents not kept never pile up, and stopped once those counted pass
+        ``max_bytes`` (:class:`ResultTooLargeError`)."""
+        rows = rows.tolist()
+        ids: list = []
+        kept: list | None = [] if keep else None
+        size = 0
+        for start in range(0, len(rows), FETCH_CHUNK):
+            part = self.index.documents(rows[start:start + FETCH_CHUNK])
+            ids.extend(None if d is None else d["id"] for d in part)
+            if max_bytes is not None:
+                size += sum(document_bytes(d) for d in part if d is not None)
+                if size > max_bytes:
+                    n = sum(r >= 0 for r in rows)
+                    raise ResultTooLargeError(
+                        f"the documents of {sum(r >= 0 for r in rows[:start + FETCH_CHUNK])} of {n} hits already "
+                        f"take {size:,} bytes, over the limit of {max_bytes:,}: ask for fewer hits (k, queries), "
+                        f"or search without the documents and read the ones you need by id")
+            if kept is not None:
+                kept.extend(part)
+        return ids, kept
 
     def _queries(self, queries, mode, used, dense, sparse, bm25_queries):
         need_dense, need_sparse, need_bm25 = ("dense" in used), ("sparse" in used), ("bm25" in used)

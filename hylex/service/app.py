@@ -37,7 +37,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import lmdb
 import numpy as np
@@ -46,16 +46,24 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import hylex
 from hylex.corpus import Document, check_id, clean_text
-from hylex.errors import HylexError, IndexLockedError
+from hylex.errors import HylexError, IndexLockedError, ResultTooLargeError
+from hylex.indexing.bm25 import MAX_K1
 from hylex.indexing.index import Index
 from hylex.retrieval.filters import check_filter, delete_where
-from hylex.retrieval.searcher import Searcher
+from hylex.retrieval.fusion import MAX_WEIGHT
+from hylex.retrieval.searcher import MAX_DENSE_NORM, Searcher, document_bytes
 from hylex.service.batching import Busy, QueryBatcher, TooMuchWork
+from hylex.service.limits import (
+    DEFAULT_MAX_HITS,
+    DEFAULT_MAX_QUERY_CHARS,
+    DEFAULT_MAX_RESPONSE_MB,
+    RequestLimits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,30 +85,44 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")  # an unknown field is a client mistake, not silently ignored
 
 
+def _json_number(value: Any) -> Any:
+    # pydantic's lax mode takes true / false for 1 / 0 and "3" for 3; the schema says number (and 3.0 stays an
+    # integer, as JSON Schema has it)
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_json_number)]
+Integer = Annotated[int, BeforeValidator(_json_number)]
+
+
 class SearchRequest(_Model):
-    queries: list[str] | None = Field(None, description="query texts (encoded with the index's model)")
-    dense: list[list[float]] | None = Field(None, description="pre-encoded dense queries (n, dim)")
-    sparse: list[dict[str, float]] | None = Field(
-        None, description="pre-encoded sparse queries: per query {vocabulary id: weight}")
-    bm25_queries: list[str] | None = Field(None, description="texts for the bm25 arm with pre-encoded vectors")
-    k: int = Field(10, ge=1, le=1000)
+    queries: list[str] | None = Field(None, description="query texts (encoded with the index's model)", min_length=1)
+    dense: list[list[Number]] | None = Field(None, description="pre-encoded dense queries (n, dim)", min_length=1)
+    sparse: list[dict[str, Number]] | None = Field(
+        None, description="pre-encoded sparse queries: per query {vocabulary id: weight}", min_length=1)
+    bm25_queries: list[str] | None = Field(None, description="texts for the bm25 arm with pre-encoded vectors",
+                                           min_length=1)
+    k: Integer = Field(10, ge=1, le=1000)
     mode: Literal["dense", "sparse", "bm25", "hybrid"] = "hybrid"
     arms: list[Literal["dense", "sparse", "bm25"]] | None = None
-    weights: list[float] | None = None
+    weights: list[Number] | None = None
     fusion: Literal["convex", "rrf"] | None = Field(
         None, description="convex (default) or rrf; with no arms, weights, alpha or fusion a hybrid search uses the "
                           "index's stored fusion (GET /stats: default_fusion)")
-    alpha: float | None = None
-    rrf_k: float = 60.0
-    depth: int = Field(1000, ge=1, le=10000)
-    k1: float | None = Field(None, description="BM25 k1 (default: the index's)")
-    b: float | None = Field(None, description="BM25 b in [0, 1] (default: the index's)")
-    query_cut: int | None = Field(None, description="approximate sparse search: query terms searched")
-    heap_factor: float = Field(1.0, description="approximate sparse search: >= 1 (1 is exact)")
-    candidates: int | None = Field(None, description="approximate sparse search: candidates scored exactly")
+    alpha: Number | None = None
+    rrf_k: Number = 60.0
+    depth: Integer = Field(1000, ge=1, le=10000)
+    k1: Number | None = Field(None, description="BM25 k1 in (0, 1000] (default: the index's)")
+    b: Number | None = Field(None, description="BM25 b in [0, 1] (default: the index's)")
+    query_cut: Integer | None = Field(None, description="approximate sparse search: query terms searched")
+    heap_factor: Number = Field(1.0, description="approximate sparse search: >= 1 (1 is exact)")
+    candidates: Integer | None = Field(None, description="approximate sparse search: candidates scored exactly")
     filter: dict[str, Any] | None = None
-    with_documents: bool = True
-    explain: bool = Field(False, description="each hit's per-arm scores and the terms behind them")
+    # strict: 0, 1 or "true" are refused (422), not taken for booleans
+    with_documents: StrictBool = True
+    explain: StrictBool = Field(False, description="each hit's per-arm scores and the terms behind them")
 
 
 class Hit(BaseModel):
@@ -143,9 +165,9 @@ class DeleteRequest(_Model):
 
     ids: list[str] | None = Field(None, description="ids to delete", min_length=1)
     filter: dict[str, Any] | None = Field(None, description="a non-empty metadata filter ({} is refused: use all)")
-    all: bool | None = Field(None, description="true deletes every document (an empty filter is refused)")
-    dry_run: bool = Field(False, strict=True, description="true only counts the documents the request would "
-                                                         "delete: nothing is deleted (deleted is that count)")
+    all: StrictBool | None = Field(None, description="true deletes every document (an empty filter is refused)")
+    dry_run: StrictBool = Field(False, description="true only counts the documents the request would delete: "
+                                                   "nothing is deleted (deleted is that count)")
 
 
 class ErrorBody(BaseModel):
@@ -155,7 +177,8 @@ class ErrorBody(BaseModel):
 def _errors(*codes: int) -> dict:
     """OpenAPI ``responses`` for the error statuses a route can answer, each with the ``{"error"}`` body."""
     what = {400: "a bad value (named in the error)", 401: "missing or wrong API key (X-API-Key)",
-            404: "no such document", 413: "request body or batch over the limit",
+            404: "no such document", 413: "request body, batch, query text, hits or response over the limit "
+                                          "(the error names the option that raises it)",
             415: "the body is not JSON (send Content-Type: application/json)",
             422: "the body does not match the schema", 503: "busy or another writer holds the index: retry "
                                                               "after Retry-After seconds",
@@ -370,6 +393,13 @@ class BodyLimit:
             await self.app(scope, counted, guarded)
         except _TooLarge:
             pass
+        except Exception:
+            # the app's catch-all has answered (and logged) whatever it could catch; anything else is answered
+            # here, never with the server's plain-text 500
+            if state["started"] or state["rejected"]:
+                return
+            logger.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            await self._reject(send, 500, "internal error: the server logged it; please report it")
 
 
 class _App(FastAPI):
@@ -430,6 +460,14 @@ def _security_scheme(app: FastAPI, keyed: bool, auth: str) -> None:
 _ID = {"type": "string", "minLength": 1, "maxLength": 511, "pattern": r"\S",
        "description": "1 to 511 UTF-8 bytes, not only whitespace"}
 _NONBLANK = {"type": "string", "pattern": r"\S", "description": "not empty or only whitespace"}
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _dense_component_max(dim: int) -> float:
+    """The largest dense query component over HTTP: with every component within it the norm is at most
+    MAX_DENSE_NORM, the library's rule, which a JSON Schema cannot state (issue 40: the rule the schema did not
+    state was most of the 400s Schemathesis got for schema-valid searches)."""
+    return MAX_DENSE_NORM / float(np.sqrt(max(1, dim)))
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
 
 
@@ -457,9 +495,10 @@ def _nonnull(schema: dict, name: str, sub: dict) -> None:
         schema["properties"][name] = {**keep, **sub}
 
 
-def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int, n_default_arms: int = 2) -> None:
-    """Write into the OpenAPI schema the rules pydantic does not state: id and text shapes, the batch limit, the
-    index's dimension and vocabulary, which of ids / filter / all a delete takes, text-or-title documents.
+def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int, n_default_arms: int = 2,
+              max_query_chars: int = DEFAULT_MAX_QUERY_CHARS) -> None:
+    """Write into the OpenAPI schema the rules pydantic does not state: id and text shapes, the batch and query
+    length limits, the index's dimension and vocabulary, which of ids / filter / all a delete takes.
     A client (or Schemathesis) generating from the schema then sends requests the service accepts."""
     base = app.openapi
 
@@ -473,27 +512,29 @@ def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int, n_default_arms
                                "README"}
         s = comp.get("SearchRequest")
         if s:
-            texts = {"type": "array", "items": _NONBLANK, "minItems": 1, "maxItems": max_batch}
+            texts = {"type": "array", "items": {**_NONBLANK, "maxLength": max_query_chars}, "minItems": 1,
+                     "maxItems": max_batch}
             _nonnull(s, "queries", texts)
             _nonnull(s, "bm25_queries", texts)
             f32 = float(np.finfo(np.float32).max)  # vectors are float32: a larger number would be infinite
+            top = _dense_component_max(dim)
             _nonnull(s, "dense", {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
-                "type": "array", "items": {"type": "number", "minimum": -f32, "maximum": f32}, "minItems": dim,
+                "type": "array", "items": {"type": "number", "minimum": -top, "maximum": top}, "minItems": dim,
                 "maxItems": dim}})
             _nonnull(s, "sparse", {"type": "array", "minItems": 1, "maxItems": max_batch, "items": {
                 "type": "object", "propertyNames": {"pattern": _below(vocab)},
                 "additionalProperties": {"type": "number", "minimum": 0, "maximum": f32}}})
             _nonnull(s, "arms", {"type": "array", "items": {"enum": ["dense", "sparse", "bm25"]}, "minItems": 1,
                                  "maxItems": 3, "uniqueItems": True})
-            _nonnull(s, "weights", {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 1,
-                                    "maxItems": 3})
+            _nonnull(s, "weights", {"type": "array", "items": {"type": "number", "minimum": 0,
+                                                               "maximum": MAX_WEIGHT}, "minItems": 1, "maxItems": 3})
             _nonnull(s, "alpha", {"type": "number", "minimum": 0, "maximum": 1})
             _nonnull(s, "filter", filt)
             s["properties"]["rrf_k"].update({"minimum": 0})
             for name in ("k1", "b"):
                 if name in s["properties"]:
-                    _nonnull(s, name, {"type": "number", "exclusiveMinimum": 0} if name == "k1" else
-                             {"type": "number", "minimum": 0, "maximum": 1})
+                    _nonnull(s, name, {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_K1}
+                             if name == "k1" else {"type": "number", "minimum": 0, "maximum": 1})
             for name in ("query_cut", "candidates"):
                 if name in s["properties"]:
                     _nonnull(s, name, {"type": "integer", "minimum": 1})
@@ -508,7 +549,17 @@ def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int, n_default_arms
                     {"required": ["mode", "bm25_queries"], "properties": {"mode": {"const": "bm25"},
                                                                           "bm25_queries": arr}},
                     {"required": ["dense", "sparse", "bm25_queries"],
-                     "properties": {"dense": arr, "sparse": arr, "bm25_queries": arr}}]}]
+                     "properties": {"dense": arr, "sparse": arr, "bm25_queries": arr}},
+                    # vectors without bm25 texts and no arms: dense and sparse fused (Searcher.resolve_fusion).
+                    # (A hybrid search naming its arms, each with its input, is answered too; the branches stating
+                    # it left Schemathesis unable to generate any search, so it stays unstated.)
+                    {"required": ["dense", "sparse"], "properties": {"mode": {"const": "hybrid"}, "arms": none,
+                                                                    "dense": arr, "sparse": arr}}]}]
+            s["examples"] = [  # valid on any index (also what Schemathesis' examples phase sends first)
+                {"queries": ["parse json"], "k": 3},
+                {"queries": ["star planet", "how to bake bread"], "mode": "bm25", "k": 10, "with_documents": False},
+                {"queries": ["volcano"], "arms": ["sparse", "bm25"], "weights": [0.4, 0.6], "k": 5, "explain": True},
+                {"queries": ["galaxy"], "fusion": "rrf", "k": 20, "filter": {"lang": "en"}}]
             s["not"] = {"required": ["alpha", "weights"], "properties": {"alpha": {"type": "number"},
                                                                         "weights": {"type": "array"}}}
             s["properties"]["weights"]["anyOf"][0]["contains"] = {"type": "number", "exclusiveMinimum": 0}
@@ -530,9 +581,10 @@ def _contract(app: FastAPI, max_batch: int, dim: int, vocab: int, n_default_arms
         d = comp.get("DocumentIn")
         if d:
             d["properties"]["id"] = {**_ID, "title": "Id"}
-            d["anyOf"] = [{"properties": {"text": _NONBLANK}},
-                          {"required": ["title"], "properties": {"title": _NONBLANK}}]
-            d["description"] = "a document: its text or its title (or both) not blank"
+            d["description"] = ("a document; a blank text and title are accepted (as by hylex index and "
+                                "Index.upsert): stored, found by id, with no sparse or BM25 terms")
+            d["examples"] = [{"id": "doc-1", "title": "JSON", "text": "Parsing JSON in Python with json.loads.",
+                              "metadata": {"lang": "en"}}]
         u = comp.get("UpsertRequest")
         if u:
             u["properties"]["documents"]["maxItems"] = max_batch
@@ -584,7 +636,9 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                batching: bool = True, batch_wait_ms: float = 5.0, max_queue: int = 1024,
                model_thread: bool = True, encoder_kwargs: dict | None = None,
                write_wait: float = DEFAULT_WRITE_WAIT, worker: dict | None = None, max_batch_tokens: int = 2048,
-               request_timeout: float | None = 30.0) -> FastAPI:
+               request_timeout: float | None = 30.0, max_hits: int = DEFAULT_MAX_HITS,
+               max_response_bytes: int = int(DEFAULT_MAX_RESPONSE_MB * 2**20),
+               max_query_chars: int = DEFAULT_MAX_QUERY_CHARS) -> FastAPI:
     """The FastAPI app serving ``index_dir``.
 
     Args:
@@ -604,6 +658,9 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         request_timeout: seconds a search may wait for its query encoding (None: no limit); a search that cannot
             make it is refused at once with 503 + Retry-After, one whose time runs out while queued likewise.
         worker: ``{"worker": i, "workers": n}``, shown by ``/stats`` (set by ``hylex serve --workers``).
+        max_hits, max_response_bytes, max_query_chars: what one search may ask for (queries x k; the bytes of
+            its response, documents included; characters per query text), each refused with 413 beyond
+            (:mod:`hylex.service.limits`).
     """
     if auth not in ("writes", "all"):
         raise HylexError(f"auth must be 'writes' or 'all', got {auth!r}")
@@ -617,6 +674,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         raise HylexError(f"request_timeout must be a finite number of seconds > 0 (or None), got {request_timeout!r}")
     if isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
         raise HylexError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
+    limits = RequestLimits(max_hits, max_response_bytes, max_query_chars)
     service = Service(index_dir, encoder, encoder_kwargs, write_wait=write_wait, worker=worker)
     if not batching and not model_thread:
         raise HylexError("the model runs on the caller's thread only with batching on")
@@ -639,7 +697,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     app.state.service = service
     _offline_docs(app)
     _contract(app, max_batch, service.index.dim, service.index.vocab_size,
-              len(service.searcher.default_fusion["arms"]))
+              len(service.searcher.default_fusion["arms"]), max_query_chars)
     _security_scheme(app, api_key is not None, auth)
 
     @app.middleware("http")
@@ -657,6 +715,18 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     async def hylex_error(request: Request, exc: HylexError):
         return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", 400),
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ResultTooLargeError)
+    async def too_large(request: Request, exc: ResultTooLargeError):
+        return JSONResponse({"error": str(limits.too_large(str(exc)))}, status_code=413)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        # a bug, not a client mistake: logged with its traceback, answered in the {"error"} shape (Starlette
+        # re-raises it afterwards; BodyLimit lets it end there)
+        logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}): the server logged it; please "
+                                      f"report it"}, status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -731,13 +801,19 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
     async def search(req: SearchRequest) -> SearchResponse:
         # the request timeout covers the whole search: encoding and the search itself on the model's thread
         deadline = None if request_timeout is None else time.monotonic() + request_timeout
+        limits.texts(req.queries, "queries")
+        limits.texts(req.bm25_queries, "bm25_queries")
         if req.queries is not None:  # lone surrogates -> U+FFFD, as everywhere else (and echoable as JSON)
             req.queries = [clean_text(q) for q in req.queries]
         if req.bm25_queries is not None:
             req.bm25_queries = [clean_text(q) for q in req.bm25_queries]
-        n = max(len(x) for x in (req.queries or [], req.dense or [], req.sparse or []))
+        n = max(len(x) for x in (req.queries or [], req.dense or [], req.sparse or [], req.bm25_queries or []))
         if n > max_batch:
             raise ServiceError(f"{n} queries in one request, the limit is {max_batch}: split the batch", 413)
+        if req.queries is not None and (req.dense, req.sparse, req.bm25_queries) != (None, None, None):
+            # the texts are encoded here, and would silently replace the vectors or bm25_queries given with them
+            raise ServiceError("pass query texts (queries) or pre-encoded vectors (dense / sparse, with bm25_queries "
+                               "for a bm25 arm), not both")
         flt = check_filter(req.filter) if req.filter is not None else None
         dense = None
         if req.dense is not None:
@@ -747,16 +823,23 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                 dense = np.asarray(req.dense, dtype=np.float32)
             if not np.isfinite(dense).all():
                 raise ServiceError("dense queries hold NaN or infinite values: send finite numbers")
+            top = _dense_component_max(service.index.dim)
+            if dense.size and np.abs(dense).max() > top:
+                raise ServiceError(f"dense query {int(np.argmax(np.abs(dense).max(axis=1)))} has a component beyond "
+                                   f"+-{top:.6g}: send L2-normalised vectors (norm 1, as the encoder gives)")
         sparse = None
         if req.sparse is not None:
             vocab = service.index.vocab_size
             rows, cols, vals = [], [], []
             for i, q in enumerate(req.sparse):
                 for term, w in q.items():
-                    if not term.isdigit() or int(term) >= vocab:
-                        raise ServiceError(f"sparse query {i}: term {term!r} is not a vocabulary id in [0, {vocab})")
-                    if not np.isfinite(w):
-                        raise ServiceError(f"sparse query {i}: term {term} has weight {w}: send finite numbers")
+                    # ASCII digits only ("²".isdigit() holds), and no more of them than the vocabulary's size has
+                    if not (term.isascii() and term.isdigit()) or len(term) > len(str(vocab)) or int(term) >= vocab:
+                        raise ServiceError(f"sparse query {i}: term {term[:40]!r} is not a vocabulary id in "
+                                           f"[0, {vocab})")
+                    if not (np.isfinite(w) and abs(w) <= _F32_MAX):
+                        raise ServiceError(f"sparse query {i}: term {term} has weight {w}: send finite numbers "
+                                           f"within float32's range")
                     rows.append(i)
                     cols.append(int(term))
                     vals.append(w)
@@ -764,6 +847,8 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
         given = None if req.queries is not None else \
             {a for a, x in (("dense", req.dense), ("sparse", req.sparse), ("bm25", req.bm25_queries)) if x is not None}
         used = set(service.searcher.resolve_fusion(req.mode, req.arms, req.weights, req.alpha, req.fusion, given)[0])
+        hits = limits.work(n, req.k, req.depth, len(used), service.index.n_docs, req.explain)
+        budget = limits.document_budget(hits, req.queries) if req.with_documents else None
         kwargs = dict(k=req.k, mode=req.mode, fusion=req.fusion, alpha=req.alpha, rrf_k=req.rrf_k, depth=req.depth,
                       weights=req.weights, filter=flt, with_documents=req.with_documents, explain=req.explain,
                       k1=req.k1, b=req.b, query_cut=req.query_cut, heap_factor=req.heap_factor,
@@ -778,6 +863,7 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                 n_q = max((x.shape[0] if hasattr(x, "shape") else len(x)
                            for x in (texts, dense, sparse, bm25_texts) if x is not None), default=0)
                 out: list[QueryResult] = []
+                left = budget  # the documents' bytes the rest of the response may hold
                 for lo in range(0, max(n_q, 1), SEARCH_GROUP):
                     if lo and deadline is not None and time.monotonic() > deadline:
                         raise Busy(f"the search ran past the {request_timeout:g} s request timeout after {lo} of "
@@ -786,7 +872,10 @@ def create_app(index_dir: str | Path, *, encoder=None, api_key: str | None = Non
                     res = service.searcher.search(
                         None if texts is None else texts[part], dense=None if dense is None else dense[part],
                         sparse=None if sparse is None else sparse[part],
-                        bm25_queries=None if bm25_texts is None else bm25_texts[part], **kwargs)
+                        bm25_queries=None if bm25_texts is None else bm25_texts[part], max_document_bytes=left,
+                        **kwargs)
+                    if left is not None:
+                        left -= sum(document_bytes(d) for row in res.documents for d in row if d is not None)
                     out += _hits(res, None if req.queries is None else req.queries[part], req.with_documents)
                 return out
 

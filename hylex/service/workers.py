@@ -33,6 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hylex.errors import HylexError
+from hylex.service.connections import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    check_limits,
+    server_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +64,11 @@ class ServeConfig:
             ``cores // workers`` with several).
         warmup: load the model and compile the kernels before reporting ready.
         shutdown_timeout: seconds the supervisor waits for its workers to finish after SIGINT/SIGTERM.
+        header_timeout, body_timeout: seconds a connection has to send its request's headers (from its opening,
+            or from a kept-alive connection's next byte) and then its body; past either it gets 408 and is
+            closed (:mod:`hylex.service.connections`).
+        max_connections: open connections per process; a request on one beyond gets 503 and its connection is
+            closed.
     """
 
     index: str
@@ -69,6 +81,9 @@ class ServeConfig:
     log_level: str = "warning"
     warmup: bool = True
     shutdown_timeout: float = 60.0
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 def serve(cfg: ServeConfig, announce: Callable[[str], None] | None = None) -> int:
@@ -86,6 +101,7 @@ def serve(cfg: ServeConfig, announce: Callable[[str], None] | None = None) -> in
     from hylex.indexing.index import read_manifest
 
     read_manifest(cfg.index)  # a missing or foreign directory is named before anything starts
+    check_limits(cfg.header_timeout, cfg.body_timeout, cfg.max_connections)
     if cfg.encoder is not None:
         _split_spec(cfg.encoder)
     announce = announce or (lambda line: print(line, flush=True))
@@ -112,8 +128,6 @@ def serve_here(cfg: ServeConfig, sock: socket.socket, threads: int | None = None
                on_ready: Callable[[], None] | None = None) -> int:
     """Serve on the listening ``sock`` in this process until SIGINT/SIGTERM (or the server stops); model and
     index work on this (the main) thread, HTTP on a second one, started once the model is loaded."""
-    import uvicorn
-
     from hylex.service.app import create_app
 
     if threads is not None:
@@ -137,7 +151,10 @@ def serve_here(cfg: ServeConfig, sock: socket.socket, threads: int | None = None
     except BaseException:
         service.close()
         raise
-    server = _make_server(uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=None), on_ready)
+    _raise_fd_limit(cfg.max_connections)
+    server = _make_server(server_config(app, header_timeout=cfg.header_timeout, body_timeout=cfg.body_timeout,
+                                        max_connections=cfg.max_connections, log_level=cfg.log_level,
+                                        timeout_graceful_shutdown=None), on_ready)
     batcher = service.batcher
 
     def stop(*_):
@@ -233,6 +250,28 @@ def _set_threads(n: int) -> None:
         faiss.omp_set_num_threads(n)
     except ImportError:  # pragma: no cover
         pass
+
+
+def _raise_fd_limit(max_connections: int) -> None:
+    """Raise this process's open-file limit to fit ``max_connections`` sockets and the index's files, when the
+    hard limit allows (a connection past the limit is not even accepted: the listening socket stalls)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover (not on Windows)
+        return
+    want = max_connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # pragma: no cover
+            target = soft
+    if target < want:
+        logger.warning("the open-file limit (%d) is below --max-connections %d plus the index's files: raise "
+                       "ulimit -n, or lower --max-connections", target, max_connections)
 
 
 def _make_server(config, on_ready: Callable[[], None] | None):
