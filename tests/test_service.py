@@ -208,6 +208,8 @@ def test_concurrent_searches_share_one_forward_pass(index_copy):
         stats = s.call("GET", "/stats")[1]["service"]
     assert all(code == 200 for code, _ in results)
     assert sum(enc.query_calls) == 12 and len(enc.query_calls) < 12, enc.query_calls
+    admission = stats.pop("admission")  # what admission learnt from the passes it timed
+    assert admission["passes_measured"] == len(enc.query_calls) and admission["ms_per_token"] >= 0
     assert stats == {"batching": True, "encode_batches": len(enc.query_calls), "encoded_query_texts": 12,
                      "timed_out": 0, "refused": 0, "pid": os.getpid(), "worker": 0, "workers": 1}
     with Index.open(index_copy) as ix:
